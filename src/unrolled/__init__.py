@@ -1,0 +1,11 @@
+"""unrolled: PyTorch's recurrent layers re-derived from first principles, proven equal to torch.nn.
+
+Public names only; see ``docs/`` and ``design.md`` for the layering.
+"""
+
+from .cell_modules import GRUCell, LSTMCell, RNNCell
+from .interop import from_torch
+from .modules import GRU, LSTM, RNN
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch"]
+__version__ = "0.1.0"

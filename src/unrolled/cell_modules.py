@@ -1,0 +1,154 @@
+"""``RNNCell``, ``LSTMCell``, ``GRUCell``: one step, twins of torch.nn's cell classes.
+
+Each is a thin module around the pure step function of the same name in :mod:`unrolled.cells`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import cells, checks
+
+
+class RNNCellBase(nn.Module):
+    """Parameters ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih, bias_hh (G*H,)``."""
+
+    mode: str
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int,
+                 device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__()
+        checks.check_cell_arguments(input_size, hidden_size, bias)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        factory = {"device": device, "dtype": dtype}
+        gate_size = num_chunks * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((gate_size, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        return s
+
+    def _prepare(self, input: Tensor, hx) -> tuple[Tensor, object, bool]:
+        """Validate, add the batch dim to unbatched input, and fill in a zero state."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        batched = input.dim() == 2
+        if hx is not None:
+            checks.check_hx_structure(self.mode, hx, input.dim(), cell=True)
+        if not batched:
+            input = input.unsqueeze(0)
+            if hx is not None:
+                hx = tuple(s.unsqueeze(0) for s in hx) if self.mode == "LSTM" else hx.unsqueeze(0)
+        checks.check_dtype("input", input, self.weight_ih)
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
+            )
+        batch = input.size(0)
+        if hx is None:
+            zeros = input.new_zeros(batch, self.hidden_size)
+            hx = (zeros, zeros) if self.mode == "LSTM" else zeros
+        else:
+            states = hx if self.mode == "LSTM" else (hx,)
+            for k, state in enumerate(states):
+                checks.check_state_tensor(f"hx[{k}]" if self.mode == "LSTM" else "hx", state,
+                                          (batch, self.hidden_size), input)  # fmt: skip
+        return input, hx, batched
+
+    def _weights(self) -> tuple:
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+    def to_torch(self) -> nn.Module:
+        """A plain ``torch.nn`` cell with the same configuration and copied weights."""
+        factory = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
+        if self.mode == "LSTM":
+            twin = nn.LSTMCell(self.input_size, self.hidden_size, self.bias, **factory)
+        elif self.mode == "GRU":
+            twin = nn.GRUCell(self.input_size, self.hidden_size, self.bias, **factory)
+        else:
+            twin = nn.RNNCell(self.input_size, self.hidden_size, self.bias, self.nonlinearity,
+                              **factory)  # fmt: skip
+        twin.load_state_dict(self.state_dict(), strict=True)
+        return twin
+
+
+class RNNCell(RNNCellBase):
+    r"""``h' = act(W_ih x + b_ih + W_hh h + b_hh)``; a twin of ``torch.nn.RNNCell``.
+
+    ``RNNCell(input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None)``.
+    ``forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h' (B, H) or (H,)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:  # fmt: skip
+        self.mode = checks.check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        input, hx, batched = self._prepare(input, hx)
+        h = cells.CELLS[self.mode](input, hx, *self._weights())  # (B, H)
+        return h if batched else h.squeeze(0)
+
+
+class LSTMCell(RNNCellBase):
+    r"""One LSTM step (equations in :func:`unrolled.cells.lstm`); a twin of ``torch.nn.LSTMCell``.
+
+    ``LSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None)``.
+    ``forward(input (B, I), hx (h (B, H), c (B, H)) or None) -> (h', c')``.
+    """
+
+    mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        input, hx, batched = self._prepare(input, hx)
+        h, c = cells.lstm(input, hx, *self._weights())  # (B, H), (B, H)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(RNNCellBase):
+    r"""One GRU step (equations in :func:`unrolled.cells.gru`); a twin of ``torch.nn.GRUCell``.
+
+    ``GRUCell(input_size, hidden_size, bias=True, device=None, dtype=None)``.
+    ``forward(input (B, I), hx (B, H) or None) -> h' (B, H)``.
+    """
+
+    mode = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        input, hx, batched = self._prepare(input, hx)
+        h = cells.gru(input, hx, *self._weights())  # (B, H)
+        return h if batched else h.squeeze(0)

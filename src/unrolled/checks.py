@@ -1,0 +1,208 @@
+"""Argument and input validation, raising what torch raises, with messages that say what was
+expected and what was got. Modules call these before any arithmetic, so a bad input never turns
+into a silently broadcast or truncated result.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+
+MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+
+
+def check_layer_arguments(
+    mode: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    bias: bool,
+    batch_first: bool,
+    dropout: float,
+    bidirectional: bool,
+    proj_size: int,
+) -> None:
+    """The constructor checks of ``torch.nn.RNNBase``, same types and wording."""
+    if mode not in MODES:
+        raise ValueError(f"Unrecognized RNN mode: {mode!r}; expected one of {MODES}")
+    if (
+        not isinstance(dropout, numbers.Number)
+        or isinstance(dropout, bool)
+        or not 0 <= dropout <= 1
+    ):
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an "
+            f"element being zeroed, got dropout={dropout!r}"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+            f"expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            stacklevel=4,
+        )
+    for name, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    if not isinstance(bidirectional, bool):
+        raise TypeError(
+            f"bidirectional should be of type bool, got: {type(bidirectional).__name__}"
+        )
+    for name, value in (
+        ("input_size", input_size),
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+        ("proj_size", proj_size),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if input_size <= 0:
+        raise ValueError(f"input_size must be greater than zero, got input_size={input_size}")
+    if hidden_size <= 0:
+        raise ValueError(f"hidden_size must be greater than zero, got hidden_size={hidden_size}")
+    if num_layers <= 0:
+        raise ValueError(f"num_layers must be greater than zero, got num_layers={num_layers}")
+    if proj_size < 0:
+        raise ValueError(
+            "proj_size should be a positive integer or zero to disable projections, "
+            f"got proj_size={proj_size}"
+        )
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+            f"hidden_size={hidden_size}"
+        )
+    if proj_size > 0 and mode != "LSTM":
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+
+
+def check_cell_arguments(input_size: int, hidden_size: int, bias: bool) -> None:
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero, got {name}={value}")
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+
+
+def check_nonlinearity(nonlinearity: str) -> str:
+    """Map ``"tanh" | "relu"`` to torch's mode name."""
+    modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+    if nonlinearity not in modes:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return modes[nonlinearity]
+
+
+def check_dtype(name: str, tensor: Tensor, weight: Tensor) -> None:
+    if tensor.dtype != weight.dtype and not torch.is_autocast_enabled():
+        raise ValueError(
+            f"RNN {name} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype}). "
+            f"Convert input: {name}.to({weight.dtype}), or convert model: model.to({tensor.dtype})"
+        )
+
+
+def check_sequence_input(input: Tensor, input_size: int, weight: Tensor) -> None:
+    """``input`` is time-major ``(T, B, I)`` by now."""
+    check_dtype("input", input, weight)
+    if input.size(-1) != input_size:
+        raise RuntimeError(
+            "input.size(-1) must be equal to input_size. "
+            f"Expected {input_size}, got {input.size(-1)}"
+        )
+    if input.size(0) == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
+def check_state_tensor(name: str, state: Tensor, expected: tuple[int, ...], input: Tensor) -> None:
+    if not isinstance(state, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(state).__name__}")
+    if tuple(state.shape) != tuple(expected):
+        raise RuntimeError(f"Expected {name} size {tuple(expected)}, got {list(state.shape)}")
+    if state.dtype != input.dtype:
+        raise RuntimeError(
+            f"Expected {name} dtype to match input dtype {input.dtype}, got {state.dtype}"
+        )
+    if state.device != input.device:
+        raise RuntimeError(
+            f"Expected {name} on the input's device {input.device}, got {state.device}"
+        )
+
+
+def check_hx_structure(mode: str, hx: object, input_dim: int, cell: bool = False) -> None:
+    """LSTM takes ``(h, c)``; the others one tensor. Rank must match batched/unbatched input."""
+    state_dim = input_dim if cell else input_dim
+    if mode == "LSTM":
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(
+                f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
+            )
+        ranks = (hx[0].dim(), hx[1].dim())
+        if ranks != (state_dim, state_dim):
+            kind = "batched 3-D" if input_dim == 3 else "unbatched 2-D"
+            if cell:
+                kind = "batched 2-D" if input_dim == 2 else "unbatched 1-D"
+            raise RuntimeError(
+                f"For {kind} input, hx and cx should also be {state_dim}-D but got "
+                f"({ranks[0]}-D, {ranks[1]}-D) tensors"
+            )
+    else:
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"{_mode_name(mode)} expects hx to be a Tensor, got {_describe(hx)}")
+        if hx.dim() != state_dim:
+            kind = "batched 3-D" if input_dim == 3 else "unbatched 2-D"
+            if cell:
+                kind = "batched 2-D" if input_dim == 2 else "unbatched 1-D"
+            raise RuntimeError(
+                f"For {kind} input, hx should also be {state_dim}-D but got {hx.dim()}-D tensor"
+            )
+
+
+def check_lengths(lengths: object, batch_size: int, num_steps: int, device: torch.device) -> Tensor:
+    """Validate ``lengths=`` for padded input and return it as int64 on ``device``."""
+    if isinstance(lengths, Tensor):
+        if (
+            lengths.dtype.is_floating_point
+            or lengths.dtype.is_complex
+            or lengths.dtype == torch.bool
+        ):
+            raise ValueError(f"lengths must hold integers, got a tensor of dtype {lengths.dtype}")
+        values = lengths.detach().to("cpu", torch.int64)
+    else:
+        try:
+            items = list(lengths)  # type: ignore[call-overload]
+        except TypeError:
+            raise ValueError(
+                f"lengths must be a sequence of integers, got {type(lengths).__name__}"
+            ) from None
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+            raise ValueError(f"lengths must hold integers, got {items!r}")
+        values = torch.tensor(items, dtype=torch.int64)
+    if values.dim() != 1 or values.numel() != batch_size:
+        raise ValueError(
+            f"lengths must have one entry per sequence: expected shape ({batch_size},), "
+            f"got {tuple(values.shape)}"
+        )
+    if batch_size and int(values.min()) < 1:
+        raise ValueError(f"lengths must be >= 1, got min {int(values.min())}: {values.tolist()}")
+    if batch_size and int(values.max()) > num_steps:
+        raise ValueError(
+            f"lengths must be <= the sequence length T={num_steps}, got max "
+            f"{int(values.max())}: {values.tolist()}"
+        )
+    return values.to(device)
+
+
+def _mode_name(mode: str) -> str:
+    return {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} elements"
+    return type(value).__name__

@@ -1,0 +1,129 @@
+"""The notebook's two functions, done properly, plus a functional entry point to the backends.
+
+``rnn_forward`` and ``bidirectional_rnn_forward`` keep the notebook's argument lists and return
+exactly what ``torch.nn.RNN(batch_first=True[, bidirectional=True])`` returns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import cells
+from .backends import get_backend
+from .scan import scan
+
+
+def _check_rnn_weights(
+    input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih, bias_hh, h_prev: Tensor, tag=""
+) -> None:
+    if input.dim() != 3:
+        raise ValueError(f"input must be 3-D (B, T, I), got shape {tuple(input.shape)}")
+    batch, _, input_size = input.shape
+    hidden = weight_ih.size(0)
+    expected = {
+        f"weight_ih{tag}": (weight_ih, (hidden, input_size)),
+        f"weight_hh{tag}": (weight_hh, (hidden, hidden)),
+        f"bias_ih{tag}": (bias_ih, (hidden,)),
+        f"bias_hh{tag}": (bias_hh, (hidden,)),
+        f"h_prev{tag}": (h_prev, (batch, hidden)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise RuntimeError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+
+def rnn_forward(
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    h_prev: Tensor,
+) -> tuple[Tensor, Tensor]:
+    r"""A one-layer tanh RNN over a batch-first sequence.
+
+    ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, from ``h_{-1} = h_prev``.
+
+    Args:
+        input: ``(B, T, I)``.
+        weight_ih: ``(H, I)``. weight_hh: ``(H, H)``.
+        bias_ih: ``(H,)`` or None (the notebook's docstring said ``[input_size]``: it is ``H``).
+        bias_hh: ``(H,)`` or None.
+        h_prev: ``(B, H)``, the state before ``t = 0``.
+
+    Returns:
+        ``(output (B, T, H), h_n (1, B, H))``, as ``nn.RNN(batch_first=True)``.
+    """
+    _check_rnn_weights(input, weight_ih, weight_hh, bias_ih, bias_hh, h_prev)
+
+    def step(x_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        h = cells.rnn_tanh(x_t, h, weight_ih, weight_hh, bias_ih, bias_hh)  # (B, H)
+        return h, h
+
+    output, h_n = scan(step, input.transpose(0, 1), h_prev)  # (T, B, H), (B, H)
+    return output.transpose(0, 1), h_n.unsqueeze(0)  # (B, T, H), (1, B, H)
+
+
+def bidirectional_rnn_forward(
+    input: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    h_prev: Tensor,
+    weight_ih_reverse: Tensor,
+    weight_hh_reverse: Tensor,
+    bias_ih_reverse: Tensor | None,
+    bias_hh_reverse: Tensor | None,
+    h_prev_reverse: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """A one-layer bidirectional tanh RNN, as ``nn.RNN(batch_first=True, bidirectional=True)``.
+
+    The reverse direction reads the sequence from ``t = T-1`` down to ``0``. Its output at step
+    ``t`` is its state *after reading* ``x_t``, stored at position ``t`` (not ``T-1-t``), and its
+    row of ``h_n`` is its state after reading ``t = 0``.
+
+    Args: as :func:`rnn_forward`, once per direction.
+
+    Returns:
+        ``(output (B, T, 2H), h_n (2, B, H))``; ``output[..., :H]`` is the forward direction.
+    """
+    _check_rnn_weights(input, weight_ih_reverse, weight_hh_reverse, bias_ih_reverse,
+                       bias_hh_reverse, h_prev_reverse, tag="_reverse")  # fmt: skip
+    forward_output, forward_h_n = rnn_forward(input, weight_ih, weight_hh, bias_ih, bias_hh, h_prev)
+    reversed_input = input.flip(1)  # (B, T, I), time reversed
+    backward_output, backward_h_n = rnn_forward(
+        reversed_input, weight_ih_reverse, weight_hh_reverse, bias_ih_reverse, bias_hh_reverse,
+        h_prev_reverse,
+    )  # fmt: skip
+    output = torch.cat([forward_output, backward_output.flip(1)], dim=-1)  # (B, T, 2H)
+    return output, torch.cat([forward_h_n, backward_h_n], dim=0)  # (2, B, H)
+
+
+def rnn(
+    mode: str,
+    input: Tensor,
+    hx,
+    weights,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+    backend: str = "fast",
+):
+    """Functional form of the layers: time-major ``input (T, B, I)``, ``hx`` as the modules'
+    backends take it, ``weights`` as ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``."""
+    return get_backend(backend)(
+        mode,
+        input,
+        hx,
+        weights,
+        num_layers=num_layers,
+        num_directions=2 if bidirectional else 1,
+        dropout=dropout,
+        training=training,
+        lengths=lengths,
+    )

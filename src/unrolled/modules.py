@@ -1,0 +1,326 @@
+"""``RNN``, ``LSTM``, ``GRU``: drop-in twins of torch.nn's layers.
+
+Same constructor (plus keyword-only ``backend``), same parameter names and shapes, same forward
+semantics. The module only does bookkeeping: check the arguments, turn every input form (batch
+first, unbatched, PackedSequence, padded with ``lengths=``) into time-major ``(T, B, I)`` plus
+optional lengths, call the backend, and turn the result back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import checks
+from .backends import get_backend
+from .cells import GATES
+from .packed import packed_to_padded, padded_to_packed
+
+
+class RNNBase(nn.Module):
+    """Parameters and forward plumbing shared by :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "fast",
+    ) -> None:
+        super().__init__()
+        checks.check_layer_arguments(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size,
+        )  # fmt: skip
+        get_backend(backend)
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.backend = backend
+
+        factory = {"device": device, "dtype": dtype}
+        gate_size = GATES[mode] * hidden_size
+        out_size = proj_size or hidden_size  # P: what each direction emits per step
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            for direction in range(self.num_directions):
+                layer_input_size = input_size if layer == 0 else out_size * self.num_directions
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = {
+                    "weight_ih": (gate_size, layer_input_size),
+                    "weight_hh": (gate_size, out_size),
+                }
+                if bias:
+                    shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
+                if proj_size > 0:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
+                names = []
+                for name, shape in shapes.items():
+                    self.register_parameter(
+                        name + suffix, nn.Parameter(torch.empty(shape, **factory))
+                    )
+                    names.append(name + suffix)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # ---- torch.nn compatibility --------------------------------------------------------------
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """torch's default initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op: there is no cuDNN weight buffer to compact. Kept so torch code runs unchanged."""
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        if self.backend != "fast":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def layer_weights(self) -> list[tuple]:
+        """``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, None where absent, row ``l*D + d``."""
+        weights = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                weights.append(
+                    tuple(
+                        getattr(self, name + suffix, None)
+                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+                    )
+                )
+        return weights
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def _zero_state(self, batch: int, like: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        rows = self.num_layers * self.num_directions
+        h0 = like.new_zeros(rows, batch, self.proj_size or self.hidden_size)
+        if self.mode == "LSTM":
+            return h0, like.new_zeros(rows, batch, self.hidden_size)
+        return h0
+
+    def _check_state(self, hx, batch: int, inputs: Tensor) -> None:
+        rows = self.num_layers * self.num_directions
+        if self.mode == "LSTM":
+            checks.check_state_tensor(
+                "hidden[0]", hx[0], (rows, batch, self.proj_size or self.hidden_size), inputs
+            )
+            checks.check_state_tensor("hidden[1]", hx[1], (rows, batch, self.hidden_size), inputs)
+        else:
+            checks.check_state_tensor("hidden", hx, (rows, batch, self.hidden_size), inputs)
+
+    def forward(self, input, hx=None, *, lengths=None):
+        """Run the layer.
+
+        Args:
+            input: ``(T, B, I)`` (``(B, T, I)`` if ``batch_first``), unbatched ``(T, I)``, or a
+                ``PackedSequence``.
+            hx: initial state ``(L*D, B, P)`` (unbatched ``(L*D, P)``), for LSTM a tuple
+                ``(h_0, c_0)`` with ``c_0`` of hidden size ``H``; None means zeros.
+            lengths: beyond torch: valid steps of each sequence of a padded batched ``input``
+                (``(B,)`` integers). Outputs past a sequence's length are zero, its final state is
+                taken at its last valid step, and the reverse direction starts there.
+
+        Returns:
+            ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``, shaped like torch's.
+        """
+        weight = getattr(self, self._flat_weights_names[0])
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths= is for padded input: a PackedSequence carries its own")
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if data.dim() != 2:
+                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
+            checks.check_dtype("input", data, weight)
+            inputs, lengths = packed_to_padded(data, batch_sizes)  # (T, B, I) sorted, (B,)
+            batched = True
+            if hx is not None:
+                checks.check_hx_structure(self.mode, hx, 3)
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(
+                    f"input must be a Tensor or a PackedSequence, got {type(input).__name__}"
+                )
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"{self._name}: Expected input to be 2D or 3D, "
+                    f"got {input.dim()}D tensor instead"
+                )
+            batched = input.dim() == 3
+            if hx is not None:
+                checks.check_hx_structure(self.mode, hx, input.dim())
+            if not batched:
+                if lengths is not None:
+                    raise ValueError("lengths= needs batched 3-D input, got unbatched 2-D input")
+                input = input.unsqueeze(0 if self.batch_first else 1)
+                if hx is not None:
+                    hx = _map(lambda s: s.unsqueeze(1), hx)
+            inputs = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        checks.check_sequence_input(inputs, self.input_size, weight)
+        batch = inputs.size(1)
+        if lengths is not None and not packed:
+            lengths = checks.check_lengths(lengths, batch, inputs.size(0), inputs.device)
+
+        if hx is None:
+            hx = self._zero_state(batch, inputs)
+        else:
+            hx = tuple(hx) if self.mode == "LSTM" else hx
+            self._check_state(hx, batch, inputs)
+            if packed and sorted_indices is not None:
+                hx = _map(lambda s: s.index_select(1, sorted_indices), hx)  # to sorted order
+
+        run = get_backend(self.backend)
+        output, h_n = run(
+            self.mode,
+            inputs,
+            hx,
+            self.layer_weights(),
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            dropout=self.dropout,
+            training=self.training,
+            lengths=lengths,
+        )  # output (T, B, D*P)
+
+        if packed:
+            output = PackedSequence(
+                padded_to_packed(output, batch_sizes), batch_sizes, sorted_indices, unsorted_indices
+            )
+            if unsorted_indices is not None:
+                h_n = _map(lambda s: s.index_select(1, unsorted_indices), h_n)  # original order
+            return output, h_n
+        if self.batch_first:
+            output = output.transpose(0, 1)  # (B, T, D*P)
+        if not batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n = _map(lambda s: s.squeeze(1), h_n)
+        return output, h_n
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    # ---- interop -----------------------------------------------------------------------------
+
+    def to_torch(self) -> nn.RNNBase:
+        """A plain ``torch.nn`` module with the same configuration and copied weights."""
+        weight = getattr(self, self._flat_weights_names[0])
+        kwargs = dict(
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        if self.mode == "LSTM":
+            twin = nn.LSTM(self.input_size, self.hidden_size, proj_size=self.proj_size, **kwargs)
+        elif self.mode == "GRU":
+            twin = nn.GRU(self.input_size, self.hidden_size, **kwargs)
+        else:
+            nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+            twin = nn.RNN(self.input_size, self.hidden_size, nonlinearity=nonlinearity, **kwargs)
+        twin.load_state_dict(self.state_dict(), strict=True)
+        twin.train(self.training)
+        return twin
+
+
+def _map(fn, state):
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+class RNN(RNNBase):
+    r"""Elman RNN, ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; a twin of ``torch.nn.RNN``.
+
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+    backend='fast')``
+    """
+
+    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        mode = checks.check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(mode, *args, backend=backend, **kwargs)
+
+
+class LSTM(RNNBase):
+    r"""Long short-term memory, optionally with projections; a twin of ``torch.nn.LSTM``.
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='fast')``.
+    The equations are in :func:`unrolled.cells.lstm`.
+    """
+
+    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+        super().__init__("LSTM", *args, backend=backend, **kwargs)
+
+
+class GRU(RNNBase):
+    r"""Gated recurrent unit in torch's formulation; a twin of ``torch.nn.GRU``.
+
+    ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None, *, backend='fast')``.
+    The equations are in :func:`unrolled.cells.gru`.
+    """
+
+    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, backend=backend, **kwargs)

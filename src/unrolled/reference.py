@@ -1,0 +1,88 @@
+"""The reference backend: torch's built-in cells, looped literally by ``stack`` and ``scan``.
+
+Autograd does the backward. Nothing here is optimised: this is what the fast backend must equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from .cells import CELLS
+from .scan import State
+from .stack import stack
+
+#: One layer-direction's weights in torch's order: (w_ih, w_hh, b_ih, b_hh, w_hr), None if absent.
+LayerWeights = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None"]
+
+
+@dataclass
+class BuiltinLayer:
+    """A built-in cell bound to one layer-direction's weights, in ``stack``'s ``Layer`` shape."""
+
+    mode: str
+    weights: LayerWeights
+
+    def project(self, inputs: Tensor) -> Tensor:
+        # The literal loop applies W_ih inside each step, exactly as the equations read.
+        return inputs
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        w_ih, w_hh, b_ih, b_hh, w_hr = self.weights
+        cell = partial(CELLS[self.mode], weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh)
+        if self.mode == "LSTM":
+            h, c = cell(x_t, state, weight_hr=w_hr)
+            return h, (h, c)
+        h = cell(x_t, state)
+        return h, h
+
+
+def run(
+    mode: str,
+    inputs: Tensor,
+    hx: Tensor | tuple[Tensor, Tensor],
+    weights: Sequence[LayerWeights],
+    *,
+    num_layers: int,
+    num_directions: int,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """Backend entry point shared by every backend.
+
+    Args:
+        mode: ``"RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU"``.
+        inputs: ``(T, B, I)``.
+        hx: ``(L*D, B, H)``, or for LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``.
+        weights: ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, row ``l*D + d``.
+        lengths: ``(B,)`` int64 on the inputs' device, or None.
+
+    Returns:
+        ``(output (T, B, D*P), h_n (L*D, B, P))``; for LSTM ``h_n`` is ``(h_n, c_n)``.
+    """
+    layers = [BuiltinLayer(mode, w) for w in weights]
+    if mode == "LSTM":
+        h0, c0 = hx
+        initial = [(h0[k], c0[k]) for k in range(len(layers))]
+    else:
+        initial = list(hx.unbind(0))
+    output, finals = stack(
+        layers,
+        inputs,
+        initial,
+        num_layers=num_layers,
+        num_directions=num_directions,
+        dropout=dropout,
+        training=training,
+        lengths=lengths,
+    )
+    if mode == "LSTM":
+        h_n = torch.stack([h for h, _ in finals])  # (L*D, B, P)
+        c_n = torch.stack([c for _, c in finals])  # (L*D, B, H)
+        return output, (h_n, c_n)
+    return output, torch.stack(finals)  # (L*D, B, H)

@@ -1,0 +1,75 @@
+"""The time loop of ONE layer in ONE direction: the reference backend's and ``Recurrent``'s.
+
+``scan`` knows nothing about gates or weights. It calls ``step(x_t, state)`` once per time step,
+forward or in reverse, and keeps each sequence's state frozen outside its valid steps when
+``lengths`` is given, so that
+
+* forward, a sequence's final state is its state after its own last valid step;
+* reverse, a sequence starts at its own last valid step ``lengths[b] - 1`` (padding sits at the
+  end of every sequence, so in reverse the padding comes first and is skipped);
+* outputs at padded steps are zero and no gradient flows from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Union
+
+import torch
+from torch import Tensor
+
+#: A recurrent state: one tensor (RNN, GRU) or a tuple of tensors (LSTM's ``(h, c)``).
+State = Union[Tensor, tuple[Tensor, ...]]
+Step = Callable[[Tensor, State], tuple[Tensor, State]]
+
+
+def map_state(fn: Callable[..., Tensor], *states: State) -> State:
+    """Apply ``fn`` leafwise to one or more states of the same structure."""
+    if isinstance(states[0], Tensor):
+        return fn(*states)
+    return tuple(fn(*leaves) for leaves in zip(*states))
+
+
+def valid_steps(lengths: Tensor, num_steps: int) -> Tensor:
+    """``(T, B, 1)`` bool mask: True where step ``t`` is inside sequence ``b``."""
+    steps = torch.arange(num_steps, device=lengths.device)  # (T,)
+    return (steps[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
+
+
+def scan(
+    step: Step,
+    inputs: Tensor,
+    state: State,
+    *,
+    reverse: bool = False,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, State]:
+    """Run ``step`` over time.
+
+    Args:
+        step: ``step(x_t, state) -> (output_t, new_state)`` with ``x_t`` of shape ``(B, *)``
+            and ``output_t`` of shape ``(B, O)``.
+        inputs: ``(T, B, *)``, time-major.
+        state: the state before the first step read (each leaf ``(B, *)``).
+        reverse: read ``t = T-1 .. 0`` instead of ``0 .. T-1``; outputs stay at their own ``t``.
+        lengths: ``(B,)`` integer tensor on the inputs' device, or None for full length.
+
+    Returns:
+        ``(outputs (T, B, O), final_state)``.
+    """
+    num_steps = inputs.shape[0]
+    valid = None if lengths is None else valid_steps(lengths, num_steps)  # (T, B, 1)
+    outputs: list[Tensor | None] = [None] * num_steps
+    times = range(num_steps - 1, -1, -1) if reverse else range(num_steps)
+    for t in times:
+        output, new_state = step(inputs[t], state)
+        if valid is not None:
+            # Outside a sequence the state does not move and the output is zero; `where`
+            # (not a multiply) keeps gradients of padded steps exactly zero, even for inf/nan.
+            keep = valid[t]  # (B, 1)
+            new_state = map_state(partial(torch.where, keep), new_state, state)
+            output = torch.where(keep, output, torch.zeros_like(output))
+        outputs[t] = output
+        state = new_state
+    return torch.stack(outputs), state  # (T, B, O)

@@ -1,0 +1,72 @@
+"""Layers x directions on top of ``scan``: the shape of every multi-layer, bidirectional RNN.
+
+Layer ``l`` reads layer ``l-1``'s output (the directions concatenated on the last dim); dropout
+is applied between layers in training mode only; the final states come back in torch's order,
+row ``l * D + d``. Used by the reference backend and by :class:`unrolled.Recurrent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .scan import State, scan
+
+
+class Layer(Protocol):
+    """What ``stack`` needs of one layer-direction: a state-free part and a step."""
+
+    def project(self, inputs: Tensor) -> Tensor:
+        """``(T, B, I) -> (T, B, *)``: the work that does not depend on the state."""
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One time step: ``(B, *) , state -> (B, O), state``."""
+
+
+def stack(
+    layers: Sequence[Layer],
+    inputs: Tensor,
+    initial_states: Sequence[State],
+    *,
+    num_layers: int,
+    num_directions: int,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, list[State]]:
+    """Run a stack of recurrent layers.
+
+    Args:
+        layers: ``L * D`` layer-directions, index ``l * D + d`` (``d = 1`` reads in reverse).
+        inputs: ``(T, B, I)``.
+        initial_states: ``L * D`` states, same indexing.
+        dropout: probability applied to every layer's output but the last, in training only.
+        lengths: ``(B,)`` valid steps per sequence, or None.
+
+    Returns:
+        ``(output (T, B, D * O), final_states)`` with ``final_states[l * D + d]``.
+    """
+    layer_input = inputs
+    final_states: list[State] = []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(num_directions):
+            index = layer * num_directions + direction
+            projected = layers[index].project(layer_input)
+            output, final = scan(
+                layers[index].step,
+                projected,
+                initial_states[index],
+                reverse=direction == 1,
+                lengths=lengths,
+            )
+            outputs.append(output)  # (T, B, O)
+            final_states.append(final)
+        layer_input = torch.cat(outputs, dim=-1)  # (T, B, D*O)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    return layer_input, final_states
