@@ -1,0 +1,82 @@
+"""The fast backend: same contract and same numbers as :func:`unrolled.reference.run`, faster.
+
+Each layer runs both directions in lockstep (see :mod:`.layer`), with the input projection
+hoisted into one GEMM per direction and a hand-written backward per cell family
+(:mod:`.rnn`, :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer
+``l``'s output to layer ``l+1``, applies dropout between layers exactly as ``stack`` does (same
+call on the same tensor, so the random masks match torch's and the reference's), and stacks the
+final states in torch's row order ``l * D + d``.
+
+Only float32 and float64 take the fast path; other dtypes (bfloat16, float16) run the reference
+backend, whose per-step cell math handles them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import reference
+from .gru import GRULayer, gru_layer_forward
+from .layer import Timeline
+from .lstm import LSTMLayer, lstm_layer_forward
+from .rnn import RNNLayer, rnn_layer_forward
+
+FAST_DTYPES = (torch.float32, torch.float64)
+
+#: Per mode: the autograd Function (training) and the plain forward (nothing to differentiate).
+LAYERS = {
+    "RNN_TANH": (RNNLayer, rnn_layer_forward),
+    "RNN_RELU": (RNNLayer, rnn_layer_forward),
+    "LSTM": (LSTMLayer, lstm_layer_forward),
+    "GRU": (GRULayer, gru_layer_forward),
+}
+
+
+def run(
+    mode: str,
+    inputs: Tensor,
+    hx: Tensor | tuple[Tensor, Tensor],
+    weights: Sequence[reference.LayerWeights],
+    *,
+    num_layers: int,
+    num_directions: int,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """Backend entry point; the contract is :func:`unrolled.reference.run`'s."""
+    if inputs.dtype not in FAST_DTYPES:
+        return reference.run(
+            mode, inputs, hx, weights, num_layers=num_layers, num_directions=num_directions,
+            dropout=dropout, training=training, lengths=lengths,
+        )  # fmt: skip
+    function, plain_forward = LAYERS[mode]
+    h0_all, c0_all = hx if mode == "LSTM" else (hx, None)
+    timeline = Timeline(inputs.shape[0], lengths)
+    layer_input = inputs
+    finals_h, finals_c = [], []
+    for layer in range(num_layers):
+        rows = slice(layer * num_directions, (layer + 1) * num_directions)
+        flat = [t for w in weights[rows] for t in w]
+        h0 = h0_all[rows]  # (D, B, P)
+        c0 = None if c0_all is None else c0_all[rows]  # (D, B, H)
+        tensors = (layer_input, h0, c0, *flat)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            result = function.apply(mode, num_directions, lengths, *tensors)
+        else:
+            result = plain_forward(mode, num_directions, timeline, *tensors[:3], flat)[:-1]
+        layer_input = result[0]  # (T, B, D*P)
+        finals_h.append(result[1])
+        if mode == "LSTM":
+            finals_c.append(result[2])
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    h_n = finals_h[0] if num_layers == 1 else torch.cat(finals_h)  # (L*D, B, P)
+    if mode == "LSTM":
+        c_n = finals_c[0] if num_layers == 1 else torch.cat(finals_c)  # (L*D, B, H)
+        return layer_input, (h_n, c_n)
+    return layer_input, h_n

@@ -1,0 +1,157 @@
+r"""GRU layer in torch's formulation, both directions at once: forward loop and BPTT.
+
+.. math::
+    r, z &= \sigma(W_{i\{r,z\}} x_s + b_{i\{r,z\}} + b_{h\{r,z\}} + W_{h\{r,z\}} h_{s-1}) \\
+    n &= \tanh(W_{in} x_s + b_{in} + r \odot a), \qquad a = W_{hn} h_{s-1} + b_{hn} \\
+    h_s &= (1 - z) \odot n + z \odot h_{s-1} = \operatorname{lerp}(n, h_{s-1}, z)
+
+``b_hr, b_hz`` are hoisted with the input projection; ``b_hn`` cannot be (``r`` multiplies it),
+so it rides with the per-step matmul and ``a`` is saved for the backward, which is also why
+``b_hh``'s n-block gradient differs from ``b_ih``'s.
+
+The backward keeps per step one ``(D, B, 4, H)`` block ``[n_x, r, z, n_h]`` of pre-activation
+gradients: the first three are what ``W_ih`` saw (rows ``n, r, z``), the last three what
+``W_hh`` saw (rows ``r, z, n``, torch's order), so both weight gradients are one GEMM over a
+contiguous slice.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layer import (
+    Timeline,
+    project,
+    reference_double_backward,
+    unbatched_flat_weights,
+    weight_grad,
+)
+
+N_R_Z = [2, 0, 1]  # torch's blocks (r, z, n) -> the (n, r, z) order of the W_ih gradient slice
+R_Z_N = [1, 2, 0]  # (n, r, z) -> torch's (r, z, n)
+
+
+def reorder(rows: Tensor, order: list[int]) -> Tensor:
+    """Permute the three H-row gate blocks of ``(3H, *)`` or ``(3H,)`` (a new tensor)."""
+    return rows.unflatten(0, (3, -1))[order].flatten(0, 1)
+
+
+def gru_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat):
+    """One layer, ``D`` directions.
+
+    Returns ``(output (T, B, D*H), h_n (D, B, H), (xw, hh, hs))`` with the step-major buffers
+    ``xw (D, T, B, 3H)`` (``[x_r, x_z, n]``: the n block overwritten by n), ``hh (D, T, B, 3H)``
+    (``[r, z, a]``) and ``hs (D, T+1, B, H)``.
+    """
+    weights = unbatched_flat_weights(flat, num_directions)
+    num_steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    w_hh_t = torch.stack([w[1] for w in weights]).transpose(1, 2)  # (D, H, 3H)
+    has_bias = weights[0][2] is not None
+    if has_bias:
+        zeros = weights[0][3].new_zeros(hidden)
+        x_bias = [w[2] + torch.cat([w[3][: 2 * hidden], zeros]) for w in weights]  # D x (3H,)
+        h_bias = torch.stack([torch.cat([zeros, zeros, w[3][2 * hidden :]]) for w in weights])
+        h_bias = h_bias.unsqueeze(1)  # (D, 1, 3H): only b_hn
+    else:
+        x_bias = [None] * num_directions
+
+    xw = project(timeline.directions(x, num_directions), [w[0] for w in weights], x_bias)
+    hh = x.new_empty(num_directions, num_steps, batch, 3 * hidden)  # (D, T, B, 3H)
+    hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
+    hs[:, 0] = h0
+
+    # Per-step views, made once.
+    hh_steps = hh.unbind(1)  # T x (D, B, 3H)
+    rz_steps = hh[..., : 2 * hidden].unbind(1)
+    x_rz_steps = xw[..., : 2 * hidden].unbind(1)
+    r_steps, z_steps, a_steps = (b.unbind(1) for b in hh.unflatten(3, (3, hidden)).unbind(3))
+    n_steps = xw[..., 2 * hidden :].unbind(1)
+    h_steps = hs.unbind(1)
+    h = h_steps[0]
+    for s in range(num_steps):
+        if has_bias:
+            torch.baddbmm(h_bias, h, w_hh_t, out=hh_steps[s])  # (D, B, H) @ (D, H, 3H) + b_hn
+        else:
+            torch.bmm(h, w_hh_t, out=hh_steps[s])  # (D, B, H) @ (D, H, 3H)
+        rz_steps[s].add_(x_rz_steps[s]).sigmoid_()  # r, z
+        n = n_steps[s].addcmul_(r_steps[s], a_steps[s]).tanh_()  # n = tanh(x_n + r * a)
+        h = torch.lerp(n, h, z_steps[s], out=h_steps[s + 1])  # (1 - z) * n + z * h
+    return timeline.output(hs[:, 1:]), timeline.final(hs), (xw, hh, hs)
+
+
+class GRULayer(torch.autograd.Function):
+    """``(mode, D, lengths, x (T, B, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh, None))
+    -> (output (T, B, D*H), h_n (D, B, H))``."""
+
+    @staticmethod
+    def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
+        timeline = Timeline(x.shape[0], lengths)
+        output, h_n, buffers = gru_layer_forward(mode, num_directions, timeline, x, h0, c0, flat)
+        ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
+            mode, num_directions, lengths, timeline,
+        )  # fmt: skip
+        ctx.num_inputs = 3 + len(flat)
+        ctx.save_for_backward(x, h0, c0, *flat, *buffers)
+        return output, h_n
+
+    @staticmethod
+    def backward(ctx, d_output, d_h_n):
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            return (None,) * 3 + reference_double_backward(ctx, "GRU", (d_output, d_h_n))
+        x, h0, c0, *flat, xw, hh, hs = ctx.saved_tensors
+        num_directions, timeline = ctx.num_directions, ctx.timeline
+        weights = unbatched_flat_weights(flat, num_directions)
+        needs = ctx.needs_input_grad[3:]
+        num_steps, batch, _ = x.shape
+        hidden = hs.shape[-1]
+        w_hh = torch.stack([w[1] for w in weights])  # (D, 3H, H)
+
+        # The factors that turn dh into each pre-activation gradient, for all steps at once.
+        r, z, a = hh.unflatten(3, (3, hidden)).unbind(3)  # (D, T, B, H) each
+        n = xw[..., 2 * hidden :]
+        h_prev = hs[:, :num_steps]  # (D, T, B, H)
+        factors = hh.new_empty(num_directions, num_steps, batch, 4, hidden)  # [n_x, r, z, n_h]
+        n_x, r_f, z_f, n_h = factors.unbind(3)
+        torch.mul(n, n, out=n_x).neg_().add_(1)  # tanh'(.) = 1 - n^2
+        n_x.addcmul_(n_x, z, value=-1)  # d_pre_n = dh * (1 - z) * (1 - n^2)
+        torch.addcmul(r, r, r, value=-1, out=r_f).mul_(a)  # d_pre_r = d_pre_n * a * r(1-r)
+        torch.sub(h_prev, n, out=z_f).mul_(torch.addcmul(z, z, z, value=-1))  # (h-n) z(1-z)
+        n_h.copy_(r)  # d_a = d_pre_n * r
+
+        d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
+        n_z_steps = factors[:, :, :, 0::2].unbind(1)  # (D, B, 2, H): [n_x, z]
+        r_nh_steps = factors[:, :, :, 1::2].unbind(1)  # (D, B, 2, H): [r, n_h]
+        n_pre_steps = factors[:, :, :, 0:1].unbind(1)  # (D, B, 1, H)
+        flat_factors = factors.flatten(3)  # (D, T, B, 4H)
+        hh_pre_steps = flat_factors[..., hidden:].unbind(1)  # (D, B, 3H): [r, z, n_h]
+        z_steps, d_h_steps = z.unbind(1), d_h.unbind(1)
+        dh = d_h_steps[num_steps - 1]
+        for s in range(num_steps - 1, -1, -1):
+            n_z_steps[s].mul_(dh.unsqueeze(2))  # d_pre_n, d_pre_z
+            r_nh_steps[s].mul_(n_pre_steps[s])  # d_pre_r, d_a
+            direct = d_h_steps[s - 1].addcmul_(dh, z_steps[s]) if s else dh * z_steps[s]
+            dh = direct.baddbmm_(hh_pre_steps[s], w_hh)  # (D, B, 3H) @ (D, 3H, H) + dh * z
+        d_pre_x = flat_factors[..., : 3 * hidden]  # (D, T, B, 3H): rows (n, r, z)
+        d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
+
+        grads = [None] * ctx.num_inputs
+        if needs[0]:
+            w_ih = [reorder(w[0], N_R_Z) for w in weights]  # D x (3H, I) rows (n, r, z)
+            grads[0] = timeline.input_grad(d_pre_x, w_ih)  # (T, B, I)
+        grads[1] = dh
+        if any(needs[3:]):
+            d_w_ih = weight_grad(d_pre_x, timeline.directions(x, num_directions))  # D x (3H, I)
+            prev = h_prev.reshape(num_directions, -1, hidden)  # (D, T*B, H)
+            d_w_hh = d_pre_h.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,3H,T*B) @ (D,T*B,H)
+            d_sums = factors.sum((1, 2))  # (D, 4, H): [n_x, r, z, n_h]
+            for d in range(num_directions):
+                base = 3 + 5 * d
+                grads[base : base + 4] = [
+                    reorder(d_w_ih[d], R_Z_N),
+                    d_w_hh[d],
+                    d_sums[d, [1, 2, 0]].flatten(),  # b_ih: (r, z, n_x)
+                    d_sums[d, 1:].flatten(),  # b_hh: (r, z, n_h)
+                ]
+        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))

@@ -1,0 +1,203 @@
+"""What every cell family of the fast backend shares: one layer, both directions at once.
+
+The fast loops run both directions of a layer in lockstep, ``s = 0 .. T-1``, so that one batched
+matmul per step advances both. To make that possible every per-step buffer is *step-major*:
+``(D, T, B, *)`` where ``[0, s]`` is time ``t = s`` and ``[1, s]`` is the reverse direction's
+``s``-th step. Without ``lengths`` that is time ``T-1-s``; with ``lengths`` each sequence is
+reversed inside its own length, ``t = lengths[b]-1-s`` (the reverse direction starts at the
+sequence's own last valid step), and the padding stays at the end.
+
+With that layout the two directions agree on everything that matters for ``lengths``: step ``s``
+of sequence ``b`` is valid iff ``s < lengths[b]`` and the final state of both directions is the
+state after step ``lengths[b]-1``. The loops therefore run every step without masking (padded
+input is zeroed first, so padded steps compute finite values that nobody reads), and
+``lengths`` is honoured outside the loop: outputs at padded steps are set to zero, the final
+state is gathered at ``lengths - 1``, and in backward the output gradient is zeroed at padded
+steps and the final state's gradient enters at step ``lengths - 1``. Padded steps then carry an
+exactly zero gradient, as in the reference's ``torch.where``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import reference
+
+
+class Timeline:
+    """Maps time-major tensors to step-major ones and back, for ``D`` directions.
+
+    Args:
+        num_steps: ``T``.
+        lengths: ``(B,)`` int64 valid steps per sequence, or None (all ``T``).
+    """
+
+    def __init__(self, num_steps: int, lengths: Tensor | None) -> None:
+        self.num_steps = num_steps
+        self.lengths = lengths
+        if lengths is None:
+            self.padding = None
+            self.reverse_index = None
+            return
+        steps = torch.arange(num_steps, device=lengths.device)[:, None]  # (T, 1)
+        valid = steps < lengths[None, :]  # (T, B)
+        self.padding = ~valid[:, :, None]  # (T, B, 1)
+        # Inside a sequence step s reads time len-1-s; padding maps to itself (an involution).
+        self.reverse_index = torch.where(valid, lengths[None, :] - 1 - steps, steps)  # (T, B)
+
+    def zero_padding(self, seq: Tensor) -> Tensor:
+        """``(T, B, X)`` with padded steps set to zero (a new tensor; ``seq`` is untouched)."""
+        return seq if self.padding is None else seq.masked_fill(self.padding, 0)
+
+    def reverse(self, seq: Tensor) -> Tensor:
+        """``(T, B, X)`` reversed in time, each sequence inside its own length (a new tensor)."""
+        if self.reverse_index is None:
+            return seq.flip(0)
+        index = self.reverse_index[:, :, None].expand(-1, -1, seq.shape[-1])  # (T, B, X)
+        return seq.gather(0, index)
+
+    def directions(self, seq: Tensor, num_directions: int) -> list[Tensor]:
+        """Time-major ``(T, B, X)`` -> the ``D`` step-major views of it, padding zeroed."""
+        seq = self.zero_padding(seq)
+        return [seq, self.reverse(seq)][:num_directions]
+
+    def output(self, states: Tensor) -> Tensor:
+        """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``."""
+        num_dirs, num_steps, batch, size = states.shape
+        out = states.new_empty(num_steps, batch, num_dirs, size)  # (T, B, D, P)
+        out[:, :, 0] = states[0]
+        if num_dirs == 2:
+            out[:, :, 1] = self.reverse(states[1])
+        out = out.view(num_steps, batch, num_dirs * size)  # (T, B, D*P)
+        if self.padding is not None:
+            out.masked_fill_(self.padding, 0)
+        return out
+
+    def final(self, states: Tensor) -> Tensor:
+        """Step-major ``(D, T+1, B, X)`` (slot 0 = initial state) -> final states ``(D, B, X)``."""
+        if self.lengths is None:
+            return states[:, self.num_steps].clone()
+        index = self.lengths.view(1, 1, -1, 1).expand(states.shape[0], 1, -1, states.shape[-1])
+        return states.gather(1, index).squeeze(1)  # (D, B, X)
+
+    def step_major_grad(self, d_output: Tensor, num_directions: int, d_final: Tensor) -> Tensor:
+        """Output gradient ``(T, B, D*P)`` and final-state gradient ``(D, B, P)`` -> the
+        gradient arriving at each step's hidden state, step-major ``(D, T, B, P)``."""
+        num_steps, batch, _ = d_output.shape
+        per_direction = d_output.unflatten(2, (num_directions, -1))  # (T, B, D, P)
+        grad = d_output.new_empty(num_directions, num_steps, batch, d_final.shape[-1])
+        grad[0] = per_direction[:, :, 0]
+        if num_directions == 2:
+            grad[1] = self.reverse(per_direction[:, :, 1])
+        if self.padding is not None:
+            grad.masked_fill_(self.padding, 0)  # no gradient from padded outputs
+        self.add_at_final_step_(grad, d_final)
+        return grad
+
+    def add_at_final_step_(self, grad: Tensor, d_final: Tensor) -> None:
+        """``grad (D, T, B, X)[:, lengths[b]-1, b] += d_final (D, B, X)``, in place."""
+        if self.lengths is None:
+            grad[:, self.num_steps - 1] += d_final
+            return
+        index = (self.lengths - 1).view(1, 1, -1, 1).expand(grad.shape[0], 1, -1, grad.shape[-1])
+        grad.scatter_add_(1, index, d_final.unsqueeze(1))
+
+    def input_grad(self, d_pre: Tensor, w_ih: Sequence[Tensor]) -> Tensor:
+        """Gradient of the layer input from the step-major input-projection gradient.
+
+        Args:
+            d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride).
+            w_ih: ``D`` weights ``(G, I)`` in the row order of ``d_pre``.
+
+        Returns:
+            ``(T, B, I)``.
+        """
+        num_steps, batch = d_pre.shape[1:3]
+        d_x = torch.matmul(d_pre[0], w_ih[0])  # (T, B, G) @ (G, I) -> (T, B, I)
+        if len(w_ih) == 2:
+            d_x += self.reverse(torch.matmul(d_pre[1], w_ih[1]))  # (T, B, I)
+        if self.padding is not None:
+            d_x.masked_fill_(self.padding, 0)
+        return d_x
+
+
+def project(
+    inputs: Sequence[Tensor],
+    w_ih: Sequence[Tensor],
+    bias: Sequence[Tensor | None],
+    out: Tensor | None = None,
+) -> Tensor:
+    """The hoisted input projection ``x_d @ W_ih_d^T + b_d`` for every step and direction.
+
+    Args:
+        inputs: ``D`` step-major inputs ``(T, B, I)``.
+        w_ih: ``D`` weights ``(G, I)``; bias: ``D`` biases ``(G,)`` or None.
+        out: where to write, ``(D, T, B, G)`` with each ``out[d]`` contiguous; None allocates.
+
+    Returns:
+        ``(D, T, B, G)``, one GEMM per direction straight into the buffer.
+    """
+    num_steps, batch, _ = inputs[0].shape
+    gates = w_ih[0].shape[0]
+    if out is None:
+        out = inputs[0].new_empty(len(inputs), num_steps, batch, gates)  # (D, T, B, G)
+    for d, (x, w, b) in enumerate(zip(inputs, w_ih, bias)):
+        x2d = x.reshape(num_steps * batch, -1)  # (T*B, I)
+        target = out[d].view(num_steps * batch, gates)  # (T*B, G)
+        if b is None:
+            torch.mm(x2d, w.t(), out=target)  # (T*B, I) @ (I, G)
+        else:
+            torch.addmm(b, x2d, w.t(), out=target)  # (T*B, I) @ (I, G) + (G,)
+    return out
+
+
+def weight_grad(d_pre: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """``dW_d = d_pre_d^T @ x_d`` over all steps at once: one GEMM per direction.
+
+    Args:
+        d_pre: ``(D, T, B, G)`` (any row stride); inputs: ``D`` step-major ``(T, B, X)``.
+
+    Returns:
+        ``D`` gradients ``(G, X)``.
+    """
+    num_steps, batch, gates = d_pre.shape[1:]
+    grads = []
+    for d, x in enumerate(inputs):
+        g2d = d_pre[d].reshape(num_steps * batch, gates)  # (T*B, G)
+        grads.append(g2d.t() @ x.reshape(num_steps * batch, -1))  # (G, T*B) @ (T*B, X)
+    return grads
+
+
+def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[tuple]:
+    """The flat ``D * 5`` weight arguments of a layer Function back into ``D`` tuples."""
+    return [tuple(flat[5 * d : 5 * d + 5]) for d in range(num_directions)]
+
+
+def reference_double_backward(ctx, mode: str, grads: Sequence[Tensor]) -> tuple:
+    """Backward with ``create_graph=True``: differentiate the reference path instead.
+
+    The hand-written backward is not itself differentiable, so when a graph of the gradient is
+    asked for we rebuild this layer with the reference backend from the saved inputs and let
+    autograd differentiate it (twice, if the caller wants).
+    """
+    x, h0, c0, *flat = ctx.saved_tensors[: ctx.num_inputs]
+    num_directions = ctx.num_directions
+    weights = unbatched_flat_weights(flat, num_directions)
+    with torch.enable_grad():
+        hx = (h0, c0) if mode == "LSTM" else h0
+        output, h_n = reference.run(
+            mode, x, hx, weights, num_layers=1, num_directions=num_directions,
+            lengths=ctx.lengths,
+        )  # fmt: skip
+        outputs = [output, *h_n] if mode == "LSTM" else [output, h_n]
+        targets = [x, h0, c0, *flat]
+        wanted = [t for t in targets if t is not None and t.requires_grad]
+        found = iter(
+            torch.autograd.grad(
+                outputs, wanted, grads[: len(outputs)], create_graph=True, allow_unused=True
+            )
+        )
+    return tuple(next(found) if t is not None and t.requires_grad else None for t in targets)

@@ -1,0 +1,180 @@
+r"""LSTM layer (optionally with projection), both directions at once: forward loop and BPTT.
+
+.. math::
+    o, i, f &= \sigma(\cdot),\ g = \tanh(\cdot)
+        \quad\text{of}\quad W_{ih} x_s + b_{ih} + b_{hh} + W_{hh} h_{s-1} \\
+    c_s &= f \odot c_{s-1} + i \odot g, \qquad
+    r_s = o \odot \tanh(c_s), \qquad h_s = r_s \ \text{or}\ W_{hr} r_s
+
+Internally the gate rows are reordered from torch's ``(i, f, g, o)`` to ``(o, i, f, g)``: the
+forward then applies one sigmoid to a contiguous 3H block and one tanh to an H block, and the
+backward finds the three gates that multiply ``dc`` (i, f, g) contiguous as well. Gradients are
+put back into torch's order at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layer import (
+    Timeline,
+    project,
+    reference_double_backward,
+    unbatched_flat_weights,
+    weight_grad,
+)
+
+TO_OURS = [3, 0, 1, 2]  # torch's gate blocks (i, f, g, o) -> ours (o, i, f, g)
+TO_TORCH = [1, 2, 3, 0]  # ours -> torch's
+
+
+def reorder(rows: Tensor, order: list[int]) -> Tensor:
+    """Permute the four H-row gate blocks of ``(4H, *)`` or ``(4H,)`` (a new tensor)."""
+    return rows.unflatten(0, (4, -1))[order].flatten(0, 1)
+
+
+def lstm_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat):
+    """One layer, ``D`` directions.
+
+    Returns ``(output (T, B, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))`` with the
+    step-major buffers ``gates (D, T, B, 4H)`` (activated, our order), ``cs (D, T+1, B, H)``
+    and ``hs (D, T+1, B, P)`` (slot 0 the initial state).
+    """
+    weights = unbatched_flat_weights(flat, num_directions)
+    num_steps, batch, _ = x.shape
+    hidden, out_size = c0.shape[-1], h0.shape[-1]
+    w_hh_t = torch.stack([reorder(w[1], TO_OURS) for w in weights]).transpose(1, 2)  # (D, P, 4H)
+    bias = [None if w[2] is None else reorder(w[2] + w[3], TO_OURS) for w in weights]  # (4H,)
+    w_ih = [reorder(w[0], TO_OURS) for w in weights]  # D x (4H, I)
+    projected = weights[0][4] is not None
+    w_hr_t = torch.stack([w[4] for w in weights]).transpose(1, 2) if projected else None  # (D,H,P)
+
+    gates = project(timeline.directions(x, num_directions), w_ih, bias)  # (D, T, B, 4H)
+    cs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
+    hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
+    cs[:, 0] = c0
+    hs[:, 0] = h0
+    tanh_c = x.new_empty(num_directions, batch, hidden)  # (D, B, H), reused every step
+    r = x.new_empty(num_directions, batch, hidden) if projected else None  # (D, B, H)
+
+    # Per-step views, made once: gates[:, s] and its blocks, states at s.
+    gate_steps = gates.unbind(1)  # T x (D, B, 4H)
+    sigmoid_steps = gates[..., : 3 * hidden].unbind(1)  # o, i, f
+    tanh_steps = gates[..., 3 * hidden :].unbind(1)  # g
+    o_steps, i_steps, f_steps, g_steps = (
+        block.unbind(1) for block in gates.unflatten(3, (4, hidden)).unbind(3)
+    )
+    c_steps, h_steps = cs.unbind(1), hs.unbind(1)
+    for s in range(num_steps):
+        gate_steps[s].baddbmm_(h_steps[s], w_hh_t)  # (D, B, P) @ (D, P, 4H) + hoisted x part
+        sigmoid_steps[s].sigmoid_()
+        tanh_steps[s].tanh_()
+        c = torch.mul(f_steps[s], c_steps[s], out=c_steps[s + 1])
+        c.addcmul_(i_steps[s], g_steps[s])  # c = f * c_prev + i * g
+        torch.tanh(c, out=tanh_c)
+        if projected:
+            torch.mul(o_steps[s], tanh_c, out=r)
+            torch.bmm(r, w_hr_t, out=h_steps[s + 1])  # (D, B, H) @ (D, H, P)
+        else:
+            torch.mul(o_steps[s], tanh_c, out=h_steps[s + 1])
+    output = timeline.output(hs[:, 1:])
+    return output, timeline.final(hs), timeline.final(cs), (gates, cs, hs)
+
+
+class LSTMLayer(torch.autograd.Function):
+    """``(mode, D, lengths, x (T, B, I), h0 (D, B, P), c0 (D, B, H), *D x (w_ih, w_hh, b_ih,
+    b_hh, w_hr)) -> (output (T, B, D*P), h_n (D, B, P), c_n (D, B, H))``."""
+
+    @staticmethod
+    def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
+        timeline = Timeline(x.shape[0], lengths)
+        output, h_n, c_n, buffers = lstm_layer_forward(
+            mode, num_directions, timeline, x, h0, c0, flat
+        )
+        ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
+            mode, num_directions, lengths, timeline,
+        )  # fmt: skip
+        ctx.num_inputs = 3 + len(flat)
+        ctx.save_for_backward(x, h0, c0, *flat, *buffers)
+        return output, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, d_output, d_h_n, d_c_n):
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            return (None,) * 3 + reference_double_backward(ctx, "LSTM", (d_output, d_h_n, d_c_n))
+        x, h0, c0, *flat, gates, cs, hs = ctx.saved_tensors
+        num_directions, timeline = ctx.num_directions, ctx.timeline
+        weights = unbatched_flat_weights(flat, num_directions)
+        needs = ctx.needs_input_grad[3:]
+        num_steps = x.shape[0]
+        hidden = cs.shape[-1]
+        projected = weights[0][4] is not None
+        w_hh = torch.stack([reorder(w[1], TO_OURS) for w in weights])  # (D, 4H, P)
+        w_hr = torch.stack([w[4] for w in weights]) if projected else None  # (D, P, H)
+
+        # Turn the saved activations, in place, into the factors that map dh / dc to each
+        # gate's pre-activation gradient; the loop then only multiplies.
+        o, i, f, g = gates.unflatten(3, (4, hidden)).unbind(3)  # 4 x (D, T, B, H)
+        c_prev, c = cs[:, :num_steps], cs[:, 1:]  # (D, T, B, H)
+        f_keep = f.clone()  # dc_prev = dc * f, needed after f's slot is overwritten
+        tanh_c = torch.tanh(c)
+        r = o * tanh_c if projected else None  # (D, T, B, H): what W_hr multiplied
+        dc_from_dr = tanh_c.square().neg_().add_(1).mul_(o)  # dc += dr * o * (1 - tanh(c)^2)
+        o.addcmul_(o, o, value=-1).mul_(tanh_c)  # d_pre_o = dr * o(1-o) * tanh(c)
+        del tanh_c
+        i_factor = torch.addcmul(i, i, i, value=-1).mul_(g)  # d_pre_i = dc * i(1-i) * g
+        g.square_().neg_().add_(1).mul_(i)  # d_pre_g = dc * (1 - g^2) * i
+        i.copy_(i_factor)
+        del i_factor
+        f.addcmul_(f, f, value=-1).mul_(c_prev)  # d_pre_f = dc * f(1-f) * c_prev
+
+        d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
+        if timeline.lengths is None:
+            dc = d_c_n.clone()  # (D, B, H)
+            dc_arrivals = None
+        else:  # each sequence's c_n gradient enters at its own last step
+            dc = d_c_n.new_zeros(d_c_n.shape)
+            dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
+            timeline.add_at_final_step_(dc_arrivals, d_c_n)
+            dc_arrival_steps = dc_arrivals.unbind(1)
+        dr = d_h.new_empty(num_directions, d_h.shape[2], hidden) if projected else None
+        pre_steps = gates.unbind(1)  # T x (D, B, 4H): becomes d_pre
+        o_steps = o.unbind(1)
+        ifg_steps = gates.unflatten(3, (4, hidden))[:, :, :, 1:].unbind(1)  # (D, B, 3, H)
+        dc_from_dr_steps, f_steps, d_h_steps = dc_from_dr.unbind(1), f_keep.unbind(1), d_h.unbind(1)
+        dh = d_h_steps[num_steps - 1]
+        for s in range(num_steps - 1, -1, -1):
+            d_r = torch.bmm(dh, w_hr, out=dr) if projected else dh  # (D, B, P) @ (D, P, H)
+            if dc_arrivals is not None:
+                dc.add_(dc_arrival_steps[s])
+            dc.addcmul_(d_r, dc_from_dr_steps[s])  # dc = dc_next * f_next + dr * o * tanh'(c)
+            o_steps[s].mul_(d_r)  # d_pre_o
+            ifg_steps[s].mul_(dc.unsqueeze(2))  # d_pre_i, d_pre_f, d_pre_g
+            dc.mul_(f_steps[s])  # dc_prev
+            if s:
+                dh = d_h_steps[s - 1].baddbmm_(pre_steps[s], w_hh)  # (D,B,4H) @ (D,4H,P) + d_out
+        d_h0 = torch.bmm(pre_steps[0], w_hh) if needs[1] else None  # (D, B, 4H) @ (D, 4H, P)
+        d_pre = gates  # (D, T, B, 4H), our gate order
+
+        grads = [None] * ctx.num_inputs
+        if needs[0]:
+            w_ih = [reorder(w[0], TO_OURS) for w in weights]  # D x (4H, I)
+            grads[0] = timeline.input_grad(d_pre, w_ih)  # (T, B, I)
+        grads[1], grads[2] = d_h0, dc
+        if any(needs[3:]):
+            d_w_ih = weight_grad(d_pre, timeline.directions(x, num_directions))  # D x (4H, I)
+            prev = hs[:, :num_steps].reshape(num_directions, -1, hs.shape[-1])  # (D, T*B, P)
+            d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
+            d_bias = d_pre.sum((1, 2))  # (D, 4H)
+            if projected:  # d_h holds every step's full dh now
+                d_w_hr = d_h.flatten(1, 2).transpose(1, 2).bmm(r.flatten(1, 2))  # (D, P, H)
+            for d in range(num_directions):
+                base = 3 + 5 * d
+                d_b = reorder(d_bias[d], TO_TORCH)
+                grads[base : base + 4] = [
+                    reorder(d_w_ih[d], TO_TORCH), reorder(d_w_hh[d], TO_TORCH), d_b, d_b.clone(),
+                ]  # fmt: skip
+                if projected:
+                    grads[base + 4] = d_w_hr[d]
+        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))

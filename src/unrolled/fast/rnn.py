@@ -1,0 +1,97 @@
+r"""Elman RNN layer (tanh or ReLU), both directions at once: forward loop and hand-written BPTT.
+
+.. math::  h_s = act(\underbrace{W_{ih} x_s + b_{ih} + b_{hh}}_{\text{hoisted: one GEMM}}
+           + W_{hh} h_{s-1})
+
+Per step the forward does one batched matmul (both directions) and one in-place activation,
+writing straight into the step-major state buffer ``hs (D, T+1, B, H)`` that already holds the
+hoisted projection. The backward runs only the chain ``d_pre_s = dh_s * act'(.)``,
+``dh_{s-1} = d_pre_s @ W_hh`` per step, then one GEMM per weight over all steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layer import (
+    Timeline,
+    project,
+    reference_double_backward,
+    unbatched_flat_weights,
+    weight_grad,
+)
+
+
+def rnn_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat):
+    """One layer, ``D`` directions. Returns ``(output (T, B, D*H), h_n (D, B, H), hs)``."""
+    weights = unbatched_flat_weights(flat, num_directions)
+    num_steps, batch, _ = x.shape
+    hidden = h0.shape[-1]
+    w_hh_t = torch.stack([w[1] for w in weights]).transpose(1, 2)  # (D, H, H): W_hh^T
+    bias = [None if w[2] is None else w[2] + w[3] for w in weights]  # D x (H,)
+
+    hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
+    hs[:, 0] = h0
+    # Slots 1..T first hold the projection, then (in place) the states.
+    project(timeline.directions(x, num_directions), [w[0] for w in weights], bias, out=hs[:, 1:])
+    activate = torch.Tensor.tanh_ if mode == "RNN_TANH" else torch.Tensor.relu_
+    steps = hs.unbind(1)  # T+1 views (D, B, H)
+    h = steps[0]
+    for h_next in steps[1:]:
+        h = activate(h_next.baddbmm_(h, w_hh_t))  # (D, B, H) @ (D, H, H) + x_s W_ih^T + b
+    return timeline.output(hs[:, 1:]), timeline.final(hs), hs
+
+
+class RNNLayer(torch.autograd.Function):
+    """``(mode, D, lengths, x (T, B, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh, None))
+    -> (output (T, B, D*H), h_n (D, B, H))``."""
+
+    @staticmethod
+    def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
+        timeline = Timeline(x.shape[0], lengths)
+        output, h_n, hs = rnn_layer_forward(mode, num_directions, timeline, x, h0, c0, flat)
+        ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
+            mode, num_directions, lengths, timeline,
+        )  # fmt: skip
+        ctx.num_inputs = 3 + len(flat)
+        ctx.save_for_backward(x, h0, c0, *flat, hs)
+        return output, h_n
+
+    @staticmethod
+    def backward(ctx, d_output, d_h_n):
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+            return (None,) * 3 + reference_double_backward(ctx, ctx.mode, (d_output, d_h_n))
+        x, h0, c0, *flat, hs = ctx.saved_tensors
+        num_directions, timeline = ctx.num_directions, ctx.timeline
+        weights = unbatched_flat_weights(flat, num_directions)
+        needs = ctx.needs_input_grad[3:]
+        num_steps = x.shape[0]
+        w_hh = torch.stack([w[1] for w in weights])  # (D, H, H)
+
+        states = hs[:, 1:]  # (D, T, B, H)
+        if ctx.mode == "RNN_TANH":
+            d_pre = states.square().neg_().add_(1)  # tanh' = 1 - h^2, (D, T, B, H)
+        else:
+            d_pre = (states > 0).to(states.dtype)  # relu' = [h > 0]
+        d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
+        d_pre_steps, d_h_steps = d_pre.unbind(1), d_h.unbind(1)
+        dh = d_h_steps[num_steps - 1]
+        for s in range(num_steps - 1, 0, -1):
+            d_pre_s = d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
+            dh = d_h_steps[s - 1].baddbmm_(d_pre_s, w_hh)  # (D, B, H) @ (D, H, H) + d_out
+        d_h0 = torch.bmm(d_pre_steps[0].mul_(dh), w_hh)  # (D, B, H) @ (D, H, H)
+
+        grads = [None] * (ctx.num_inputs)
+        if needs[0]:
+            grads[0] = timeline.input_grad(d_pre, [w[0] for w in weights])  # (T, B, I)
+        grads[1] = d_h0 if needs[1] else None
+        if any(needs[3:]):
+            d_w_ih = weight_grad(d_pre, timeline.directions(x, num_directions))  # D x (H, I)
+            prev = hs[:, :num_steps].reshape(num_directions, -1, hs.shape[-1])  # (D, T*B, H)
+            d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D, H, T*B) @ (D, T*B, H)
+            d_bias = d_pre.sum((1, 2))  # (D, H)
+            for d in range(num_directions):
+                base = 3 + 5 * d
+                grads[base : base + 4] = [d_w_ih[d], d_w_hh[d], d_bias[d], d_bias[d].clone()]
+        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))
