@@ -113,21 +113,21 @@ class LSTMLayer(torch.autograd.Function):
         w_hh = torch.stack([reorder(w[1], TO_OURS) for w in weights])  # (D, 4H, P)
         w_hr = torch.stack([w[4] for w in weights]) if projected else None  # (D, P, H)
 
-        # Turn the saved activations, in place, into the factors that map dh / dc to each
-        # gate's pre-activation gradient; the loop then only multiplies.
+        # The factors that map dh / dc to each gate's pre-activation gradient, for all steps at
+        # once (into a new buffer: the saved activations must survive a retained graph); the
+        # loop then only multiplies them in place.
         o, i, f, g = gates.unflatten(3, (4, hidden)).unbind(3)  # 4 x (D, T, B, H)
+        d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
+        pre_o, pre_i, pre_f, pre_g = d_pre.unflatten(3, (4, hidden)).unbind(3)
         c_prev, c = cs[:, :num_steps], cs[:, 1:]  # (D, T, B, H)
-        f_keep = f.clone()  # dc_prev = dc * f, needed after f's slot is overwritten
         tanh_c = torch.tanh(c)
         r = o * tanh_c if projected else None  # (D, T, B, H): what W_hr multiplied
         dc_from_dr = tanh_c.square().neg_().add_(1).mul_(o)  # dc += dr * o * (1 - tanh(c)^2)
-        o.addcmul_(o, o, value=-1).mul_(tanh_c)  # d_pre_o = dr * o(1-o) * tanh(c)
+        torch.addcmul(o, o, o, value=-1, out=pre_o).mul_(tanh_c)  # d_pre_o = dr o(1-o) tanh(c)
         del tanh_c
-        i_factor = torch.addcmul(i, i, i, value=-1).mul_(g)  # d_pre_i = dc * i(1-i) * g
-        g.square_().neg_().add_(1).mul_(i)  # d_pre_g = dc * (1 - g^2) * i
-        i.copy_(i_factor)
-        del i_factor
-        f.addcmul_(f, f, value=-1).mul_(c_prev)  # d_pre_f = dc * f(1-f) * c_prev
+        torch.addcmul(i, i, i, value=-1, out=pre_i).mul_(g)  # d_pre_i = dc * i(1-i) * g
+        torch.mul(g, g, out=pre_g).neg_().add_(1).mul_(i)  # d_pre_g = dc * (1 - g^2) * i
+        torch.addcmul(f, f, f, value=-1, out=pre_f).mul_(c_prev)  # d_pre_f = dc f(1-f) c_prev
 
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
         if timeline.lengths is None:
@@ -139,10 +139,10 @@ class LSTMLayer(torch.autograd.Function):
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
             dc_arrival_steps = dc_arrivals.unbind(1)
         dr = d_h.new_empty(num_directions, d_h.shape[2], hidden) if projected else None
-        pre_steps = gates.unbind(1)  # T x (D, B, 4H): becomes d_pre
-        o_steps = o.unbind(1)
-        ifg_steps = gates.unflatten(3, (4, hidden))[:, :, :, 1:].unbind(1)  # (D, B, 3, H)
-        dc_from_dr_steps, f_steps, d_h_steps = dc_from_dr.unbind(1), f_keep.unbind(1), d_h.unbind(1)
+        pre_steps = d_pre.unbind(1)  # T x (D, B, 4H)
+        o_steps = pre_o.unbind(1)
+        ifg_steps = d_pre.unflatten(3, (4, hidden))[:, :, :, 1:].unbind(1)  # (D, B, 3, H)
+        dc_from_dr_steps, f_steps, d_h_steps = dc_from_dr.unbind(1), f.unbind(1), d_h.unbind(1)
         dh = d_h_steps[num_steps - 1]
         for s in range(num_steps - 1, -1, -1):
             d_r = torch.bmm(dh, w_hr, out=dr) if projected else dh  # (D, B, P) @ (D, P, H)
@@ -155,7 +155,6 @@ class LSTMLayer(torch.autograd.Function):
             if s:
                 dh = d_h_steps[s - 1].baddbmm_(pre_steps[s], w_hh)  # (D,B,4H) @ (D,4H,P) + d_out
         d_h0 = torch.bmm(pre_steps[0], w_hh) if needs[1] else None  # (D, B, 4H) @ (D, 4H, P)
-        d_pre = gates  # (D, T, B, 4H), our gate order
 
         grads = [None] * ctx.num_inputs
         if needs[0]:

@@ -12,7 +12,6 @@ hoisted projection. The backward runs only the chain ``d_pre_s = dh_s * act'(.)`
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from .layer import (
     Timeline,
