@@ -37,12 +37,15 @@ def reorder(rows: Tensor, order: list[int]) -> Tensor:
     return rows.unflatten(0, (3, -1))[order].flatten(0, 1)
 
 
-def gru_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat):
+def gru_layer_forward(
+    mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat, keep: bool = False
+):
     """One layer, ``D`` directions.
 
     Returns ``(output (T, B, D*H), h_n (D, B, H), (xw, hh, hs))`` with the step-major buffers
     ``xw (D, T, B, 3H)`` (``[x_r, x_z, n]``: the n block overwritten by n), ``hh (D, T, B, 3H)``
-    (``[r, z, a]``) and ``hs (D, T+1, B, H)``.
+    (``[r, z, a]``) and ``hs (D, T+1, B, H)``. Without ``keep`` (nothing will be
+    differentiated) ``hh`` is one reused ``(D, B, 3H)`` buffer.
     """
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
@@ -58,15 +61,18 @@ def gru_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0,
         x_bias = [None] * num_directions
 
     xw = project(timeline.directions(x, num_directions), [w[0] for w in weights], x_bias)
-    hh = x.new_empty(num_directions, num_steps, batch, 3 * hidden)  # (D, T, B, 3H)
+    hh = x.new_empty(num_directions, num_steps if keep else 1, batch, 3 * hidden)  # (D,T,B,3H)
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
 
+    def per_step(view: Tensor) -> list[Tensor]:
+        return list(view.unbind(1)) if keep else [view[:, 0]] * num_steps
+
     # Per-step views, made once.
-    hh_steps = hh.unbind(1)  # T x (D, B, 3H)
-    rz_steps = hh[..., : 2 * hidden].unbind(1)
+    hh_steps = per_step(hh)  # T x (D, B, 3H)
+    rz_steps = per_step(hh[..., : 2 * hidden])
+    r_steps, z_steps, a_steps = map(per_step, hh.unflatten(3, (3, hidden)).unbind(3))
     x_rz_steps = xw[..., : 2 * hidden].unbind(1)
-    r_steps, z_steps, a_steps = (b.unbind(1) for b in hh.unflatten(3, (3, hidden)).unbind(3))
     n_steps = xw[..., 2 * hidden :].unbind(1)
     h_steps = hs.unbind(1)
     h = h_steps[0]
@@ -88,7 +94,9 @@ class GRULayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
         timeline = Timeline(x.shape[0], lengths)
-        output, h_n, buffers = gru_layer_forward(mode, num_directions, timeline, x, h0, c0, flat)
+        output, h_n, buffers = gru_layer_forward(
+            mode, num_directions, timeline, x, h0, c0, flat, keep=True
+        )
         ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
             mode, num_directions, lengths, timeline,
         )  # fmt: skip

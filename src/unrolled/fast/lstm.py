@@ -34,12 +34,16 @@ def reorder(rows: Tensor, order: list[int]) -> Tensor:
     return rows.unflatten(0, (4, -1))[order].flatten(0, 1)
 
 
-def lstm_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat):
+def lstm_layer_forward(
+    mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat, keep: bool = False
+):
     """One layer, ``D`` directions.
 
     Returns ``(output (T, B, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))`` with the
     step-major buffers ``gates (D, T, B, 4H)`` (activated, our order), ``cs (D, T+1, B, H)``
-    and ``hs (D, T+1, B, P)`` (slot 0 the initial state).
+    and ``hs (D, T+1, B, P)`` (slot 0 the initial state). Without ``keep`` (nothing will be
+    differentiated) the gates and cells go through one reused ``(D, B, *)`` buffer instead and
+    only what the outputs need is kept.
     """
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
@@ -50,24 +54,32 @@ def lstm_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0
     projected = weights[0][4] is not None
     w_hr_t = torch.stack([w[4] for w in weights]).transpose(1, 2) if projected else None  # (D,H,P)
 
-    gates = project(timeline.directions(x, num_directions), w_ih, bias)  # (D, T, B, 4H)
-    cs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
+    projection = project(timeline.directions(x, num_directions), w_ih, bias)  # (D, T, B, 4H)
+    every_cell = keep or timeline.lengths is not None  # lengths: c_n is gathered afterwards
+    cs = x.new_empty(num_directions, num_steps + 1 if every_cell else 1, batch, hidden)
     hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
     cs[:, 0] = c0
     hs[:, 0] = h0
     tanh_c = x.new_empty(num_directions, batch, hidden)  # (D, B, H), reused every step
     r = x.new_empty(num_directions, batch, hidden) if projected else None  # (D, B, H)
 
-    # Per-step views, made once: gates[:, s] and its blocks, states at s.
-    gate_steps = gates.unbind(1)  # T x (D, B, 4H)
-    sigmoid_steps = gates[..., : 3 * hidden].unbind(1)  # o, i, f
-    tanh_steps = gates[..., 3 * hidden :].unbind(1)  # g
-    o_steps, i_steps, f_steps, g_steps = (
-        block.unbind(1) for block in gates.unflatten(3, (4, hidden)).unbind(3)
-    )
-    c_steps, h_steps = cs.unbind(1), hs.unbind(1)
+    # Per-step views, made once: gates at s and their blocks, states at s. Kept, the gates are
+    # activated in place inside the projection buffer; otherwise in one reused buffer.
+    gates = projection if keep else x.new_empty(num_directions, 1, batch, 4 * hidden)
+
+    def per_step(view: Tensor) -> list[Tensor]:
+        return list(view.unbind(1)) if keep else [view[:, 0]] * num_steps
+
+    projection_steps = projection.unbind(1)  # T x (D, B, 4H)
+    gate_steps = per_step(gates)
+    sigmoid_steps = per_step(gates[..., : 3 * hidden])  # o, i, f
+    tanh_steps = per_step(gates[..., 3 * hidden :])  # g
+    o_steps, i_steps, f_steps, g_steps = map(per_step, gates.unflatten(3, (4, hidden)).unbind(3))
+    c_steps = cs.unbind(1) if every_cell else [cs[:, 0]] * (num_steps + 1)
+    h_steps = hs.unbind(1)
     for s in range(num_steps):
-        gate_steps[s].baddbmm_(h_steps[s], w_hh_t)  # (D, B, P) @ (D, P, 4H) + hoisted x part
+        # (D, B, P) @ (D, P, 4H) + hoisted x part
+        torch.baddbmm(projection_steps[s], h_steps[s], w_hh_t, out=gate_steps[s])
         sigmoid_steps[s].sigmoid_()
         tanh_steps[s].tanh_()
         c = torch.mul(f_steps[s], c_steps[s], out=c_steps[s + 1])
@@ -79,7 +91,8 @@ def lstm_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0
         else:
             torch.mul(o_steps[s], tanh_c, out=h_steps[s + 1])
     output = timeline.output(hs[:, 1:])
-    return output, timeline.final(hs), timeline.final(cs), (gates, cs, hs)
+    c_n = timeline.final(cs) if every_cell else cs[:, 0]
+    return output, timeline.final(hs), c_n, (gates, cs, hs)
 
 
 class LSTMLayer(torch.autograd.Function):
@@ -90,7 +103,7 @@ class LSTMLayer(torch.autograd.Function):
     def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
         timeline = Timeline(x.shape[0], lengths)
         output, h_n, c_n, buffers = lstm_layer_forward(
-            mode, num_directions, timeline, x, h0, c0, flat
+            mode, num_directions, timeline, x, h0, c0, flat, keep=True
         )
         ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
             mode, num_directions, lengths, timeline,
