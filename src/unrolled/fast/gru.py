@@ -42,8 +42,8 @@ def gru_layer_forward(
 ):
     """One layer, ``D`` directions.
 
-    Returns ``(output (T, B, D*H), h_n (D, B, H), (xw, hh, hs))`` with the step-major buffers
-    ``xw (D, T, B, 3H)`` (``[x_r, x_z, n]``: the n block overwritten by n), ``hh (D, T, B, 3H)``
+    Returns ``(output (T, B, D*H), h_n (D, B, H), (ns, hh, hs))`` with the step-major buffers
+    ``ns (D, T, B, H)`` (the new-gate values n), ``hh (D, T, B, 3H)``
     (``[r, z, a]``) and ``hs (D, T+1, B, H)``. Without ``keep`` (nothing will be
     differentiated) ``hh`` is one reused ``(D, B, 3H)`` buffer.
     """
@@ -73,7 +73,11 @@ def gru_layer_forward(
     rz_steps = per_step(hh[..., : 2 * hidden])
     r_steps, z_steps, a_steps = map(per_step, hh.unflatten(3, (3, hidden)).unbind(3))
     x_rz_steps = xw[..., : 2 * hidden].unbind(1)
-    n_steps = xw[..., 2 * hidden :].unbind(1)
+    x_n_steps = xw[..., 2 * hidden :].unbind(1)
+    # Kept, n gets its own buffer so that the dead x_r, x_z blocks are not saved; otherwise
+    # it overwrites x_n in place.
+    ns = x.new_empty(num_directions, num_steps, batch, hidden) if keep else xw[..., 2 * hidden :]
+    n_steps = ns.unbind(1)
     h_steps = hs.unbind(1)
     h = h_steps[0]
     for s in range(num_steps):
@@ -82,9 +86,10 @@ def gru_layer_forward(
         else:
             torch.bmm(h, w_hh_t, out=hh_steps[s])  # (D, B, H) @ (D, H, 3H)
         rz_steps[s].add_(x_rz_steps[s]).sigmoid_()  # r, z
-        n = n_steps[s].addcmul_(r_steps[s], a_steps[s]).tanh_()  # n = tanh(x_n + r * a)
+        # n = tanh(x_n + r * a)
+        n = torch.addcmul(x_n_steps[s], r_steps[s], a_steps[s], out=n_steps[s]).tanh_()
         h = torch.lerp(n, h, z_steps[s], out=h_steps[s + 1])  # (1 - z) * n + z * h
-    return timeline.output(hs[:, 1:]), timeline.final(hs), (xw, hh, hs)
+    return timeline.output(hs[:, 1:]), timeline.final(hs), (ns, hh, hs)
 
 
 class GRULayer(torch.autograd.Function):
@@ -108,7 +113,7 @@ class GRULayer(torch.autograd.Function):
     def backward(ctx, d_output, d_h_n):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
             return (None,) * 3 + reference_double_backward(ctx, "GRU", (d_output, d_h_n))
-        x, h0, c0, *flat, xw, hh, hs = ctx.saved_tensors
+        x, h0, c0, *flat, n, hh, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline
         weights = unbatched_flat_weights(flat, num_directions)
         needs = ctx.needs_input_grad[3:]
@@ -118,7 +123,6 @@ class GRULayer(torch.autograd.Function):
 
         # The factors that turn dh into each pre-activation gradient, for all steps at once.
         r, z, a = hh.unflatten(3, (3, hidden)).unbind(3)  # (D, T, B, H) each
-        n = xw[..., 2 * hidden :]
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
         factors = hh.new_empty(num_directions, num_steps, batch, 4, hidden)  # [n_x, r, z, n_h]
         n_x, r_f, z_f, n_h = factors.unbind(3)
