@@ -59,4 +59,4 @@ def run(args: argparse.Namespace) -> int:
 
         diagram.draw(result, args.plot)
         print(f"wrote {args.plot}")
-    return 0 if result.max_difference <= explain.TOLERANCE else 1
+    return 0 if result.passed else 1

@@ -35,10 +35,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seed of the random configurations (default 0)",
     )
+    parser.add_argument(
+        "--sweep",
+        choices=["full", "quick", "none"],
+        default="full",
+        help="the fixed sweep: full (default), quick (one case per mode, input "
+        "form and backend) or none (random cases only)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--json", metavar="FILE", help="write the summary and every case here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # fmt: skip
 
 
 def _error(value: float) -> str:
@@ -68,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         console.print(f"[bold red]error[/]: {error}")
         return 2
-    cases = conformance.default_cases(args.cases, args.seed, device)
+    cases = conformance.default_cases(args.cases, args.seed, device, args.sweep)
     console.print(
         f"unrolled verify: {len(cases)} cases on {device} "
-        f"(fixed sweep + {args.cases} random configurations, seed {args.seed})"
+        f"({args.sweep} fixed sweep + {args.cases} random configurations, seed {args.seed})"
     )
 
     start = time.perf_counter()

@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .cases import BACKENDS, CELL_MODES, FORMS, LAYER_MODES, Case, fixed_sweep, random_cases
+from .cases import (
+    BACKENDS,
+    CELL_MODES,
+    FORMS,
+    LAYER_MODES,
+    Case,
+    fixed_sweep,
+    quick_sweep,
+    random_cases,
+)
 from .check import TOLERANCES, Result, run_case
 from .report import Row, summarize, to_json
 
@@ -32,6 +41,7 @@ __all__ = [
     "check_device",
     "default_cases",
     "fixed_sweep",
+    "quick_sweep",
     "random_cases",
     "run_campaign",
     "run_case",
@@ -54,14 +64,15 @@ def check_device(device: str) -> str:
     return device
 
 
-def default_cases(count: int, seed: int, device: str = "cpu") -> list[Case]:
-    """The fixed sweep plus ``count`` random configurations.
+def default_cases(count: int, seed: int, device: str = "cpu", sweep: str = "full") -> list[Case]:
+    """The fixed sweep (``"full"``, ``"quick"`` or ``"none"``) plus ``count`` random cases.
 
     On CUDA, torch.nn's dropout runs inside cuDNN with its own random stream, so dropout
     cases (which compare masks value for value) are left out there.
     """
     include_dropout = torch.device(device).type == "cpu"
-    return fixed_sweep(include_dropout) + random_cases(count, seed, include_dropout)
+    fixed = {"full": fixed_sweep, "quick": quick_sweep, "none": lambda _: []}[sweep]
+    return fixed(include_dropout) + random_cases(count, seed, include_dropout)
 
 
 def run_campaign(

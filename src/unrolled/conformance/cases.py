@@ -227,6 +227,14 @@ def fixed_sweep(include_dropout: bool = True) -> list[Case]:
     return [replace(case, seed=index) for index, case in enumerate(cases)]
 
 
+def quick_sweep(include_dropout: bool = True) -> list[Case]:
+    """A smoke test: from the fixed sweep, the first case of every (mode, input form, backend)."""
+    chosen: dict[tuple, Case] = {}
+    for case in fixed_sweep(include_dropout):
+        chosen.setdefault((case.mode, case.form, case.backend), case)
+    return list(chosen.values())
+
+
 _SIZES = (1, 2, 3, 5, 7, 8)  # ones and small primes catch off-by-one slicing and chunking
 
 
