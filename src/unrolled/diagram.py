@@ -85,7 +85,11 @@ def _draw_network(ax, result: Trace) -> None:
             y = rows[(layer, direction)]
             row = layer * D + direction
             sign = -1 if direction else 1  # which way the state flows
-            suffix = f"\nl{layer}" + (" ← rev" if direction else " → fwd" if D == 2 else "")
+            suffix = (
+                (f"\n← layer {layer}" if direction else f"\nlayer {layer} →")
+                if D == 2
+                else f"\nlayer {layer}"
+            )
             for step in result.of(layer, direction):
                 x = step.t * COLUMN
                 label = f"{mode}{suffix}\nstep {step.order + 1}"
