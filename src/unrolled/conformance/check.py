@@ -164,7 +164,8 @@ def _gradients(module: nn.Module, values: list[Tensor], leaves: list[Tensor], se
         (v * torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)).sum()
         for v in floating
     )
-    names = [f"input[{k}]" for k in range(len(leaves))] + [n for n, _ in module.named_parameters()]
+    inputs = ["input", "h_0", "c_0"] if len(leaves) <= 3 else [f"input[{k}]" for k in range(len(leaves))]
+    names = inputs[: len(leaves)] + [n for n, _ in module.named_parameters()]
     targets = leaves + list(module.parameters())
     return dict(zip(names, torch.autograd.grad(loss, targets, allow_unused=True)))
 
@@ -199,6 +200,17 @@ def _compare(result: Result, name: str, got: Tensor, expected: Tensor) -> float:
     return error
 
 
+def _output_names(case: Case) -> list[str]:
+    """What the flat list of returned tensors holds, in order."""
+    if case.is_cell:
+        return ["h'", "c'"] if case.mode == "LSTMCell" else ["h'"]
+    names = ["output.data" if case.form == "packed" else "output", "h_n"]
+    names += ["c_n"] if case.mode == "LSTM" else []
+    if case.form == "packed":
+        names += ["output.batch_sizes", "output.sorted_indices", "output.unsorted_indices"]
+    return names
+
+
 def run_case(case: Case, device: str = "cpu") -> Result:
     """Check one case; never raises for a mismatch or an exception inside unrolled."""
     result = Result(case)
@@ -229,7 +241,7 @@ def run_case(case: Case, device: str = "cpu") -> Result:
             warnings.simplefilter("ignore", UserWarning)
             expected, expected_grads = side(theirs, False)
             got, got_grads = side(ours, True)
-        assert len(leaves) == sum(k.startswith("input[") for k in expected_grads)
+        assert len(leaves) + len(list(theirs.parameters())) == len(expected_grads)
     except Exception as error:  # a crash is a failure of the case, reported with its cause
         last = traceback.extract_tb(error.__traceback__)[-1]
         result.fail(f"raised {type(error).__name__}: {error} ({last.filename}:{last.lineno})")
@@ -238,8 +250,10 @@ def run_case(case: Case, device: str = "cpu") -> Result:
 
     if len(got) != len(expected):
         result.fail(f"returned {len(got)} tensors, torch.nn returned {len(expected)}")
+    names = _output_names(case)
     for k, (a, b) in enumerate(zip(got, expected)):
-        result.output_error = max(result.output_error, _compare(result, f"output[{k}]", a, b))
+        name = names[k] if k < len(names) else f"returned[{k}]"
+        result.output_error = max(result.output_error, _compare(result, name, a, b))
     for name, b in expected_grads.items():
         a = got_grads.get(name)
         if b is None or a is None:
