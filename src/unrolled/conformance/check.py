@@ -164,7 +164,9 @@ def _gradients(module: nn.Module, values: list[Tensor], leaves: list[Tensor], se
         (v * torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)).sum()
         for v in floating
     )
-    inputs = ["input", "h_0", "c_0"] if len(leaves) <= 3 else [f"input[{k}]" for k in range(len(leaves))]
+    inputs = (
+        ["input", "h_0", "c_0"] if len(leaves) <= 3 else [f"input[{k}]" for k in range(len(leaves))]
+    )
     names = inputs[: len(leaves)] + [n for n, _ in module.named_parameters()]
     targets = leaves + list(module.parameters())
     return dict(zip(names, torch.autograd.grad(loss, targets, allow_unused=True)))
