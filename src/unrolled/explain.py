@@ -297,10 +297,12 @@ def render(result: Trace, values: bool = False) -> str:
         lines += [f"  input[:, {t}] = {_numbers(result.inputs[:, t])}" for t in range(T)]
     lines += ["", f"The {config.mode} cell (unrolled/cells.py, one time step):"]
     lines += [f"    {lhs:<3}= {rhs}" for lhs, rhs in eqs]
-    lines.append(
-        "  x: the step's input; h (and c): the state before the step; primes: after it. "
-        "σ is the sigmoid, ⊙ elementwise product."
-    )
+    legend = "  x: the step's input; h: the state before the step; h': after it."
+    if config.mode in GATE_LETTERS:
+        legend += " σ is the sigmoid, ⊙ the elementwise product."
+    lines.append(legend)
+    if values and config.batch > 1:
+        lines.append("  Numbers: one [...] per sequence of the batch, separated by /.")
     for layer in range(L):
         for direction in range(D):
             lines += _render_layer_direction(result, layer, direction, eqs, values)
@@ -386,7 +388,9 @@ def _render_assembly(result: Trace, values: bool) -> list[str]:
     last = L - 1
     lines = ["", "== where the results come from " + "=" * 40]
     lines.append(
-        f"output {_shape(result.output)} = (B, T, D*P) holds the LAST layer's h' at every t:"
+        f"output {_shape(result.output)} = (B, T, D*P) with P={P} "
+        f"({'the projection size' if config.proj_size else 'P = H'}) holds the LAST layer's "
+        "h' at every t:"
     )
     for direction in range(D):
         columns = f"{direction * P}:{(direction + 1) * P}"
