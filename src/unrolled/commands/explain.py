@@ -52,11 +52,17 @@ def run(args: argparse.Namespace) -> int:
         proj_size=args.proj_size,
         seed=args.seed,
     )
+    if args.plot:
+        try:
+            from unrolled import diagram  # matplotlib is an optional extra
+        except ImportError as error:
+            print(
+                f"unrolled explain --plot needs matplotlib ({error}): pip install 'unrolled[plot]'"
+            )
+            return 2
     result = explain.trace(config)
     print(explain.render(result, values=args.values))
     if args.plot:
-        from unrolled import diagram  # matplotlib is an optional extra
-
         diagram.draw(result, args.plot)
         print(f"wrote {args.plot}")
     return 0 if result.passed else 1
