@@ -111,3 +111,12 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert 10_000 < len(data) < 400_000
     assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "unrolled.diagram", None)  # as if matplotlib were missing
+    assert cli.main(["explain", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'unrolled[plot]'" in capsys.readouterr().out
+    assert not (tmp_path / "x.png").exists()
