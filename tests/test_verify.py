@@ -37,6 +37,10 @@ def test_fixed_sweep_covers_every_mode_form_backend_and_pair():
     assert {c.mode for c in sweep if c.is_cell} == set(conformance.CELL_MODES)
     assert any(c.proj_size for c in sweep if c.mode == "LSTM")
     assert any(c.dropout for c in sweep)
+    for mode in conformance.LAYER_MODES:  # T=1, B=1, I=1 and H=1 for every mode
+        sizes = [(c.steps, c.batch, c.input_size, c.hidden_size) for c in sweep if c.mode == mode]
+        for k in range(4):
+            assert any(size[k] == 1 for size in sizes), (mode, k)
     assert all(c.lengths is not None for c in sweep if c.form in ("packed", "lengths"))
     lengths = next(c.lengths for c in sweep if c.form == "packed")
     assert len(set(lengths)) > 1 and list(lengths) != sorted(lengths, reverse=True)

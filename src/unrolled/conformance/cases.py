@@ -189,6 +189,14 @@ _SWEEP_LENGTHS = (5, 4, 4, 2, 1)  # uneven, with repeats, not sorted by position
 _SWEEP_LENGTHS_ORDER = (2, 4, 1, 5, 4)
 
 
+_EDGE_SIZES = [
+    dict(steps=1, batch=3, form="lengths", lengths=(1, 1, 1)),
+    dict(steps=5, batch=1, form="packed", lengths=(5,)),
+    dict(input_size=1, form="dense", given_hx=True),
+    dict(hidden_size=1, form="unbatched"),
+]
+
+
 def _canonical(options: dict) -> dict:
     """Sort option names so that ``all_pairs`` stores each pair under one key order."""
     return {name: options[name] for name in sorted(options)}
@@ -216,6 +224,13 @@ def fixed_sweep(include_dropout: bool = True) -> list[Case]:
                         lengths=_SWEEP_LENGTHS_ORDER if variable else None,
                         **values,
                     )
+                )
+        # Sizes of 1 (one step, one sequence, one feature, one unit) break slicing and
+        # squeezing code that the size-5 cases above cannot catch.
+        for edge in _EDGE_SIZES:
+            for backend in BACKENDS:
+                cases.append(
+                    Case(mode, backend, layers=2, bidirectional=True, dtype="float64", **edge)
                 )
     for mode in CELL_MODES:
         for bias, given_hx, form, dtype in itertools.product(
