@@ -9,6 +9,7 @@ exit 1 on FAIL). ``--plot FILE.png`` draws the unrolled network and its hidden s
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from unrolled import explain
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.plot:
         try:
-            from unrolled import diagram  # matplotlib is an optional extra
+            diagram = importlib.import_module("unrolled.diagram")  # matplotlib is optional
         except ImportError as error:
             print(
                 f"unrolled explain --plot needs matplotlib ({error}): pip install 'unrolled[plot]'"
