@@ -10,6 +10,7 @@ import sys
 #: command name -> (module, one-line help)
 COMMANDS = {
     "demo": ("unrolled.commands.demo", "the notebook's experiment: hand-written RNN vs torch.nn"),
+    "bench": ("unrolled.commands.bench", "time unrolled against torch.nn, side by side"),
 }
 
 
