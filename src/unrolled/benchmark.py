@@ -237,6 +237,7 @@ def time_interleaved(calls: dict[str, Callable[[], None]], settings: Settings) -
 
     samples: dict[str, list[float]] = {name: [] for name in calls}
     order = list(calls)
+    gc.collect()  # once: a full collection per sample costs more than many small calls
     for repeat in range(settings.repeats):
         for name in order if repeat % 2 == 0 else reversed(order):
             samples[name].append(_sample(calls[name], calls_per_sample[name]))
@@ -252,7 +253,6 @@ def time_interleaved(calls: dict[str, Callable[[], None]], settings: Settings) -
 
 def _sample(call: Callable[[], None], count: int) -> float:
     """Seconds per call over ``count`` back-to-back calls, without the cyclic GC firing inside."""
-    gc.collect()
     gc.disable()
     try:
         start = time.perf_counter()
