@@ -64,9 +64,18 @@ def test_medians_and_ratios_come_from_the_samples(grid_report):
                 samples = timing[name]["samples_s"]
                 assert len(samples) == 5 and all(s > 0 for s in samples)
                 assert timing[name]["median_s"] == statistics.median(samples)
+                assert timing[name]["min_s"] == min(samples)
+                deviation = statistics.median(abs(s - statistics.median(samples)) for s in samples)
+                assert timing[name]["noise"] == pytest.approx(
+                    deviation / statistics.median(samples)
+                )
                 assert timing[name]["calls_per_sample"] >= 1
             expected = timing["unrolled"]["median_s"] / timing["torch"]["median_s"]
             assert timing["ratio"] == pytest.approx(expected, rel=1e-12)
+        noises = [
+            record[p][n]["noise"] for p in ("forward", "train") for n in ("torch", "unrolled")
+        ]
+        assert record["noise"] == max(noises)
 
 
 def test_geometric_means_per_mode(grid_report):
@@ -141,8 +150,9 @@ def test_samples_are_interleaved_and_alternate_order():
     calls = {"torch": lambda: order.append("t"), "unrolled": lambda: order.append("u")}
     settings = benchmark.Settings(repeats=5, warmup=1, min_sample_s=0.0)
     timing = benchmark.time_interleaved(calls, settings)
-    # warm-up t, u; calibration t, u; then 5 rounds of one sample each, order reversed every round
-    assert "".join(order) == "tu" + "tu" + "tu" + "ut" + "tu" + "ut" + "tu"
+    # warm-up and calibration: 2 calls each; then 5 rounds of one sample each, order reversed
+    # every round
+    assert "".join(order) == "tt" + "uu" + "tu" + "ut" + "tu" + "ut" + "tu"
     assert all(len(timing[name]["samples_s"]) == 5 for name in calls)
 
 

@@ -221,19 +221,15 @@ def train_call(layer: nn.Module, inputs) -> Callable[[], None]:
 def time_interleaved(calls: dict[str, Callable[[], None]], settings: Settings) -> dict[str, dict]:
     """Median seconds per call of each entry of ``calls``, sampled alternately.
 
-    Each callable is warmed up, then timed once to choose how many calls make one sample at
-    least ``settings.min_sample_s`` long. Then ``settings.repeats`` rounds each take one sample
+    Each callable is warmed up; its fastest warm-up call chooses how many calls make one sample
+    at least ``settings.min_sample_s`` long. Then ``settings.repeats`` rounds each take one sample
     of every callable, the order reversed every other round so neither always runs first.
     """
-    for call in calls.values():
-        for _ in range(settings.warmup):
-            call()
     calls_per_sample = {}
     for name, call in calls.items():
-        start = time.perf_counter()
-        call()
-        once = time.perf_counter() - start
-        calls_per_sample[name] = max(1, math.ceil(settings.min_sample_s / max(once, 1e-9)))
+        # the fastest of the warm-up calls and one more: a single call can be caught by a stall
+        fastest = min(_sample(call, 1) for _ in range(settings.warmup + 1))
+        calls_per_sample[name] = max(1, math.ceil(settings.min_sample_s / max(fastest, 1e-9)))
 
     samples: dict[str, list[float]] = {name: [] for name in calls}
     order = list(calls)
@@ -244,11 +240,19 @@ def time_interleaved(calls: dict[str, Callable[[], None]], settings: Settings) -
     return {
         name: {
             "median_s": statistics.median(samples[name]),
+            "min_s": min(samples[name]),
+            "noise": relative_deviation(samples[name]),
             "samples_s": samples[name],
             "calls_per_sample": calls_per_sample[name],
         }
         for name in calls
     }
+
+
+def relative_deviation(samples: list[float]) -> float:
+    """Median absolute deviation over the median: 0.05 means samples typically 5% off."""
+    median = statistics.median(samples)
+    return statistics.median(abs(s - median) for s in samples) / median
 
 
 def _sample(call: Callable[[], None], count: int) -> float:
@@ -288,6 +292,7 @@ def run_point(point: Point, settings: Settings) -> dict:
     record.update(config=point.config, parity=parity)
     for phase, timing in (("forward", forward), ("train", train)):
         record[phase] = {**timing, "ratio": ratio(timing)}
+    record["noise"] = max(t[name]["noise"] for t in (forward, train) for name in IMPLEMENTATIONS)
     return record
 
 

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 MIB = 1024 * 1024
+#: a point whose samples typically stray more than this from their median is flagged
+NOISY = 0.10
 
 
 def header(console: Console, report: dict) -> None:
@@ -30,7 +32,10 @@ def header(console: Console, report: dict) -> None:
         busiest = max(v for v in load.values() if v is not None)
         note = ""
         if busiest > env["cpu_count"]:
-            note = " [yellow](above the core count: other processes competed; expect noise)[/]"
+            note = (
+                " [yellow](above the core count: other processes competed; expect noise, "
+                "try --threads 1)[/]"
+            )
         console.print(
             f"  load average {load['before']:.1f} before, {load['after']:.1f} after{note}"
         )
@@ -71,6 +76,7 @@ def mode_table(mode: str, records: list[dict], geomean: dict) -> Table:
         table.add_column("torch\nMiB", justify="right")
         table.add_column("unrolled\nMiB", justify="right")
         table.add_column("mem\nratio", justify="right", footer=_ratio(geomean.get("memory")))
+    table.add_column("noise", justify="right")
     table.add_column("parity")
     for r in records:
         shape = r["shape"]
@@ -96,6 +102,8 @@ def mode_table(mode: str, records: list[dict], geomean: dict) -> Table:
                 if memory
                 else ["-", "-", "-"]
             )
+        noise = f"{r['noise']:.0%}"
+        row.append(f"[yellow]{noise}[/]" if r["noise"] > NOISY else noise)
         parity = r["parity"]
         row.append("ok" if parity["ok"] else f"[bold red]DIFF {parity['max_abs_diff']:.1e}[/]")
         table.add_row(*row)
@@ -106,6 +114,13 @@ def tables(console: Console, report: dict) -> None:
     for mode, geomean in report["geomean"].items():
         rows = [r for r in report["results"] if r["mode"] == mode]
         console.print(mode_table(mode, rows, geomean))
+    noisy = [r for r in report["results"] if r["noise"] > NOISY]
+    if noisy:
+        console.print(
+            f"[yellow]note[/]: {len(noisy)} point(s) with noise > {NOISY:.0%} (median absolute "
+            "deviation of the samples over their median): rerun them on a quieter machine, "
+            "with more --repeats, or with --threads 1"
+        )
     bad = [r for r in report["results"] if not r["parity"]["ok"]]
     if bad:
         console.print(
