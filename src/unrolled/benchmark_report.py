@@ -32,9 +32,9 @@ def header(console: Console, report: dict) -> None:
         busiest = max(v for v in load.values() if v is not None)
         note = ""
         if busiest > env["cpu_count"]:
+            hint = ", try --threads 1" if env["threads"] > 1 else ""
             note = (
-                " [yellow](above the core count: other processes competed; expect noise, "
-                "try --threads 1)[/]"
+                f" [yellow](above the core count: other processes competed; expect noise{hint})[/]"
             )
         console.print(
             f"  load average {load['before']:.1f} before, {load['after']:.1f} after{note}"
@@ -64,7 +64,7 @@ def mode_table(mode: str, records: list[dict], geomean: dict) -> Table:
     table = Table(title=mode, title_justify="left", show_footer=True, footer_style="bold",
                   box=box.SIMPLE_HEAD, padding=(0, 1))  # fmt: skip
     table.add_column("shape", footer="geomean")
-    table.add_column("B,T,I,H")
+    table.add_column("B,T,I,H", no_wrap=True)
     table.add_column("config")
     table.add_column("torch\nfwd ms", justify="right")
     table.add_column("unrolled\nfwd ms", justify="right")
@@ -118,8 +118,8 @@ def tables(console: Console, report: dict) -> None:
     if noisy:
         console.print(
             f"[yellow]note[/]: {len(noisy)} point(s) with noise > {NOISY:.0%} (median absolute "
-            "deviation of the samples over their median): rerun them on a quieter machine, "
-            "with more --repeats, or with --threads 1"
+            "deviation of the samples over their median): rerun them on a quieter machine "
+            "or with more --repeats"
         )
     bad = [r for r in report["results"] if not r["parity"]["ok"]]
     if bad:
