@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
+from unrolled.backends import get_backend
 
 IMPLEMENTATIONS = ("torch", "unrolled")
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -345,6 +346,12 @@ def load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+
+
+def backend_function(backend: str) -> str:
+    """Which function ``backend`` really runs, so a report says what it measured."""
+    function = get_backend(backend)
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
 
 
 def environment(threads: int) -> dict:

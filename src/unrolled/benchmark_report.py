@@ -16,7 +16,8 @@ NOISY = 0.10
 def header(console: Console, report: dict) -> None:
     env, settings = report["environment"], report["settings"]
     console.print(
-        f"[bold]unrolled bench[/]: unrolled (backend [bold]{settings['backend']}[/]) vs torch.nn, "
+        f"[bold]unrolled bench[/]: unrolled (backend [bold]{settings['backend']}[/], runs "
+        f"{settings['backend_function']}) vs torch.nn, "
         f"{'packed' if settings['packed'] else 'padded'} input, {settings['dtype']}"
     )
     console.print(
