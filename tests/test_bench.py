@@ -104,6 +104,18 @@ def test_packed_input_runs(tmp_path):
     assert record["parity"]["ok"] and record["train"]["ratio"] > 0
 
 
+def test_quick_and_float64(tmp_path):
+    status, report = run_cli(
+        tmp_path, "quick", "--quick", "--dtype", "float64", "--modes", "rnn_relu",
+        "--configs", "1uni", "--shapes", "2x40x3x3",
+    )  # fmt: skip
+    assert status == 0
+    (record,) = report["results"]
+    assert report["settings"]["quick"] and report["settings"]["dtype"] == "float64"
+    assert record["shape"]["steps"] == 10 and record["dtype"] == "float64"
+    assert record["parity"]["ok"] and record["parity"]["max_abs_diff"] <= 1e-9
+
+
 def test_packed_lengths_are_uneven_from_a_quarter_to_all_steps():
     point = benchmark.Point("gru", benchmark.parse_shape("64x12x3x4"), 1, False, packed=True)
     packed = benchmark.make_input(point, seed=3)
@@ -172,7 +184,7 @@ def test_quick_shortens_time_and_keeps_widths():
 @pytest.mark.parametrize(
     "option, value",
     [("--shapes", "Q"), ("--shapes", "2x3x4"), ("--shapes", "0x3x4x5"), ("--configs", "2up"),
-     ("--configs", "0uni"), ("--modes", "lstmx"), ("--backend", "slow")],
+     ("--configs", "0uni"), ("--modes", "lstmx"), ("--backend", "slow"), ("--modes", ",")],
 )  # fmt: skip
 def test_bad_options_are_refused(option, value, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -25,9 +25,12 @@ def _listed(parse):
 
     def parse_list(text: str) -> list:
         try:
-            return [parse(item.strip()) for item in text.split(",") if item.strip()]
+            items = [parse(item.strip()) for item in text.split(",") if item.strip()]
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from error
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected at least one item, got {text!r}")
+        return items
 
     return parse_list
 
