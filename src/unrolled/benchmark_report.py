@@ -130,8 +130,8 @@ def tables(console: Console, report: dict) -> None:
         )
 
 
-def plot(report: dict, path: str) -> None:
-    """Bar chart of the forward and train ratios per point, log scale, a line at 1."""
+def pyplot():
+    """matplotlib.pyplot on a file-only backend; called before measuring, so it fails early."""
     try:
         import matplotlib
 
@@ -141,6 +141,12 @@ def plot(report: dict, path: str) -> None:
         raise SystemExit(
             "--plot needs matplotlib: pip install 'unrolled[plot]' (or matplotlib)"
         ) from error
+    return plt
+
+
+def plot(report: dict, path: str) -> None:
+    """Bar chart of the forward and train ratios per point, log scale, a line at 1."""
+    plt = pyplot()
     records = report["results"]
     labels = [f"{r['mode']}\n{r['shape']['name']} {r['config']}" for r in records]
     positions = range(len(records))

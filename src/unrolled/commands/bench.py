@@ -147,6 +147,8 @@ def _memory(point: benchmark.Point, settings: benchmark.Settings, threads: int) 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    if args.plot:
+        benchmark_report.pyplot()  # a missing matplotlib should stop us before, not after, a run
     console = Console(width=None if Console().is_terminal else 160)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
