@@ -130,7 +130,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
             "packed": args.packed,
             "quick": args.quick,
             "memory": args.memory,
-        },  # fmt: skip
+        },
         "results": records,
         "geomean": benchmark.summarize(records),
     }
