@@ -12,6 +12,7 @@ COMMANDS = {
     "demo": ("unrolled.commands.demo", "the notebook's experiment: hand-written RNN vs torch.nn"),
     "verify": ("unrolled.commands.verify", "check unrolled against this machine's torch.nn"),
     "explain": ("unrolled.commands.explain", "step through a small RNN, equation by equation"),
+    "bench": ("unrolled.commands.bench", "time unrolled against torch.nn, side by side"),
 }
 
 
