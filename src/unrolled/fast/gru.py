@@ -155,7 +155,7 @@ class GRULayer(torch.autograd.Function):
         grads[1] = dh
         if any(needs[3:]):
             d_w_ih = weight_grad(d_pre_x, timeline.directions(x, num_directions))  # D x (3H, I)
-            prev = h_prev.reshape(num_directions, -1, hidden)  # (D, T*B, H)
+            prev = h_prev.reshape(num_directions, num_steps * batch, hidden)  # (D, T*B, H)
             d_w_hh = d_pre_h.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,3H,T*B) @ (D,T*B,H)
             d_sums = factors.sum((1, 2))  # (D, 4, H): [n_x, r, z, n_h]
             for d in range(num_directions):

@@ -145,7 +145,7 @@ def project(
     if out is None:
         out = inputs[0].new_empty(len(inputs), num_steps, batch, gates)  # (D, T, B, G)
     for d, (x, w, b) in enumerate(zip(inputs, w_ih, bias)):
-        x2d = x.reshape(num_steps * batch, -1)  # (T*B, I)
+        x2d = x.reshape(num_steps * batch, x.shape[-1])  # (T*B, I)
         target = out[d].view(num_steps * batch, gates)  # (T*B, G)
         if b is None:
             torch.mm(x2d, w.t(), out=target)  # (T*B, I) @ (I, G)
@@ -167,7 +167,7 @@ def weight_grad(d_pre: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     grads = []
     for d, x in enumerate(inputs):
         g2d = d_pre[d].reshape(num_steps * batch, gates)  # (T*B, G)
-        grads.append(g2d.t() @ x.reshape(num_steps * batch, -1))  # (G, T*B) @ (T*B, X)
+        grads.append(g2d.t() @ x.reshape(num_steps * batch, x.shape[-1]))  # (G, T*B) @ (T*B, X)
     return grads
 
 

@@ -176,7 +176,7 @@ class LSTMLayer(torch.autograd.Function):
         grads[1], grads[2] = d_h0, dc
         if any(needs[3:]):
             d_w_ih = weight_grad(d_pre, timeline.directions(x, num_directions))  # D x (4H, I)
-            prev = hs[:, :num_steps].reshape(num_directions, -1, hs.shape[-1])  # (D, T*B, P)
+            prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
             d_bias = d_pre.sum((1, 2))  # (D, 4H)
             if projected:  # d_h holds every step's full dh now

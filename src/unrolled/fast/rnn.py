@@ -87,7 +87,7 @@ class RNNLayer(torch.autograd.Function):
         grads[1] = d_h0 if needs[1] else None
         if any(needs[3:]):
             d_w_ih = weight_grad(d_pre, timeline.directions(x, num_directions))  # D x (H, I)
-            prev = hs[:, :num_steps].reshape(num_directions, -1, hs.shape[-1])  # (D, T*B, H)
+            prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, H)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D, H, T*B) @ (D, T*B, H)
             d_bias = d_pre.sum((1, 2))  # (D, H)
             for d in range(num_directions):
