@@ -74,10 +74,10 @@ def gru_layer_forward(
     r_steps, z_steps, a_steps = map(per_step, hh.unflatten(3, (3, hidden)).unbind(3))
     x_rz_steps = xw[..., : 2 * hidden].unbind(1)
     x_n_steps = xw[..., 2 * hidden :].unbind(1)
-    # Kept, n gets its own buffer so that the dead x_r, x_z blocks are not saved; otherwise
-    # it overwrites x_n in place.
-    ns = x.new_empty(num_directions, num_steps, batch, hidden) if keep else xw[..., 2 * hidden :]
-    n_steps = ns.unbind(1)
+    # n gets its own buffer (rows contiguous: tanh on a row-strided view is many times slower
+    # with two threads), and the dead x_r, x_z blocks are not saved.
+    ns = x.new_empty(num_directions, num_steps if keep else 1, batch, hidden)  # (D, T, B, H)
+    n_steps = per_step(ns)
     h_steps = hs.unbind(1)
     h = h_steps[0]
     for s in range(num_steps):

@@ -6,10 +6,14 @@ r"""LSTM layer (optionally with projection), both directions at once: forward lo
     c_s &= f \odot c_{s-1} + i \odot g, \qquad
     r_s = o \odot \tanh(c_s), \qquad h_s = r_s \ \text{or}\ W_{hr} r_s
 
-Internally the gate rows are reordered from torch's ``(i, f, g, o)`` to ``(o, i, f, g)``: the
-forward then applies one sigmoid to a contiguous 3H block and one tanh to an H block, and the
-backward finds the three gates that multiply ``dc`` (i, f, g) contiguous as well. Gradients are
-put back into torch's order at the end.
+Internally the gate rows are reordered from torch's ``(i, f, g, o)`` to ``(o, i, f, g)``, so
+that the backward finds the three gates that multiply ``dc`` (i, f, g) contiguous; gradients are
+put back into torch's order at the end. The forward computes ``g`` as
+``tanh(a) = 2 sigmoid(2a) - 1``: the g rows of the weights and bias are doubled (exact in floating
+point), one sigmoid covers all four gates of a step, and the ``2s - 1`` folds into the cell
+update. That avoids a tanh on a row-strided view, which is several times slower than anything
+else in the step once torch runs two threads. The saved g block therefore holds ``s``; the
+backward turns it back into ``g`` once for all steps.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def reorder(rows: Tensor, order: list[int]) -> Tensor:
     return rows.unflatten(0, (4, -1))[order].flatten(0, 1)
 
 
+def forward_rows(rows: Tensor) -> Tensor:
+    """Torch's ``(4H, *)`` gate rows in our order, the g block doubled (see module doc)."""
+    ours = reorder(rows, TO_OURS)
+    ours[-(rows.shape[0] // 4) :] *= 2
+    return ours
+
+
 def lstm_layer_forward(
     mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat, keep: bool = False
 ):
@@ -48,9 +59,9 @@ def lstm_layer_forward(
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden, out_size = c0.shape[-1], h0.shape[-1]
-    w_hh_t = torch.stack([reorder(w[1], TO_OURS) for w in weights]).transpose(1, 2)  # (D, P, 4H)
-    bias = [None if w[2] is None else reorder(w[2] + w[3], TO_OURS) for w in weights]  # (4H,)
-    w_ih = [reorder(w[0], TO_OURS) for w in weights]  # D x (4H, I)
+    w_hh_t = torch.stack([forward_rows(w[1]) for w in weights]).transpose(1, 2)  # (D, P, 4H)
+    bias = [None if w[2] is None else forward_rows(w[2] + w[3]) for w in weights]  # (4H,)
+    w_ih = [forward_rows(w[0]) for w in weights]  # D x (4H, I)
     projected = weights[0][4] is not None
     w_hr_t = torch.stack([w[4] for w in weights]).transpose(1, 2) if projected else None  # (D,H,P)
 
@@ -72,18 +83,15 @@ def lstm_layer_forward(
 
     projection_steps = projection.unbind(1)  # T x (D, B, 4H)
     gate_steps = per_step(gates)
-    sigmoid_steps = per_step(gates[..., : 3 * hidden])  # o, i, f
-    tanh_steps = per_step(gates[..., 3 * hidden :])  # g
-    o_steps, i_steps, f_steps, g_steps = map(per_step, gates.unflatten(3, (4, hidden)).unbind(3))
+    o_steps, i_steps, f_steps, s_steps = map(per_step, gates.unflatten(3, (4, hidden)).unbind(3))
     c_steps = cs.unbind(1) if every_cell else [cs[:, 0]] * (num_steps + 1)
     h_steps = hs.unbind(1)
     for s in range(num_steps):
         # (D, B, P) @ (D, P, 4H) + hoisted x part
         torch.baddbmm(projection_steps[s], h_steps[s], w_hh_t, out=gate_steps[s])
-        sigmoid_steps[s].sigmoid_()
-        tanh_steps[s].tanh_()
+        gate_steps[s].sigmoid_()  # o, i, f and s = sigmoid(2a), g = 2s - 1
         c = torch.mul(f_steps[s], c_steps[s], out=c_steps[s + 1])
-        c.addcmul_(i_steps[s], g_steps[s])  # c = f * c_prev + i * g
+        c.addcmul_(i_steps[s], s_steps[s], value=2).sub_(i_steps[s])  # f * c_prev + i * g
         torch.tanh(c, out=tanh_c)
         if projected:
             torch.mul(o_steps[s], tanh_c, out=r)
@@ -129,7 +137,8 @@ class LSTMLayer(torch.autograd.Function):
         # The factors that map dh / dc to each gate's pre-activation gradient, for all steps at
         # once (into a new buffer: the saved activations must survive a retained graph); the
         # loop then only multiplies them in place.
-        o, i, f, g = gates.unflatten(3, (4, hidden)).unbind(3)  # 4 x (D, T, B, H)
+        o, i, f, sigmoid_2a = gates.unflatten(3, (4, hidden)).unbind(3)  # 4 x (D, T, B, H)
+        g = sigmoid_2a.mul(2).sub_(1)  # the forward kept sigmoid(2a); g = tanh(a)
         d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
         pre_o, pre_i, pre_f, pre_g = d_pre.unflatten(3, (4, hidden)).unbind(3)
         c_prev, c = cs[:, :num_steps], cs[:, 1:]  # (D, T, B, H)
