@@ -25,7 +25,6 @@ from .layer import (
     project,
     reference_double_backward,
     unbatched_flat_weights,
-    weight_grad,
 )
 
 N_R_Z = [2, 0, 1]  # torch's blocks (r, z, n) -> the (n, r, z) order of the W_ih gradient slice
@@ -149,12 +148,12 @@ class GRULayer(torch.autograd.Function):
         d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 
         grads = [None] * ctx.num_inputs
-        if needs[0]:
-            w_ih = [reorder(w[0], N_R_Z) for w in weights]  # D x (3H, I) rows (n, r, z)
-            grads[0] = timeline.input_grad(d_pre_x, w_ih)  # (T, B, I)
+        w_ih = [reorder(w[0], N_R_Z) for w in weights] if needs[0] else None  # rows (n, r, z)
+        grads[0], d_w_ih = timeline.input_side_grads(
+            d_pre_x, x, w_ih, needs[0], any(needs[3:])
+        )  # (T, B, I), D x (3H, I) rows (n, r, z)
         grads[1] = dh
         if any(needs[3:]):
-            d_w_ih = weight_grad(d_pre_x, timeline.directions(x, num_directions))  # D x (3H, I)
             prev = h_prev.reshape(num_directions, num_steps * batch, hidden)  # (D, T*B, H)
             d_w_hh = d_pre_h.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,3H,T*B) @ (D,T*B,H)
             d_sums = factors.sum((1, 2))  # (D, 4, H): [n_x, r, z, n_h]

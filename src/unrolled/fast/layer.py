@@ -105,23 +105,39 @@ class Timeline:
         index = (self.lengths - 1).view(1, 1, -1, 1).expand(grad.shape[0], 1, -1, grad.shape[-1])
         grad.scatter_add_(1, index, d_final.unsqueeze(1))
 
-    def input_grad(self, d_pre: Tensor, w_ih: Sequence[Tensor]) -> Tensor:
-        """Gradient of the layer input from the step-major input-projection gradient.
+    def input_side_grads(
+        self, d_pre: Tensor, x: Tensor, w_ih: Sequence[Tensor], need_input: bool, need_weights: bool
+    ) -> tuple[Tensor | None, list[Tensor] | None]:
+        """Gradients of the layer input and of each ``W_ih`` from the step-major gradient of the
+        input projection, one GEMM each over all steps.
 
         Args:
             d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride).
+            x: the layer input ``(T, B, I)``, time-major.
             w_ih: ``D`` weights ``(G, I)`` in the row order of ``d_pre``.
 
         Returns:
-            ``(T, B, I)``.
+            ``(d_x (T, B, I) or None, D x d_W_ih (G, I) or None)``.
         """
-        num_steps, batch = d_pre.shape[1:3]
-        d_x = torch.matmul(d_pre[0], w_ih[0])  # (T, B, G) @ (G, I) -> (T, B, I)
-        if len(w_ih) == 2:
-            d_x += self.reverse(torch.matmul(d_pre[1], w_ih[1]))  # (T, B, I)
-        if self.padding is not None:
-            d_x.masked_fill_(self.padding, 0)
-        return d_x
+        num_steps, batch, gates = d_pre.shape[1:]
+        rows = num_steps * batch
+        # Put the reverse direction back in time order once (T*B*G); then both gradients use x
+        # as it is, and neither x nor the input gradient is ever reversed.
+        time_major = [d_pre[0]] + [self.reverse(d) for d in d_pre[1:]]  # D x (T, B, G)
+        d_x = None
+        if need_input:
+            d_x = torch.matmul(time_major[0], w_ih[0])  # (T, B, G) @ (G, I) -> (T, B, I)
+            for d_dir, w in zip(time_major[1:], w_ih[1:]):
+                d_x.view(rows, d_x.shape[-1]).addmm_(
+                    d_dir.reshape(rows, gates), w
+                )  # (T*B, G) @ (G, I)
+            if self.padding is not None:
+                d_x.masked_fill_(self.padding, 0)
+        d_w = None
+        if need_weights:
+            x2d = self.zero_padding(x).reshape(rows, x.shape[-1])  # (T*B, I)
+            d_w = [d.reshape(rows, gates).t() @ x2d for d in time_major]  # (G, T*B) @ (T*B, I)
+        return d_x, d_w
 
 
 def project(
@@ -152,23 +168,6 @@ def project(
         else:
             torch.addmm(b, x2d, w.t(), out=target)  # (T*B, I) @ (I, G) + (G,)
     return out
-
-
-def weight_grad(d_pre: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
-    """``dW_d = d_pre_d^T @ x_d`` over all steps at once: one GEMM per direction.
-
-    Args:
-        d_pre: ``(D, T, B, G)`` (any row stride); inputs: ``D`` step-major ``(T, B, X)``.
-
-    Returns:
-        ``D`` gradients ``(G, X)``.
-    """
-    num_steps, batch, gates = d_pre.shape[1:]
-    grads = []
-    for d, x in enumerate(inputs):
-        g2d = d_pre[d].reshape(num_steps * batch, gates)  # (T*B, G)
-        grads.append(g2d.t() @ x.reshape(num_steps * batch, x.shape[-1]))  # (G, T*B) @ (T*B, X)
-    return grads
 
 
 def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[tuple]:

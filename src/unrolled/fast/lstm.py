@@ -26,7 +26,6 @@ from .layer import (
     project,
     reference_double_backward,
     unbatched_flat_weights,
-    weight_grad,
 )
 
 TO_OURS = [3, 0, 1, 2]  # torch's gate blocks (i, f, g, o) -> ours (o, i, f, g)
@@ -179,12 +178,12 @@ class LSTMLayer(torch.autograd.Function):
         d_h0 = torch.bmm(pre_steps[0], w_hh) if needs[1] else None  # (D, B, 4H) @ (D, 4H, P)
 
         grads = [None] * ctx.num_inputs
-        if needs[0]:
-            w_ih = [reorder(w[0], TO_OURS) for w in weights]  # D x (4H, I)
-            grads[0] = timeline.input_grad(d_pre, w_ih)  # (T, B, I)
+        w_ih = [reorder(w[0], TO_OURS) for w in weights] if needs[0] else None  # D x (4H, I)
+        grads[0], d_w_ih = timeline.input_side_grads(
+            d_pre, x, w_ih, needs[0], any(needs[3:])
+        )  # (T, B, I), D x (4H, I) in our gate order
         grads[1], grads[2] = d_h0, dc
         if any(needs[3:]):
-            d_w_ih = weight_grad(d_pre, timeline.directions(x, num_directions))  # D x (4H, I)
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
             d_bias = d_pre.sum((1, 2))  # (D, 4H)

@@ -18,7 +18,6 @@ from .layer import (
     project,
     reference_double_backward,
     unbatched_flat_weights,
-    weight_grad,
 )
 
 
@@ -82,11 +81,11 @@ class RNNLayer(torch.autograd.Function):
         d_h0 = torch.bmm(d_pre_steps[0].mul_(dh), w_hh)  # (D, B, H) @ (D, H, H)
 
         grads = [None] * (ctx.num_inputs)
-        if needs[0]:
-            grads[0] = timeline.input_grad(d_pre, [w[0] for w in weights])  # (T, B, I)
+        grads[0], d_w_ih = timeline.input_side_grads(
+            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:])
+        )  # (T, B, I), D x (H, I)
         grads[1] = d_h0 if needs[1] else None
         if any(needs[3:]):
-            d_w_ih = weight_grad(d_pre, timeline.directions(x, num_directions))  # D x (H, I)
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, H)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D, H, T*B) @ (D, T*B, H)
             d_bias = d_pre.sum((1, 2))  # (D, H)
