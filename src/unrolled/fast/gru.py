@@ -27,14 +27,6 @@ from .layer import (
     unbatched_flat_weights,
 )
 
-N_R_Z = [2, 0, 1]  # torch's blocks (r, z, n) -> the (n, r, z) order of the W_ih gradient slice
-R_Z_N = [1, 2, 0]  # (n, r, z) -> torch's (r, z, n)
-
-
-def reorder(rows: Tensor, order: list[int]) -> Tensor:
-    """Permute the three H-row gate blocks of ``(3H, *)`` or ``(3H,)`` (a new tensor)."""
-    return rows.unflatten(0, (3, -1))[order].flatten(0, 1)
-
 
 def gru_layer_forward(
     mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat, keep: bool = False
@@ -148,10 +140,10 @@ class GRULayer(torch.autograd.Function):
         d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 
         grads = [None] * ctx.num_inputs
-        w_ih = [reorder(w[0], N_R_Z) for w in weights] if needs[0] else None  # rows (n, r, z)
+        # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre_x, x, w_ih, needs[0], any(needs[3:])
-        )  # (T, B, I), D x (3H, I) rows (n, r, z)
+            d_pre_x, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
+        )  # (T, B, I), D x (3H, I) in torch's order
         grads[1] = dh
         if any(needs[3:]):
             prev = h_prev.reshape(num_directions, num_steps * batch, hidden)  # (D, T*B, H)
@@ -160,7 +152,7 @@ class GRULayer(torch.autograd.Function):
             for d in range(num_directions):
                 base = 3 + 5 * d
                 grads[base : base + 4] = [
-                    reorder(d_w_ih[d], R_Z_N),
+                    d_w_ih[d],
                     d_w_hh[d],
                     d_sums[d, [1, 2, 0]].flatten(),  # b_ih: (r, z, n_x)
                     d_sums[d, 1:].flatten(),  # b_hh: (r, z, n_h)

@@ -106,37 +106,57 @@ class Timeline:
         grad.scatter_add_(1, index, d_final.unsqueeze(1))
 
     def input_side_grads(
-        self, d_pre: Tensor, x: Tensor, w_ih: Sequence[Tensor], need_input: bool, need_weights: bool
+        self,
+        d_pre: Tensor,
+        x: Tensor,
+        w_ih: Sequence[Tensor],
+        need_input: bool,
+        need_weights: bool,
+        rolled: int = 0,
     ) -> tuple[Tensor | None, list[Tensor] | None]:
         """Gradients of the layer input and of each ``W_ih`` from the step-major gradient of the
-        input projection, one GEMM each over all steps.
+        input projection, one GEMM (per gate-row block) each over all steps.
 
         Args:
             d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride).
             x: the layer input ``(T, B, I)``, time-major.
-            w_ih: ``D`` weights ``(G, I)`` in the row order of ``d_pre``.
+            w_ih: ``D`` weights ``(G, I)`` in torch's row order.
+            rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
+                rows first), as the LSTM and GRU loops keep them; 0 for torch's order. Handled
+                by splitting the GEMMs instead of copying (large) weights into another order.
 
         Returns:
-            ``(d_x (T, B, I) or None, D x d_W_ih (G, I) or None)``.
+            ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
         """
         num_steps, batch, gates = d_pre.shape[1:]
         rows = num_steps * batch
         # Put the reverse direction back in time order once (T*B*G); then both gradients use x
         # as it is, and neither x nor the input gradient is ever reversed.
         time_major = [d_pre[0]] + [self.reverse(d) for d in d_pre[1:]]  # D x (T, B, G)
+        time_major = [d.reshape(rows, gates) for d in time_major]  # D x (T*B, G)
+        # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
+        blocks = [(slice(0, gates), slice(0, gates))]
+        if rolled:
+            blocks = [(slice(0, rolled), slice(gates - rolled, gates)),
+                      (slice(rolled, gates), slice(0, gates - rolled))]  # fmt: skip
         d_x = None
         if need_input:
-            d_x = torch.matmul(time_major[0], w_ih[0])  # (T, B, G) @ (G, I) -> (T, B, I)
-            for d_dir, w in zip(time_major[1:], w_ih[1:]):
-                d_x.view(rows, d_x.shape[-1]).addmm_(
-                    d_dir.reshape(rows, gates), w
-                )  # (T*B, G) @ (G, I)
+            d_x = x.new_zeros(num_steps, batch, x.shape[-1])  # (T, B, I)
+            d_x2d = d_x.view(rows, x.shape[-1])
+            for d_dir, w in zip(time_major, w_ih):
+                for cols, w_rows in blocks:
+                    d_x2d.addmm_(d_dir[:, cols], w[w_rows])  # (T*B, G') @ (G', I)
             if self.padding is not None:
                 d_x.masked_fill_(self.padding, 0)
         d_w = None
         if need_weights:
             x2d = self.zero_padding(x).reshape(rows, x.shape[-1])  # (T*B, I)
-            d_w = [d.reshape(rows, gates).t() @ x2d for d in time_major]  # (G, T*B) @ (T*B, I)
+            d_w = []
+            for d_dir in time_major:
+                d_w_dir = x.new_empty(gates, x.shape[-1])  # (G, I), torch's order
+                for cols, w_rows in blocks:
+                    torch.mm(d_dir[:, cols].t(), x2d, out=d_w_dir[w_rows])  # (G', T*B) @ (T*B, I)
+                d_w.append(d_w_dir)
         return d_x, d_w
 
 

@@ -178,10 +178,10 @@ class LSTMLayer(torch.autograd.Function):
         d_h0 = torch.bmm(pre_steps[0], w_hh) if needs[1] else None  # (D, B, 4H) @ (D, 4H, P)
 
         grads = [None] * ctx.num_inputs
-        w_ih = [reorder(w[0], TO_OURS) for w in weights] if needs[0] else None  # D x (4H, I)
+        # Our order (o, i, f, g) is torch's (i, f, g, o) rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre, x, w_ih, needs[0], any(needs[3:])
-        )  # (T, B, I), D x (4H, I) in our gate order
+            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
+        )  # (T, B, I), D x (4H, I) in torch's order
         grads[1], grads[2] = d_h0, dc
         if any(needs[3:]):
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
@@ -193,7 +193,7 @@ class LSTMLayer(torch.autograd.Function):
                 base = 3 + 5 * d
                 d_b = reorder(d_bias[d], TO_TORCH)
                 grads[base : base + 4] = [
-                    reorder(d_w_ih[d], TO_TORCH), reorder(d_w_hh[d], TO_TORCH), d_b, d_b.clone(),
+                    d_w_ih[d], reorder(d_w_hh[d], TO_TORCH), d_b, d_b.clone(),
                 ]  # fmt: skip
                 if projected:
                     grads[base + 4] = d_w_hr[d]
