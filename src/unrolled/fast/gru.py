@@ -24,6 +24,7 @@ from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    stack_directions,
     unbatched_flat_weights,
 )
 
@@ -41,7 +42,7 @@ def gru_layer_forward(
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden = h0.shape[-1]
-    w_hh_t = torch.stack([w[1] for w in weights]).transpose(1, 2)  # (D, H, 3H)
+    w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, H, 3H)
     has_bias = weights[0][2] is not None
     if has_bias:
         zeros = weights[0][3].new_zeros(hidden)
@@ -110,7 +111,7 @@ class GRULayer(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         num_steps, batch, _ = x.shape
         hidden = hs.shape[-1]
-        w_hh = torch.stack([w[1] for w in weights])  # (D, 3H, H)
+        w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
 
         # The factors that turn dh into each pre-activation gradient, for all steps at once.
         r, z, a = hh.unflatten(3, (3, hidden)).unbind(3)  # (D, T, B, H) each

@@ -190,6 +190,12 @@ def project(
     return out
 
 
+def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
+    """``D`` same-shaped tensors as one ``(D, *)`` batch for ``bmm``; a view when ``D = 1`` (at
+    large H the weights outweigh the activations, so copying them shows in peak memory)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(list(tensors))
+
+
 def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[tuple]:
     """The flat ``D * 5`` weight arguments of a layer Function back into ``D`` tuples."""
     return [tuple(flat[5 * d : 5 * d + 5]) for d in range(num_directions)]

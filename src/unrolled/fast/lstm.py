@@ -25,6 +25,7 @@ from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    stack_directions,
     unbatched_flat_weights,
 )
 
@@ -58,11 +59,13 @@ def lstm_layer_forward(
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden, out_size = c0.shape[-1], h0.shape[-1]
-    w_hh_t = torch.stack([forward_rows(w[1]) for w in weights]).transpose(1, 2)  # (D, P, 4H)
+    w_hh_t = stack_directions([forward_rows(w[1]) for w in weights]).transpose(1, 2)  # (D, P, 4H)
     bias = [None if w[2] is None else forward_rows(w[2] + w[3]) for w in weights]  # (4H,)
     w_ih = [forward_rows(w[0]) for w in weights]  # D x (4H, I)
     projected = weights[0][4] is not None
-    w_hr_t = torch.stack([w[4] for w in weights]).transpose(1, 2) if projected else None  # (D,H,P)
+    w_hr_t = (
+        stack_directions([w[4] for w in weights]).transpose(1, 2) if projected else None
+    )  # (D,H,P)
 
     projection = project(timeline.directions(x, num_directions), w_ih, bias)  # (D, T, B, 4H)
     every_cell = keep or timeline.lengths is not None  # lengths: c_n is gathered afterwards
@@ -130,8 +133,8 @@ class LSTMLayer(torch.autograd.Function):
         num_steps = x.shape[0]
         hidden = cs.shape[-1]
         projected = weights[0][4] is not None
-        w_hh = torch.stack([reorder(w[1], TO_OURS) for w in weights])  # (D, 4H, P)
-        w_hr = torch.stack([w[4] for w in weights]) if projected else None  # (D, P, H)
+        w_hh = stack_directions([reorder(w[1], TO_OURS) for w in weights])  # (D, 4H, P)
+        w_hr = stack_directions([w[4] for w in weights]) if projected else None  # (D, P, H)
 
         # The factors that map dh / dc to each gate's pre-activation gradient, for all steps at
         # once (into a new buffer: the saved activations must survive a retained graph); the

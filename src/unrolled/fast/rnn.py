@@ -17,6 +17,7 @@ from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    stack_directions,
     unbatched_flat_weights,
 )
 
@@ -26,7 +27,7 @@ def rnn_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0,
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden = h0.shape[-1]
-    w_hh_t = torch.stack([w[1] for w in weights]).transpose(1, 2)  # (D, H, H): W_hh^T
+    w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, H, H): W_hh^T
     bias = [None if w[2] is None else w[2] + w[3] for w in weights]  # D x (H,)
 
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
@@ -65,7 +66,7 @@ class RNNLayer(torch.autograd.Function):
         weights = unbatched_flat_weights(flat, num_directions)
         needs = ctx.needs_input_grad[3:]
         num_steps = x.shape[0]
-        w_hh = torch.stack([w[1] for w in weights])  # (D, H, H)
+        w_hh = stack_directions([w[1] for w in weights])  # (D, H, H)
 
         states = hs[:, 1:]  # (D, T, B, H)
         if ctx.mode == "RNN_TANH":
