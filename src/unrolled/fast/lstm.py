@@ -171,31 +171,45 @@ class LSTMLayer(torch.autograd.Function):
         torch.addcmul(f, f, f, value=-1, out=pre_f).mul_(c_prev)  # d_pre_f = dc f(1-f) c_prev
 
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
+        # One direction: 2-D views and matmuls, as in the forward (addmm_ copies nothing).
+        one_direction = num_directions == 1
+
+        def all_steps(buf: Tensor) -> list[Tensor]:  # (D, T, B, *) -> T x ([D,] B, *)
+            return list(buf[0].unbind(0) if one_direction else buf.unbind(1))
+
+        matmul = torch.mm if one_direction else torch.bmm
+        accumulate = torch.Tensor.addmm_ if one_direction else torch.Tensor.baddbmm_
+        w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
+        w_proj = None if w_hr is None else (w_hr[0] if one_direction else w_hr)  # ([D,] P, H)
         if timeline.lengths is None:
             dc = d_c_n.clone()  # (D, B, H)
-            dc_arrivals = None
+            dc_arrival_steps = None
         else:  # each sequence's c_n gradient enters at its own last step
             dc = d_c_n.new_zeros(d_c_n.shape)
             dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
-            dc_arrival_steps = dc_arrivals.unbind(1)
-        dr = d_h.new_empty(num_directions, d_h.shape[2], hidden) if projected else None
-        pre_steps = d_pre.unbind(1)  # T x (D, B, 4H)
-        o_steps = pre_o.unbind(1)
-        ifg_steps = d_pre.unflatten(3, (4, hidden))[:, :, :, 1:].unbind(1)  # (D, B, 3, H)
-        dc_from_dr_steps, f_steps, d_h_steps = dc_from_dr.unbind(1), f.unbind(1), d_h.unbind(1)
+            dc_arrival_steps = all_steps(dc_arrivals)
+        dc_loop = dc[0] if one_direction else dc  # a view: the loop updates dc in place
+        dr = d_h.new_empty(dc_loop.shape) if projected else None  # ([D,] B, H)
+        pre_steps = all_steps(d_pre)  # T x ([D,] B, 4H)
+        o_steps = all_steps(pre_o)
+        ifg_steps = all_steps(d_pre.unflatten(3, (4, hidden))[:, :, :, 1:])  # ([D,] B, 3, H)
+        dc_from_dr_steps, f_steps, d_h_steps = map(all_steps, (dc_from_dr, f, d_h))
         dh = d_h_steps[num_steps - 1]
         for s in range(num_steps - 1, -1, -1):
-            d_r = torch.bmm(dh, w_hr, out=dr) if projected else dh  # (D, B, P) @ (D, P, H)
-            if dc_arrivals is not None:
-                dc.add_(dc_arrival_steps[s])
-            dc.addcmul_(d_r, dc_from_dr_steps[s])  # dc = dc_next * f_next + dr * o * tanh'(c)
+            d_r = matmul(dh, w_proj, out=dr) if projected else dh  # ([D,] B, P) @ ([D,] P, H)
+            if dc_arrival_steps is not None:
+                dc_loop.add_(dc_arrival_steps[s])
+            dc_loop.addcmul_(d_r, dc_from_dr_steps[s])  # dc = dc_next f_next + dr o tanh'(c)
             o_steps[s].mul_(d_r)  # d_pre_o
-            ifg_steps[s].mul_(dc.unsqueeze(2))  # d_pre_i, d_pre_f, d_pre_g
-            dc.mul_(f_steps[s])  # dc_prev
-            if s:
-                dh = d_h_steps[s - 1].baddbmm_(pre_steps[s], w_hh)  # (D,B,4H) @ (D,4H,P) + d_out
-        d_h0 = torch.bmm(pre_steps[0], w_hh) if needs[1] else None  # (D, B, 4H) @ (D, 4H, P)
+            ifg_steps[s].mul_(dc_loop.unsqueeze(-2))  # d_pre_i, d_pre_f, d_pre_g
+            dc_loop.mul_(f_steps[s])  # dc_prev
+            if s:  # dh_prev = d_out + d_pre @ W_hh: ([D,] B, 4H) @ ([D,] 4H, P)
+                dh = accumulate(d_h_steps[s - 1], pre_steps[s], w_rec)
+        d_h0 = None
+        if needs[1]:
+            d_h0 = matmul(pre_steps[0], w_rec)  # ([D,] B, 4H) @ ([D,] 4H, P)
+            d_h0 = d_h0.unsqueeze(0) if one_direction else d_h0  # (D, B, P)
 
         grads = [None] * ctx.num_inputs
         # Our order (o, i, f, g) is torch's (i, f, g, o) rolled by one block.
