@@ -18,6 +18,7 @@ from . import checks
 from .backends import get_backend
 from .cells import GATES
 from .packed import packed_to_padded, padded_to_packed
+from .scan import valid_steps
 
 
 class RNNBase(nn.Module):
@@ -209,6 +210,8 @@ class RNNBase(nn.Module):
         batch = inputs.size(1)
         if lengths is not None and not packed:
             lengths = checks.check_lengths(lengths, batch, inputs.size(0), inputs.device)
+            # Whatever the padding holds (even inf or nan) must not reach a gradient: zero it.
+            inputs = inputs.masked_fill(~valid_steps(lengths, inputs.size(0)), 0.0)  # (T, B, I)
 
         if hx is None:
             hx = self._zero_state(batch, inputs)
