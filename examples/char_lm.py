@@ -167,8 +167,11 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     windows = torch.Generator().manual_seed(seed)
     history = History()
-    log(f"{len(text)} characters, vocabulary {len(vocab.chars)} "
-        f"(a uniform guess costs {math.log2(len(vocab.chars)):.2f} bits per character)")  # fmt: skip
+    uniform = math.log2(len(vocab.chars))
+    log(
+        f"{len(text)} characters, vocabulary {len(vocab.chars)} "
+        f"(a uniform guess costs {uniform:.2f} bits per character)"
+    )
     history.steps.append(0)
     history.train_bpc.append(float("nan"))
     history.val_bpc.append(validation_bpc(model, val_data, seq_len))
@@ -189,9 +192,11 @@ def train(
             history.train_bpc.append(sum(running) / len(running))
             history.val_bpc.append(validation_bpc(model, val_data, seq_len))
             running = []
-            log(f"step {step:5d}  train bpc {history.train_bpc[-1]:.3f}  "
-                f"validation bpc {history.val_bpc[-1]:.3f}  "
-                f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+            elapsed = time.perf_counter() - start
+            log(
+                f"step {step:5d}  train bpc {history.train_bpc[-1]:.3f}  "
+                f"validation bpc {history.val_bpc[-1]:.3f}  ({elapsed:.0f} s)"
+            )
     history.seconds = time.perf_counter() - start
     if sample_length > 0:
         history.sample = sample(
@@ -210,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-layers", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    # Per-step matmuls this small gain nothing from intra-op threads, and on a busy machine
+    # OpenMP threads that wait for each other can make a run many times slower.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--report-every", type=int, default=50)
     parser.add_argument("--backend", choices=("fast", "reference"), default="fast")
     parser.add_argument("--torch", action="store_true", help="use torch.nn.LSTM instead")

@@ -108,7 +108,8 @@ def train(
     steps_per_epoch = -(-len(train_y) // batch_size)
     with _progress_bar(progress) as bar:
         for epoch in range(epochs):
-            task = bar.add_task(f"epoch {epoch + 1:2d}/{epochs}", total=steps_per_epoch)
+            label = f"epoch {epoch + 1:2d}/{epochs}"
+            task = bar.add_task(label, total=steps_per_epoch)
             order = torch.randperm(len(train_y), generator=shuffle)
             losses = []
             for first in range(0, len(train_y), batch_size):
@@ -119,15 +120,15 @@ def train(
                 optimizer.step()
                 losses.append(loss.item())
                 history.step_loss.append(loss.item())
-                bar.update(task, advance=1, description=f"epoch {epoch + 1:2d}/{epochs} "
-                           f"loss {sum(losses) / len(losses):.4f}")  # fmt: skip
+                running_loss = sum(losses) / len(losses)
+                bar.update(task, advance=1, description=f"{label} loss {running_loss:.4f}")
                 if max_steps is not None and len(history.step_loss) >= max_steps:
                     break
             history.epoch_loss.append(sum(losses) / len(losses))
             history.train_accuracy.append(accuracy(model, train_x, train_y))
             history.test_accuracy.append(accuracy(model, test_x, test_y))
-            bar.update(task, description=f"epoch {epoch + 1:2d}/{epochs} "
-                       f"loss {history.epoch_loss[-1]:.4f} test {history.test_accuracy[-1]:.4f}")  # fmt: skip
+            summary = f"loss {history.epoch_loss[-1]:.4f} test {history.test_accuracy[-1]:.4f}"
+            bar.update(task, description=f"{label} {summary}")
             if max_steps is not None and len(history.step_loss) >= max_steps:
                 break
     history.seconds = time.perf_counter() - start
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    # Per-step matmuls this small gain nothing from intra-op threads, and on a busy machine
+    # OpenMP threads that wait for each other can make a run many times slower.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--backend", choices=("fast", "reference"), default="fast")
     parser.add_argument("--torch", action="store_true", help="use torch.nn.GRU instead")
     parser.add_argument("--plot", metavar="FILE.png", help="write loss and accuracy curves")

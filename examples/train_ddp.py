@@ -109,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     data = torch.Generator().manual_seed(args.seed * 1000 + rank)  # each rank its own batches
     if rank == 0:
-        print(f"{world_size} processes, {dist_backend} on {device.type}, "
-              f"unrolled.{LAYERS[args.mode].__name__}(backend={args.backend!r}); "
-              f"guessing the mean scores MSE 0.167")  # fmt: skip
+        layer = f"unrolled.{LAYERS[args.mode].__name__}(backend={args.backend!r})"
+        print(
+            f"{world_size} processes, {dist_backend} on {device.type}, {layer}; "
+            "guessing the mean scores MSE 0.167"
+        )
 
     start = time.perf_counter()
     running = torch.zeros(2, device=device)  # (sum of losses, count) since the last report
@@ -126,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.report_every == 0 or step == args.steps:
             dist.all_reduce(running)  # the loss over every rank's batches
             if rank == 0:
-                print(f"step {step:5d}  mse {running[0].item() / running[1].item():.4f}  "
-                      f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
+                mse = running[0].item() / running[1].item()
+                print(f"step {step:5d}  mse {mse:.4f}  ({time.perf_counter() - start:.1f} s)")
             running.zero_()
 
     identical = parameters_identical_across_ranks(model.module)

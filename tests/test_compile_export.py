@@ -26,12 +26,15 @@ DTYPE = torch.float32
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     # One compile per test in a single process: no compile pool to start, no state carried over.
-    previous = torch._inductor.config.compile_threads
+    # One intra-op thread: tiny tensors, 2 shared cores.
+    previous = torch._inductor.config.compile_threads, torch.get_num_threads()
     torch._inductor.config.compile_threads = 1
+    torch.set_num_threads(1)
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-    torch._inductor.config.compile_threads = previous
+    torch._inductor.config.compile_threads, threads = previous
+    torch.set_num_threads(threads)
 
 
 class Chain(nn.Module):
@@ -86,8 +89,9 @@ def test_dynamo_traces_each_module_in_one_graph(mode, backend):
     """
     torch.manual_seed(0)
     kwargs = {"proj_size": 2} if mode == "LSTM" else {}
-    module = getattr(unrolled, mode)(3, 4, num_layers=2, bidirectional=True, backend=backend,
-                                     **kwargs)  # fmt: skip
+    module = getattr(unrolled, mode)(
+        3, 4, num_layers=2, bidirectional=True, backend=backend, **kwargs
+    )
     x = torch.randn(3, 2, 3, requires_grad=True)
     explanation = torch._dynamo.explain(module)(x)
     reasons = [str(b.reason).splitlines()[0] for b in explanation.break_reasons]
@@ -120,8 +124,9 @@ def test_compile_matches_eager_per_module(mode, kwargs, backend):
 def test_export_of_an_inference_model_matches_eager(mode, backend):
     torch.manual_seed(0)
     kwargs = {"proj_size": 3} if mode == "LSTM" else {}
-    module = getattr(unrolled, mode)(4, 5, num_layers=2, bidirectional=True, batch_first=True,
-                                     backend=backend, **kwargs).eval()  # fmt: skip
+    module = getattr(unrolled, mode)(
+        4, 5, num_layers=2, bidirectional=True, batch_first=True, backend=backend, **kwargs
+    ).eval()
     x = torch.randn(2, 6, 4)  # (B, T, I): T=6 is baked into the exported graph
     hx = module._zero_state(2, x)
     hx = tuple(s + 0.1 for s in hx) if mode == "LSTM" else hx + 0.1

@@ -41,9 +41,15 @@ class Regressor(nn.Module):
         super().__init__()
         kwargs = {"proj_size": 2} if mode == "LSTM" else {}
         self.recurrent = getattr(unrolled, mode)(
-            I, H, num_layers=2, bidirectional=True, batch_first=True, backend=backend,
-            dtype=torch.float64, **kwargs,
-        )  # fmt: skip
+            I,
+            H,
+            num_layers=2,
+            bidirectional=True,
+            batch_first=True,
+            backend=backend,
+            dtype=torch.float64,
+            **kwargs,
+        )
         out_size = 2 * kwargs.get("proj_size", H)
         self.read_out = nn.Linear(out_size, 1, dtype=torch.float64)
         self.mode = mode
@@ -125,21 +131,37 @@ def test_ddp_ranks_agree_and_equal_single_process(ddp_results, mode, backend):
     moved = 0.0
     for name, want in expected.items():
         assert torch.equal(ranks[0][name], ranks[1][name]), f"{name} differs between the ranks"
-        torch.testing.assert_close(ranks[0][name], want, atol=1e-12, rtol=1e-10,
-                                   msg=lambda m, n=name: f"{n}: DDP != single process: {m}")  # fmt: skip
+        torch.testing.assert_close(
+            ranks[0][name],
+            want,
+            atol=1e-12,
+            rtol=1e-10,
+            msg=lambda m, n=name: f"{n}: DDP != single process: {m}",
+        )
         moved = max(moved, (want - initial[name]).abs().max().item())
     assert moved > 1e-3, "training did not change the parameters: the comparison proves nothing"
 
 
 def test_train_ddp_example_under_torchrun():
     """``torchrun --standalone --nproc_per_node=2 examples/train_ddp.py`` (gloo on CPU)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"),
-                                                       os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    )
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(ROOT / "examples" / "train_ddp.py"), "--steps", "40", "--report-every", "20",
-        "--dist-backend", "gloo",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "examples" / "train_ddp.py"),
+        "--steps",
+        "40",
+        "--report-every",
+        "20",
+        "--dist-backend",
+        "gloo",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 processes, gloo on cpu" in done.stdout
