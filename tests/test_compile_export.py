@@ -120,9 +120,8 @@ def test_compile_matches_eager_per_module(mode, kwargs, backend):
     assert_same_values_and_grads(compiled, module, (x,))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
-def test_export_of_an_inference_model_matches_eager(mode, backend):
+def export_case(mode: str, backend: str):
+    """An eval-mode 2-layer bidirectional batch-first layer, its example inputs, and its export."""
     torch.manual_seed(0)
     kwargs = {"proj_size": 3} if mode == "LSTM" else {}
     module = getattr(unrolled, mode)(
@@ -131,13 +130,43 @@ def test_export_of_an_inference_model_matches_eager(mode, backend):
     x = torch.randn(2, 6, 4)  # (B, T, I): T=6 is baked into the exported graph
     hx = module._zero_state(2, x)
     hx = tuple(s + 0.1 for s in hx) if mode == "LSTM" else hx + 0.1
-    exported = torch.export.export(module, (x, hx))
-    fresh_x = torch.randn(2, 6, 4)  # other values, same shape: the graph is not a constant
+    return module, x, hx, torch.export.export(module, (x, hx))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
+def test_export_of_an_inference_model_matches_eager(mode, backend):
+    module, x, hx, exported = export_case(mode, backend)
+    fresh_x = torch.randn_like(x)  # other values, same shape: the graph is not a constant
     with torch.no_grad():
         want = module(fresh_x, hx)
-    got = exported.module()(fresh_x, hx)
+        got = exported.module()(fresh_x, hx)
     for k, (g, w) in enumerate(zip(leaves(got), leaves(want), strict=True)):
         assert_close(f"output[{k}]", g, w, DTYPE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
+def test_exported_graph_is_functional(mode, backend):
+    """No ``out=`` ops in the exported graph, so it also runs with grad enabled, as torch.nn's.
+
+    An ``aten.*.out`` node writes into a buffer; autograd refuses such ops once an argument
+    (here the lifted parameters) requires grad, and graph passes expect a functional graph.
+    """
+    module, x, hx, exported = export_case(mode, backend)
+    out_ops = sorted(
+        {
+            str(node.target)
+            for node in exported.graph.nodes
+            if node.op == "call_function" and "out" in getattr(node.target, "_overloadname", "")
+        }
+    )
+    assert out_ops == [], f"{mode}/{backend} exported graph writes with out=: {out_ops}"
+    got = exported.module()(x, hx)  # grad enabled, parameters require grad
+    with torch.no_grad():
+        want = module(x, hx)
+    for k, (g, w) in enumerate(zip(leaves(got), leaves(want), strict=True)):
+        assert_close(f"output[{k}]", g.detach(), w, DTYPE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -150,7 +179,7 @@ def test_exported_model_agrees_with_torch_nn(backend):
     exported = torch.export.export(module, (x,)).module()
     with torch.no_grad():
         want_out, (want_h, want_c) = twin(x)
-    got_out, (got_h, got_c) = exported(x)
+        got_out, (got_h, got_c) = exported(x)
     assert_close("output", got_out, want_out, DTYPE)
     assert_close("h_n", got_h, want_h, DTYPE)
     assert_close("c_n", got_c, want_c, DTYPE)
