@@ -120,6 +120,26 @@ def test_compile_matches_eager_per_module(mode, kwargs, backend):
     assert_same_values_and_grads(compiled, module, (x,))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_with_lengths_matches_eager(backend):
+    """``lengths=`` breaks the graph where its values are checked, but the numbers still agree."""
+    torch.manual_seed(0)
+    module = unrolled.GRU(3, 4, bidirectional=True, backend=backend)
+    x = torch.randn(4, 3, 3, requires_grad=True)
+
+    class WithLengths(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x, lengths=torch.tensor([4, 2, 1]))
+
+    eager = WithLengths(module)
+    assert_same_values_and_grads(torch.compile(eager), eager, (x,))
+
+
 def export_case(mode: str, backend: str):
     """An eval-mode 2-layer bidirectional batch-first layer, its example inputs, and its export."""
     torch.manual_seed(0)
