@@ -12,12 +12,11 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
 from . import checks
 from .backends import get_backend
 from .cells import GATES
-from .packed import packed_to_padded, padded_to_packed
+from .inputs import to_time_major
 
 
 class RNNBase(nn.Module):
@@ -173,50 +172,17 @@ class RNNBase(nn.Module):
             ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``, shaped like torch's.
         """
         weight = getattr(self, self._flat_weights_names[0])
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths= is for padded input: a PackedSequence carries its own")
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            if data.dim() != 2:
-                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
-            checks.check_dtype("input", data, weight)
-            inputs, lengths = packed_to_padded(data, batch_sizes)  # (T, B, I) sorted, (B,)
-            batched = True
-            if hx is not None:
-                checks.check_hx_structure(self.mode, hx, 3)
-        else:
-            if not isinstance(input, Tensor):
-                raise TypeError(
-                    f"input must be a Tensor or a PackedSequence, got {type(input).__name__}"
-                )
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"{self._name}: Expected input to be 2D or 3D, "
-                    f"got {input.dim()}D tensor instead"
-                )
-            batched = input.dim() == 3
-            if hx is not None:
-                checks.check_hx_structure(self.mode, hx, input.dim())
-            if not batched:
-                if lengths is not None:
-                    raise ValueError("lengths= needs batched 3-D input, got unbatched 2-D input")
-                input = input.unsqueeze(0 if self.batch_first else 1)
-                if hx is not None:
-                    hx = _map(lambda s: s.unsqueeze(1), hx)
-            inputs = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        inputs, lengths, layout = to_time_major(
+            input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
+        )  # (T, B, I)
         checks.check_sequence_input(inputs, self.input_size, weight)
         batch = inputs.size(1)
-        if lengths is not None and not packed:
-            lengths = checks.check_lengths(lengths, batch, inputs.size(0), inputs.device)
-
         if hx is None:
             hx = self._zero_state(batch, inputs)
         else:
-            hx = tuple(hx) if self.mode == "LSTM" else hx
+            checks.check_hx_structure(self.mode, hx, layout.state_dim)
+            hx = layout.state_in(tuple(hx) if self.mode == "LSTM" else hx)  # (L*D, B, *) sorted
             self._check_state(hx, batch, inputs)
-            if packed and sorted_indices is not None:
-                hx = _map(lambda s: s.index_select(1, sorted_indices), hx)  # to sorted order
 
         run = get_backend(self.backend)
         output, h_n = run(
@@ -230,20 +196,7 @@ class RNNBase(nn.Module):
             training=self.training,
             lengths=lengths,
         )  # output (T, B, D*P)
-
-        if packed:
-            output = PackedSequence(
-                padded_to_packed(output, batch_sizes), batch_sizes, sorted_indices, unsorted_indices
-            )
-            if unsorted_indices is not None:
-                h_n = _map(lambda s: s.index_select(1, unsorted_indices), h_n)  # original order
-            return output, h_n
-        if self.batch_first:
-            output = output.transpose(0, 1)  # (B, T, D*P)
-        if not batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            h_n = _map(lambda s: s.squeeze(1), h_n)
-        return output, h_n
+        return layout.results_out(output, h_n)
 
     @property
     def _name(self) -> str:
@@ -273,10 +226,6 @@ class RNNBase(nn.Module):
         twin.load_state_dict(self.state_dict(), strict=True)
         twin.train(self.training)
         return twin
-
-
-def _map(fn, state):
-    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
 class RNN(RNNBase):
