@@ -27,6 +27,18 @@ class Layer(Protocol):
         """One time step: ``(B, *) , state -> (B, O), state``."""
 
 
+def run_direction(
+    layer: Layer, projected: Tensor, state: State, *, reverse: bool, lengths: Tensor | None
+) -> tuple[Tensor, State]:
+    """One layer-direction over time: the layer's own whole-sequence ``scan`` if it has one
+    (e.g. MinGRU's parallel scan, same contract as :func:`unrolled.scan.scan` minus ``step``),
+    else the step-by-step loop."""
+    whole_sequence = getattr(layer, "scan", None)
+    if whole_sequence is not None:
+        return whole_sequence(projected, state, reverse=reverse, lengths=lengths)
+    return scan(layer.step, projected, state, reverse=reverse, lengths=lengths)
+
+
 def stack(
     layers: Sequence[Layer],
     inputs: Tensor,
@@ -57,8 +69,8 @@ def stack(
         for direction in range(num_directions):
             index = layer * num_directions + direction
             projected = layers[index].project(layer_input)
-            output, final = scan(
-                layers[index].step,
+            output, final = run_direction(
+                layers[index],
                 projected,
                 initial_states[index],
                 reverse=direction == 1,
@@ -70,3 +82,30 @@ def stack(
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
     return layer_input, final_states
+
+
+def step_layers(
+    layers: Sequence[Layer],
+    x_t: Tensor,
+    states: Sequence[State],
+    *,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, list[State]]:
+    """One time step through a unidirectional stack: the streaming twin of :func:`stack`.
+
+    Args:
+        layers: ``L`` layers, bottom first. x_t: ``(B, I)``. states: ``L`` states.
+
+    Returns:
+        ``(output_t (B, O), new_states)``.
+    """
+    new_states: list[State] = []
+    last = len(layers) - 1
+    for index, layer in enumerate(layers):
+        projected = layer.project(x_t.unsqueeze(0))[0]  # (1, B, I) -> (B, *)
+        x_t, new_state = layer.step(projected, states[index])  # (B, O)
+        new_states.append(new_state)
+        if dropout > 0 and training and index < last:
+            x_t = F.dropout(x_t, dropout, training=True)
+    return x_t, new_states
