@@ -7,7 +7,7 @@ forms are normalised by :mod:`unrolled.inputs`, as in the built-in modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,9 @@ from . import checks
 from .cell import Cell
 from .inputs import map_leaves, to_time_major
 from .scan import State, map_state
-from .stack import stack, step_layers
+from .stack import Layer, stack, step_layers
+
+LayerChoice = Callable[[Tensor], Sequence[Layer]]
 
 
 class Recurrent(nn.Module):
@@ -144,8 +146,13 @@ class Recurrent(nn.Module):
             ``(output, final_state)``: output ``(T, B, D*H)`` in the input's form (a
             PackedSequence for a PackedSequence), final state stacked like ``state``.
         """
+        return self._run(input, state, lengths)
+
+    def _run(self, input, state, lengths, choose_layers: LayerChoice | None = None):
+        """``forward``; ``choose_layers(inputs (T, B, I))`` may swap in other runners for the
+        cells (``stack``'s ``Layer`` s, index ``l * D + d``), e.g. a whole-sequence scan."""
         inputs, lengths, layout = to_time_major(
-            input, batch_first=self.batch_first, lengths=lengths, module_name="Recurrent"
+            input, batch_first=self.batch_first, lengths=lengths, module_name=type(self).__name__
         )  # (T, B, I)
         self._check_input(inputs)
         if inputs.size(0) == 0:
@@ -155,8 +162,9 @@ class Recurrent(nn.Module):
             initial = self._initial_states(batch, inputs)
         else:
             initial = self._split_state(state, batch, inputs, layout.state_in)
+        layers = self.cells if choose_layers is None else choose_layers(inputs)
         output, finals = stack(
-            self.cells,
+            layers,
             inputs,
             initial,
             num_layers=self.num_layers,
