@@ -9,14 +9,16 @@ optional lengths, call the backend, and turn the result back.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from . import checks
+from . import checks, regularizers
 from .backends import get_backend
 from .cells import GATES
 from .inputs import to_time_major
+from .streaming import builtin_step
 
 
 class RNNBase(nn.Module):
@@ -121,6 +123,10 @@ class RNNBase(nn.Module):
             s += f", bidirectional={self.bidirectional}"
         if self.backend != "fast":
             s += f", backend={self.backend!r}"
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        if any(self._zoneout_rates):
+            s += f", zoneout={self.zoneout}"
         return s
 
     def layer_weights(self) -> list[tuple]:
@@ -185,6 +191,9 @@ class RNNBase(nn.Module):
             self._check_state(hx, batch, inputs)
 
         run = get_backend(self.backend)
+        if self._regularized():  # a different step: the reference path, whatever the backend
+            run = partial(regularizers.run, recurrent_dropout=self.recurrent_dropout,
+                          zoneout=self._zoneout_rates)  # fmt: skip
         output, h_n = run(
             self.mode,
             inputs,
@@ -197,6 +206,36 @@ class RNNBase(nn.Module):
             lengths=lengths,
         )  # output (T, B, D*P)
         return layout.results_out(output, h_n)
+
+    def step(self, x_t: Tensor, hx=None):
+        """One time step of a unidirectional model through all layers (online inference).
+
+        Args:
+            x_t: ``(B, I)`` or unbatched ``(I,)``.
+            hx: as ``forward``'s (``(L, B, P)``, LSTM ``(h, c)``; unbatched without ``B``),
+                None for zeros.
+
+        Returns:
+            ``(output_t (B, P), h_n)``; feeding ``h_n`` back continues the sequence exactly as
+            one ``forward`` call over the whole sequence would.
+        """
+        return builtin_step(self, x_t, hx)
+
+    # ---- beyond torch: recurrent dropout and zoneout (LSTM, GRU) -----------------------------
+
+    recurrent_dropout: float = 0.0
+    zoneout: float | tuple[float, float] = 0.0
+    _zoneout_rates: tuple[float, float] = (0.0, 0.0)
+
+    def _set_regularizers(self, recurrent_dropout, zoneout) -> None:
+        self.recurrent_dropout = regularizers.check_rate("recurrent_dropout", recurrent_dropout)
+        self._zoneout_rates = regularizers.check_zoneout(self.mode, zoneout)
+        self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else float(zoneout)
+
+    def _regularized(self) -> bool:
+        """Whether the step differs from torch's: zoneout always (eval uses its expectation),
+        recurrent dropout in training mode only."""
+        return any(self._zoneout_rates) or (self.training and self.recurrent_dropout > 0)
 
     @property
     def _name(self) -> str:
@@ -253,23 +292,33 @@ class LSTM(RNNBase):
     r"""Long short-term memory, optionally with projections; a twin of ``torch.nn.LSTM``.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='fast')``.
-    The equations are in :func:`unrolled.cells.lstm`.
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='fast',
+    recurrent_dropout=0.0, zoneout=0.0)``.
+    The equations are in :func:`unrolled.cells.lstm`. Beyond torch: ``recurrent_dropout``
+    (variational, on ``h`` before ``W_hh``) and ``zoneout`` (``p`` for ``h`` and ``c``, or a pair
+    ``(p_h, p_c)``); both off by default, formulations in :mod:`unrolled.regularizers`.
     """
 
-    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+    def __init__(self, *args, backend: str = "fast", recurrent_dropout: float = 0.0,
+                 zoneout: float | tuple[float, float] = 0.0, **kwargs) -> None:  # fmt: skip
         super().__init__("LSTM", *args, backend=backend, **kwargs)
+        self._set_regularizers(recurrent_dropout, zoneout)
 
 
 class GRU(RNNBase):
     r"""Gated recurrent unit in torch's formulation; a twin of ``torch.nn.GRU``.
 
     ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, backend='fast')``.
-    The equations are in :func:`unrolled.cells.gru`.
+    bidirectional=False, device=None, dtype=None, *, backend='fast', recurrent_dropout=0.0,
+    zoneout=0.0)``.
+    The equations are in :func:`unrolled.cells.gru`. Beyond torch: ``recurrent_dropout``
+    (variational, on ``h`` before ``W_hh``) and ``zoneout``; both off by default, formulations in
+    :mod:`unrolled.regularizers`.
     """
 
-    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+    def __init__(self, *args, backend: str = "fast", recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs) -> None:  # fmt: skip
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, backend=backend, **kwargs)
+        self._set_regularizers(recurrent_dropout, zoneout)
