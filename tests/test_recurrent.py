@@ -211,7 +211,8 @@ class NoStep(unrolled.Cell):
     [
         (lambda: unrolled.Recurrent(3, INPUT), TypeError, "factory"),
         (lambda: unrolled.Recurrent(lambda s: nn.Linear(s, 2), INPUT), TypeError, "unrolled.Cell"),
-        (lambda: unrolled.Recurrent(lambda s: NoStep(s, 0), INPUT), TypeError, "hidden_size"),
+        (lambda: unrolled.Recurrent(lambda s: NoStep(s, 0), INPUT), ValueError, "hidden_size"),
+        (lambda: unrolled.Recurrent(lambda s: NoStep(s, 2.0), INPUT), TypeError, "hidden_size"),
         (lambda: unrolled.Recurrent(lambda s: NoStep(s), 0), ValueError, "input_size"),
         (lambda: unrolled.Recurrent(lambda s: NoStep(s), INPUT, 0), ValueError, "num_layers"),
         (lambda: unrolled.Recurrent(lambda s: NoStep(s), INPUT, dropout=2), ValueError, "dropout"),

@@ -228,10 +228,11 @@ def test_mingru_parallel_gradcheck():
     assert torch.autograd.gradcheck(run, (x, h0, *weights), eps=1e-6, atol=1e-7, fast_mode=True)
 
 
-def test_mingru_long_saturated_sequence_is_stable():
+@pytest.mark.parametrize("scan", ["doubling", "logcumsumexp"])
+def test_mingru_long_saturated_sequence_is_stable(scan):
     """Gates shut for a long time (|A_T| in the thousands) and wide candidates: no overflow."""
     torch.manual_seed(9)
-    model = unrolled.MinGRU(I, H).to(F64)
+    model = unrolled.MinGRU(I, H, scan=scan).to(F64)
     with torch.no_grad():
         model.cells[0].weight_ih.mul_(8)
     x = torch.randn(2048, 2, I, dtype=F64) * 3
@@ -243,11 +244,33 @@ def test_mingru_long_saturated_sequence_is_stable():
     assert torch.isfinite(out32).all()
 
 
-def test_mingru_default_mode_and_single_step():
+def test_mingru_default_mode_and_single_step(monkeypatch):
     torch.manual_seed(10)
     model = unrolled.MinGRU(I, H).to(F64)
-    x = torch.randn(1, B, I, dtype=F64)
-    out, h_n = model(x)  # T = 1: sequential by default
-    torch.testing.assert_close(out, model(x, parallel=True)[0], atol=1e-12, rtol=0)
-    step_out, step_h = model.step(x[0])
+    used = []
+    scan = unrolled.variants.mingru.parallel_scan
+    monkeypatch.setattr(unrolled.variants.mingru, "parallel_scan",
+                        lambda *a: used.append(True) or scan(*a))  # fmt: skip
+    x = torch.randn(6, B, I, dtype=F64)
+    out, _ = model(x)  # training step: parallel
+    assert used == [True]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], out, atol=1e-12, rtol=0)  # inference: sequential
+        model(x[:1])  # one step: sequential
+    assert used == [True]
+    step_out, _ = model.step(x[0])
     torch.testing.assert_close(step_out, out[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("scan", ["doubling", "logcumsumexp"])
+def test_mingru_both_scans_equal_sequential(scan):
+    torch.manual_seed(15)
+    model = unrolled.MinGRU(I, H, 2, bidirectional=True, scan=scan).to(F64)
+    x = torch.randn(37, B, I, dtype=F64)  # T not a power of two
+    hx = torch.randn(4, B, H, dtype=F64)
+    lengths = [37, 20, 1]
+    for a, b in zip(model(x, hx, parallel=True, lengths=lengths),
+                    model(x, hx, parallel=False, lengths=lengths)):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match="scan must be one of"):
+        unrolled.MinGRU(I, H, scan="fft")

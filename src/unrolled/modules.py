@@ -220,6 +220,7 @@ class RNNBase(nn.Module):
             one ``forward`` call over the whole sequence would.
         """
         return builtin_step(self, x_t, hx)
+
     # ---- beyond torch: recurrent dropout and zoneout (LSTM, GRU) -----------------------------
 
     recurrent_dropout: float = 0.0

@@ -220,10 +220,10 @@ def _leaves(state) -> list[Tensor]:
 
 def _check_hidden_size(cell: Cell, first: Cell | None) -> None:
     size = getattr(cell, "hidden_size", None)
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise TypeError(
-            f"{type(cell).__name__}.hidden_size must be a positive int, got {size!r}"
-        )
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"{type(cell).__name__}.hidden_size must be an int, got {size!r}")
+    if size <= 0:
+        raise ValueError(f"{type(cell).__name__}.hidden_size must be greater than zero, got {size}")
     if first is not None and size != first.hidden_size:
         raise ValueError(
             "all cells of a Recurrent must share one hidden_size: expected "
@@ -239,7 +239,9 @@ def _check_state_structure(state, template: State) -> None:
     """The user's state must have the structure of the cells' ``init_state``."""
     if isinstance(template, Tensor):
         if not isinstance(state, Tensor):
-            raise TypeError(f"state must be a Tensor like the cells' init_state, got {_kind(state)}")
+            raise TypeError(
+                f"state must be a Tensor like the cells' init_state, got {_kind(state)}"
+            )
     elif not (isinstance(state, tuple) and len(state) == len(template)):
         raise TypeError(
             f"state must be a tuple of {len(template)} tensors like the cells' init_state, "

@@ -146,8 +146,11 @@ def _batched_state(module, hx, batched: bool):
 
 def _check_step_state(module, hx, batch: int, x: Tensor) -> None:
     expected_h = (module.num_layers, batch, module.proj_size or module.hidden_size)
-    states = [("state[0]", hx[0], expected_h), ("state[1]", hx[1], expected_h[:2] + (
-        module.hidden_size,))] if module.mode == "LSTM" else [("state", hx, expected_h)]  # fmt: skip
+    if module.mode == "LSTM":
+        expected_c = (module.num_layers, batch, module.hidden_size)
+        states = [("state[0]", hx[0], expected_h), ("state[1]", hx[1], expected_c)]
+    else:
+        states = [("state", hx, expected_h)]
     for name, state, expected in states:
         if tuple(state.shape) != expected:
             raise RuntimeError(f"Expected {name} size {expected}, got {list(state.shape)}")
