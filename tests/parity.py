@@ -45,7 +45,9 @@ def run_and_grad(module, inputs, hx, grad_seed=1234):
 
 
 def clone_leaf(t):
-    return t.detach().clone().requires_grad_(t.requires_grad)
+    """A fresh leaf with the same values AND the same strides (non-contiguous stays so)."""
+    copy = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return copy.copy_(t.detach()).requires_grad_(t.requires_grad)
 
 
 def clone_structure(value):

@@ -133,31 +133,27 @@ def check_state_tensor(name: str, state: Tensor, expected: tuple[int, ...], inpu
 
 
 def check_hx_structure(mode: str, hx: object, input_dim: int, cell: bool = False) -> None:
-    """LSTM takes ``(h, c)``; the others one tensor. Rank must match batched/unbatched input."""
-    state_dim = input_dim if cell else input_dim
+    """LSTM takes ``(h, c)``, the others one tensor; the state's rank must match the input's
+    (batched or unbatched). ``cell`` switches to the cells' ranks (2-D/1-D instead of 3-D/2-D)."""
+    batched = input_dim == (2 if cell else 3)
+    kind = f"{'batched' if batched else 'unbatched'} {input_dim}-D"
     if mode == "LSTM":
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise TypeError(
                 f"LSTM expects hx to be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
             )
         ranks = (hx[0].dim(), hx[1].dim())
-        if ranks != (state_dim, state_dim):
-            kind = "batched 3-D" if input_dim == 3 else "unbatched 2-D"
-            if cell:
-                kind = "batched 2-D" if input_dim == 2 else "unbatched 1-D"
+        if ranks != (input_dim, input_dim):
             raise RuntimeError(
-                f"For {kind} input, hx and cx should also be {state_dim}-D but got "
+                f"For {kind} input, hx and cx should also be {input_dim}-D but got "
                 f"({ranks[0]}-D, {ranks[1]}-D) tensors"
             )
     else:
         if not isinstance(hx, Tensor):
             raise TypeError(f"{_mode_name(mode)} expects hx to be a Tensor, got {_describe(hx)}")
-        if hx.dim() != state_dim:
-            kind = "batched 3-D" if input_dim == 3 else "unbatched 2-D"
-            if cell:
-                kind = "batched 2-D" if input_dim == 2 else "unbatched 1-D"
+        if hx.dim() != input_dim:
             raise RuntimeError(
-                f"For {kind} input, hx should also be {state_dim}-D but got {hx.dim()}-D tensor"
+                f"For {kind} input, hx should also be {input_dim}-D but got {hx.dim()}-D tensor"
             )
 
 

@@ -10,6 +10,9 @@ import sys
 #: command name -> (module, one-line help)
 COMMANDS = {
     "demo": ("unrolled.commands.demo", "the notebook's experiment: hand-written RNN vs torch.nn"),
+    "verify": ("unrolled.commands.verify", "check unrolled against this machine's torch.nn"),
+    "explain": ("unrolled.commands.explain", "step through a small RNN, equation by equation"),
+    "bench": ("unrolled.commands.bench", "time unrolled against torch.nn, side by side"),
 }
 
 

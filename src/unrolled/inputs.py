@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import checks
 from .packed import packed_to_padded, padded_to_packed
+from .scan import valid_steps
 
 
 def map_leaves(fn: Callable[[Tensor], Tensor], state):
@@ -95,4 +96,6 @@ def to_time_major(
     inputs = input.transpose(0, 1) if batch_first else input  # (T, B, I)
     if lengths is not None:
         lengths = checks.check_lengths(lengths, inputs.size(1), inputs.size(0), inputs.device)
+        # Whatever the padding holds (even inf or nan) must not reach a gradient: zero it.
+        inputs = inputs.masked_fill(~valid_steps(lengths, inputs.size(0)), 0.0)  # (T, B, I)
     return inputs, lengths, Layout(batch_first, batched)

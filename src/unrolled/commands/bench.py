@@ -1,0 +1,168 @@
+"""``unrolled bench``: time unrolled against torch.nn, side by side, interleaved, in one process.
+
+For every mode x shape x config: the forward under ``no_grad`` and a training step (forward +
+``output.sum().backward()``), median of ``--repeats`` interleaved samples, ratio unrolled / torch
+(below 1 = faster), and the geometric mean of the ratios per mode. The method is described in
+:mod:`unrolled.benchmark` and ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from unrolled import benchmark, benchmark_memory, benchmark_report
+
+QUICK_SHAPES = ("S", "M", "L")
+
+
+def _listed(parse):
+    """argparse type: a comma-separated list, each item checked by ``parse``."""
+
+    def parse_list(text: str) -> list:
+        try:
+            items = [parse(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected at least one item, got {text!r}")
+        return items
+
+    return parse_list
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--modes", type=_listed(benchmark.parse_mode),
+                        default=list(benchmark.DEFAULT_MODES),
+                        help="comma-separated: rnn_tanh,rnn_relu,lstm,gru (default "
+                             "rnn_tanh,lstm,gru)")  # fmt: skip
+    parser.add_argument("--shapes", type=_listed(benchmark.parse_shape), default=None,
+                        help="comma-separated S,M,L,XL or literal BxTxIxH such as 2x8x4x6 "
+                             "(default S,M,L,XL; S,M,L with --quick)")  # fmt: skip
+    parser.add_argument("--configs", type=_listed(benchmark.parse_config),
+                        default=[benchmark.parse_config(c) for c in benchmark.DEFAULT_CONFIGS],
+                        help="comma-separated layers+direction: 1uni, 2bi, 3uni... "
+                             "(default 1uni,2bi)")  # fmt: skip
+    parser.add_argument("--backend", choices=["fast", "reference"], default="fast")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved samples per implementation, >= 5 (default 7; 5 with "
+                             "--quick)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch intra-op threads (default: torch's current count, "
+                             f"{torch.get_num_threads()} here)")  # fmt: skip
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="PackedSequence input (enforce_sorted=False), lengths from T/4 to T",
+    )
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory of a training step, one fresh subprocess per "
+                             "implementation and configuration")  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="about a minute: T/4, 5 repeats, 20 ms samples, shapes S,M,L",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
+    parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-sample-ms", type=float, default=None,
+                        help="a sample repeats the call until it lasts this long (default 50; "
+                             "20 with --quick)")  # fmt: skip
+
+
+def _settings(args: argparse.Namespace) -> benchmark.Settings:
+    repeats = args.repeats if args.repeats is not None else (5 if args.quick else 7)
+    if repeats < 5:
+        raise SystemExit(f"--repeats must be >= 5 for a meaningful median, got {repeats}")
+    min_sample_ms = args.min_sample_ms if args.min_sample_ms is not None else (
+        20.0 if args.quick else 50.0)  # fmt: skip
+    return benchmark.Settings(backend=args.backend, repeats=repeats,
+                              min_sample_s=min_sample_ms / 1e3, seed=args.seed)  # fmt: skip
+
+
+def _points(args: argparse.Namespace) -> list[benchmark.Point]:
+    shapes = args.shapes
+    if shapes is None:
+        names = QUICK_SHAPES if args.quick else benchmark.DEFAULT_SHAPES
+        shapes = [benchmark.SHAPES[name] for name in names]
+    if args.quick:
+        shapes = [benchmark.quick_shape(shape) for shape in shapes]
+    return benchmark.grid(args.modes, shapes, args.configs, packed=args.packed, dtype=args.dtype)
+
+
+def measure(args: argparse.Namespace, console: Console) -> dict:
+    """Run the whole grid with a progress bar on ``console``; returns the report dict."""
+    settings = _settings(args)
+    points = _points(args)
+    load_before = benchmark.load_average()
+    records = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)  # fmt: skip
+    with progress:
+        task = progress.add_task("bench", total=len(points))
+        for point in points:
+            label = f"{point.mode} {point.shape.name} {point.config}"
+            progress.update(task, description=f"{label}: timing")
+            record = benchmark.run_point(point, settings)
+            if args.memory:
+                progress.update(task, description=f"{label}: memory")
+                record["memory"] = _memory(point, settings, args.threads)
+            records.append(record)
+            progress.advance(task)
+    environment = benchmark.environment(torch.get_num_threads())
+    environment["load_average"] = {"before": load_before, "after": benchmark.load_average()}
+    return {
+        "environment": environment,
+        "settings": {
+            "backend": settings.backend,
+            "backend_function": benchmark.backend_function(settings.backend),
+            "repeats": settings.repeats,
+            "warmup": settings.warmup,
+            "min_sample_s": settings.min_sample_s,
+            "seed": settings.seed,
+            "dtype": args.dtype,
+            "packed": args.packed,
+            "quick": args.quick,
+            "memory": args.memory,
+        },
+        "results": records,
+        "geomean": benchmark.summarize(records),
+    }
+
+
+def _memory(point: benchmark.Point, settings: benchmark.Settings, threads: int) -> dict:
+    probes = {name: benchmark_memory.measure(point, name, settings.backend, threads, settings.seed)
+              for name in benchmark.IMPLEMENTATIONS}  # fmt: skip
+    torch_peak = probes["torch"]["peak_bytes"]
+    ratio = probes["unrolled"]["peak_bytes"] / torch_peak if torch_peak > 0 else None
+    return {**probes, "ratio": ratio}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    if args.plot:
+        benchmark_report.pyplot()  # a missing matplotlib should stop us before, not after, a run
+    console = Console(width=None if Console().is_terminal else 160)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        report = measure(args, Console(stderr=True))
+    finally:
+        torch.set_num_threads(threads_before)  # when called as a library, leave torch as it was
+    benchmark_report.header(console, report)
+    benchmark_report.tables(console, report)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=1)
+        console.print(f"raw numbers written to {args.json}")
+    if args.plot:
+        benchmark_report.plot(report, args.plot)
+        console.print(f"plot written to {args.plot}")
+    return 0

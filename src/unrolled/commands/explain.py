@@ -1,0 +1,69 @@
+"""``unrolled explain``: a small RNN unrolled step by step, with shapes, numbers and a picture.
+
+Prints each equation of the cell with the shapes of everything in it, for every layer,
+direction and time step (``--values`` adds the numbers), then where each slice of ``output`` and
+each row of ``h_n`` comes from, and checks the assembled result against torch.nn (PASS/FAIL,
+exit 1 on FAIL). ``--plot FILE.png`` draws the unrolled network and its hidden states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from unrolled import explain
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=sorted(explain.MODES) + ["rnn"],
+        default="rnn",
+        help="rnn (= rnn_tanh), rnn_relu, lstm or gru (default rnn)",
+    )
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--bidirectional", action="store_true")
+    parser.add_argument("--T", type=int, default=3, help="time steps (default 3)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
+    parser.add_argument("--input-size", type=int, default=2)
+    parser.add_argument("--hidden-size", type=int, default=3)
+    parser.add_argument("--proj-size", type=int, default=0, help="LSTM projection size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--values", action="store_true", help="print the numbers too")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw the unrolled network (needs matplotlib: pip install "
+                        "'unrolled[plot]')")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = explain.MODES["rnn_tanh" if args.mode == "rnn" else args.mode]
+    for name in ("layers", "T", "batch", "input_size", "hidden_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"unrolled explain: --{name.replace('_', '-')} must be >= 1")
+    if args.proj_size and (mode != "LSTM" or not 0 < args.proj_size < args.hidden_size):
+        raise SystemExit("unrolled explain: --proj-size is for lstm, 0 < proj < hidden size")
+    config = explain.Config(
+        mode=mode,
+        layers=args.layers,
+        bidirectional=args.bidirectional,
+        steps=args.T,
+        batch=args.batch,
+        input_size=args.input_size,
+        hidden_size=args.hidden_size,
+        proj_size=args.proj_size,
+        seed=args.seed,
+    )
+    if args.plot:
+        try:
+            diagram = importlib.import_module("unrolled.diagram")  # matplotlib is optional
+        except ImportError as error:
+            print(
+                f"unrolled explain --plot needs matplotlib ({error}): pip install 'unrolled[plot]'"
+            )
+            return 2
+    result = explain.trace(config)
+    print(explain.render(result, values=args.values))
+    if args.plot:
+        diagram.draw(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0 if result.passed else 1
