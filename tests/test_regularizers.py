@@ -246,3 +246,9 @@ def test_repr_mentions_options():
     text = repr(unrolled.LSTM(I, H, recurrent_dropout=0.25, zoneout=(0.1, 0.5)))
     assert "recurrent_dropout=0.25" in text and "zoneout=(0.1, 0.5)" in text
     assert "zoneout" not in repr(unrolled.GRU(I, H))
+
+
+def test_to_torch_warns_that_the_options_are_dropped():
+    with pytest.warns(UserWarning, match="no recurrent_dropout or zoneout"):
+        twin = unrolled.GRU(I, H, zoneout=0.2).to_torch()
+    assert isinstance(twin, nn.GRU)

@@ -9,6 +9,7 @@ optional lengths, call the backend, and turn the result back.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import torch
@@ -245,6 +246,12 @@ class RNNBase(nn.Module):
 
     def to_torch(self) -> nn.RNNBase:
         """A plain ``torch.nn`` module with the same configuration and copied weights."""
+        if self.recurrent_dropout or any(self._zoneout_rates):
+            warnings.warn(
+                "torch.nn has no recurrent_dropout or zoneout: the torch copy runs without them "
+                "(and differs in eval mode when zoneout > 0)",
+                stacklevel=2,
+            )
         weight = getattr(self, self._flat_weights_names[0])
         kwargs = dict(
             num_layers=self.num_layers,
