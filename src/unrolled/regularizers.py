@@ -24,10 +24,18 @@ fresh mask ``d_t`` at every step::
     h_t = d_t * h_{t-1} + (1 - d_t) * h~_t       (h~_t: the ordinary cell update)
 
 For the LSTM it applies to ``h`` and ``c`` with separate masks and rates ``(p_h, p_c)`` as in the
-paper (which reports its best LSTM results with ``p_c = 0.5, p_h = 0.05``); ``zoneout=p`` means
-``p_h = p_c = p``. The output at step ``t`` is the zoned-out ``h_t``. Evaluation mode, as in the
-paper ("we use the expectation of the random noise at test time"), is deterministic and uses the
-expectation ``h_t = p h_{t-1} + (1 - p) h~_t``; so a module with zoneout > 0 differs from
+paper (which reports its best character-level results with ``p_c = 0.5, p_h = 0.05``);
+``zoneout=p`` means ``p_h = p_c = p``. As in the paper's equations, the candidate ``h~_t =
+o_t * tanh(c~_t)`` is computed from the cell update ``c~_t = f_t c_{t-1} + i_t g_t`` before
+zoneout, and the next step's gates read the zoned-out ``h_t``, ``c_t``::
+
+    c_t = d^c_t * c_{t-1} + (1 - d^c_t) * c~_t
+    h_t = d^h_t * h_{t-1} + (1 - d^h_t) * o_t * tanh(c~_t)
+
+With ``proj_size`` the zoned-out ``h`` is the projected one. The output at step ``t`` is the
+zoned-out ``h_t``. Evaluation mode, as in the paper ("we use the expectation of the random noise
+at test time"), is deterministic and uses the expectation ``h_t = p h_{t-1} + (1 - p) h~_t``
+(likewise for ``c``); so a module with zoneout > 0 differs from
 torch.nn in eval mode too, by design.
 """
 
