@@ -33,10 +33,11 @@ zoneout, and the next step's gates read the zoned-out ``h_t``, ``c_t``::
     h_t = d^h_t * h_{t-1} + (1 - d^h_t) * o_t * tanh(c~_t)
 
 With ``proj_size`` the zoned-out ``h`` is the projected one. The output at step ``t`` is the
-zoned-out ``h_t``. Evaluation mode, as in the paper ("we use the expectation of the random noise
-at test time"), is deterministic and uses the expectation ``h_t = p h_{t-1} + (1 - p) h~_t``
-(likewise for ``c``); so a module with zoneout > 0 differs from
-torch.nn in eval mode too, by design.
+zoned-out ``h_t`` (the state the next step reads, so that ``output[-1] == h_n`` as in torch; the
+authors' TensorFlow wrapper returns the un-zoned ``h~_t`` as output instead). Evaluation mode is
+deterministic and uses the expectation over the mask, ``h_t = p h_{t-1} + (1 - p) h~_t``
+(likewise for ``c``), as the authors' reference implementation does at test time; so a module
+with zoneout > 0 differs from torch.nn in eval mode too, by design.
 """
 
 from __future__ import annotations
