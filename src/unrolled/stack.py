@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan import State, scan
+from .scan import State, scan, valid_steps
 
 
 class Layer(Protocol):
@@ -80,8 +80,22 @@ def stack(
             final_states.append(final)
         layer_input = torch.cat(outputs, dim=-1)  # (T, B, D*O)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, training=True)
+            layer_input = dropout_between_layers(layer_input, dropout, lengths)
     return layer_input, final_states
+
+
+def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:
+    """Dropout on a layer's output, drawing exactly the random numbers torch draws.
+
+    torch drops out the ``(T, B, D*O)`` output of a padded batch, but only the ``N`` valid rows of
+    a PackedSequence, in packed (time-major) order. With ``lengths`` we do the same on the valid
+    rows, so a packed batch gets torch's masks and padding stays zero.
+    """
+    if lengths is None:
+        return F.dropout(layer_output, p, training=True)
+    valid = valid_steps(lengths, layer_output.size(0)).squeeze(-1)  # (T, B)
+    rows = F.dropout(layer_output[valid], p, training=True)  # (N, D*O), time-major
+    return layer_output.new_zeros(layer_output.shape).index_put((valid,), rows)  # (T, B, D*O)
 
 
 def step_layers(
