@@ -138,3 +138,24 @@ def test_pack_unpack_roundtrip_and_gradient():
     assert torch.autograd.gradcheck(
         lambda d: packed_to_padded(d, packed.batch_sizes)[0], packed.data.detach().requires_grad_()
     )
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("mode", list(TORCH))
+@pytest.mark.parametrize("lengths", ["uneven", "unsorted"])
+def test_packed_dropout_uses_torch_masks(backend, mode, lengths):
+    """Dropout between layers on packed input draws torch's masks (torch drops packed rows)."""
+    torch.manual_seed(11)
+    theirs = TORCH[mode](INPUT, HIDDEN, num_layers=3, dropout=0.5, bidirectional=True).double()
+    ours = unrolled.from_torch(theirs, backend=backend)
+    packed = _packed(LENGTHS[lengths], torch.float64, enforce_sorted=lengths == "uneven")
+
+    def seeded(module):
+        def call(*args):
+            torch.manual_seed(7)
+            return module(*args)
+
+        call.parameters, call.named_parameters = module.parameters, module.named_parameters
+        return call
+
+    compare(seeded(ours), seeded(theirs), (packed,), None)

@@ -3,9 +3,27 @@
 Public names only; see ``docs/`` and ``design.md`` for the layering.
 """
 
+from .cell import Cell
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .interop import from_torch
 from .modules import GRU, LSTM, RNN
+from .recurrent import Recurrent
+from .variants import IndRNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinGRUCell
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "from_torch"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "from_torch",
+    "Cell",
+    "Recurrent",
+    "IndRNN",
+    "LayerNormGRU",
+    "LayerNormLSTM",
+    "MinGRU",
+    "MinGRUCell",
+]
 __version__ = "0.1.0"

@@ -9,16 +9,17 @@ optional lengths, call the backend, and turn the result back.
 from __future__ import annotations
 
 import math
+import warnings
+from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
-from . import checks
+from . import checks, regularizers
 from .backends import get_backend
 from .cells import GATES
-from .packed import packed_to_padded, padded_to_packed
-from .scan import valid_steps
+from .inputs import to_time_major
+from .streaming import builtin_step
 
 
 class RNNBase(nn.Module):
@@ -123,6 +124,10 @@ class RNNBase(nn.Module):
             s += f", bidirectional={self.bidirectional}"
         if self.backend != "fast":
             s += f", backend={self.backend!r}"
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        if any(self._zoneout_rates):
+            s += f", zoneout={self.zoneout}"
         return s
 
     def layer_weights(self) -> list[tuple]:
@@ -174,54 +179,22 @@ class RNNBase(nn.Module):
             ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``, shaped like torch's.
         """
         weight = getattr(self, self._flat_weights_names[0])
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths= is for padded input: a PackedSequence carries its own")
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            if data.dim() != 2:
-                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
-            checks.check_dtype("input", data, weight)
-            inputs, lengths = packed_to_padded(data, batch_sizes)  # (T, B, I) sorted, (B,)
-            batched = True
-            if hx is not None:
-                checks.check_hx_structure(self.mode, hx, 3)
-        else:
-            if not isinstance(input, Tensor):
-                raise TypeError(
-                    f"input must be a Tensor or a PackedSequence, got {type(input).__name__}"
-                )
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"{self._name}: Expected input to be 2D or 3D, "
-                    f"got {input.dim()}D tensor instead"
-                )
-            batched = input.dim() == 3
-            if hx is not None:
-                checks.check_hx_structure(self.mode, hx, input.dim())
-            if not batched:
-                if lengths is not None:
-                    raise ValueError("lengths= needs batched 3-D input, got unbatched 2-D input")
-                input = input.unsqueeze(0 if self.batch_first else 1)
-                if hx is not None:
-                    hx = _map(lambda s: s.unsqueeze(1), hx)
-            inputs = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        inputs, lengths, layout = to_time_major(
+            input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
+        )  # (T, B, I)
         checks.check_sequence_input(inputs, self.input_size, weight)
         batch = inputs.size(1)
-        if lengths is not None and not packed:
-            lengths = checks.check_lengths(lengths, batch, inputs.size(0), inputs.device)
-            # Whatever the padding holds (even inf or nan) must not reach a gradient: zero it.
-            inputs = inputs.masked_fill(~valid_steps(lengths, inputs.size(0)), 0.0)  # (T, B, I)
-
         if hx is None:
             hx = self._zero_state(batch, inputs)
         else:
-            hx = tuple(hx) if self.mode == "LSTM" else hx
+            checks.check_hx_structure(self.mode, hx, layout.state_dim)
+            hx = layout.state_in(tuple(hx) if self.mode == "LSTM" else hx)  # (L*D, B, *) sorted
             self._check_state(hx, batch, inputs)
-            if packed and sorted_indices is not None:
-                hx = _map(lambda s: s.index_select(1, sorted_indices), hx)  # to sorted order
 
         run = get_backend(self.backend)
+        if self._regularized():  # a different step: the reference path, whatever the backend
+            run = partial(regularizers.run, recurrent_dropout=self.recurrent_dropout,
+                          zoneout=self._zoneout_rates)  # fmt: skip
         output, h_n = run(
             self.mode,
             inputs,
@@ -233,20 +206,37 @@ class RNNBase(nn.Module):
             training=self.training,
             lengths=lengths,
         )  # output (T, B, D*P)
+        return layout.results_out(output, h_n)
 
-        if packed:
-            output = PackedSequence(
-                padded_to_packed(output, batch_sizes), batch_sizes, sorted_indices, unsorted_indices
-            )
-            if unsorted_indices is not None:
-                h_n = _map(lambda s: s.index_select(1, unsorted_indices), h_n)  # original order
-            return output, h_n
-        if self.batch_first:
-            output = output.transpose(0, 1)  # (B, T, D*P)
-        if not batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            h_n = _map(lambda s: s.squeeze(1), h_n)
-        return output, h_n
+    def step(self, x_t: Tensor, hx=None):
+        """One time step of a unidirectional model through all layers (online inference).
+
+        Args:
+            x_t: ``(B, I)`` or unbatched ``(I,)``.
+            hx: as ``forward``'s (``(L, B, P)``, LSTM ``(h, c)``; unbatched without ``B``),
+                None for zeros.
+
+        Returns:
+            ``(output_t (B, P), h_n)``; feeding ``h_n`` back continues the sequence exactly as
+            one ``forward`` call over the whole sequence would.
+        """
+        return builtin_step(self, x_t, hx)
+
+    # ---- beyond torch: recurrent dropout and zoneout (LSTM, GRU) -----------------------------
+
+    recurrent_dropout: float = 0.0
+    zoneout: float | tuple[float, float] = 0.0
+    _zoneout_rates: tuple[float, float] = (0.0, 0.0)
+
+    def _set_regularizers(self, recurrent_dropout, zoneout) -> None:
+        self.recurrent_dropout = regularizers.check_rate("recurrent_dropout", recurrent_dropout)
+        self._zoneout_rates = regularizers.check_zoneout(self.mode, zoneout)
+        self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else float(zoneout)
+
+    def _regularized(self) -> bool:
+        """Whether the step differs from torch's: zoneout always (eval uses its expectation),
+        recurrent dropout in training mode only."""
+        return any(self._zoneout_rates) or (self.training and self.recurrent_dropout > 0)
 
     @property
     def _name(self) -> str:
@@ -256,6 +246,12 @@ class RNNBase(nn.Module):
 
     def to_torch(self) -> nn.RNNBase:
         """A plain ``torch.nn`` module with the same configuration and copied weights."""
+        if self.recurrent_dropout or any(self._zoneout_rates):
+            warnings.warn(
+                "torch.nn has no recurrent_dropout or zoneout: the torch copy runs without them "
+                "(and differs in eval mode when zoneout > 0)",
+                stacklevel=2,
+            )
         weight = getattr(self, self._flat_weights_names[0])
         kwargs = dict(
             num_layers=self.num_layers,
@@ -276,10 +272,6 @@ class RNNBase(nn.Module):
         twin.load_state_dict(self.state_dict(), strict=True)
         twin.train(self.training)
         return twin
-
-
-def _map(fn, state):
-    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
 class RNN(RNNBase):
@@ -307,23 +299,33 @@ class LSTM(RNNBase):
     r"""Long short-term memory, optionally with projections; a twin of ``torch.nn.LSTM``.
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='fast')``.
-    The equations are in :func:`unrolled.cells.lstm`.
+    bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='fast',
+    recurrent_dropout=0.0, zoneout=0.0)``.
+    The equations are in :func:`unrolled.cells.lstm`. Beyond torch: ``recurrent_dropout``
+    (variational, on ``h`` before ``W_hh``) and ``zoneout`` (``p`` for ``h`` and ``c``, or a pair
+    ``(p_h, p_c)``); both off by default, formulations in :mod:`unrolled.regularizers`.
     """
 
-    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+    def __init__(self, *args, backend: str = "fast", recurrent_dropout: float = 0.0,
+                 zoneout: float | tuple[float, float] = 0.0, **kwargs) -> None:  # fmt: skip
         super().__init__("LSTM", *args, backend=backend, **kwargs)
+        self._set_regularizers(recurrent_dropout, zoneout)
 
 
 class GRU(RNNBase):
     r"""Gated recurrent unit in torch's formulation; a twin of ``torch.nn.GRU``.
 
     ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-    bidirectional=False, device=None, dtype=None, *, backend='fast')``.
-    The equations are in :func:`unrolled.cells.gru`.
+    bidirectional=False, device=None, dtype=None, *, backend='fast', recurrent_dropout=0.0,
+    zoneout=0.0)``.
+    The equations are in :func:`unrolled.cells.gru`. Beyond torch: ``recurrent_dropout``
+    (variational, on ``h`` before ``W_hh``) and ``zoneout``; both off by default, formulations in
+    :mod:`unrolled.regularizers`.
     """
 
-    def __init__(self, *args, backend: str = "fast", **kwargs) -> None:
+    def __init__(self, *args, backend: str = "fast", recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs) -> None:  # fmt: skip
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, backend=backend, **kwargs)
+        self._set_regularizers(recurrent_dropout, zoneout)

@@ -52,6 +52,7 @@ def run(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
+    layers: Sequence | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """Backend entry point shared by every backend.
 
@@ -61,11 +62,13 @@ def run(
         hx: ``(L*D, B, H)``, or for LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``.
         weights: ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, row ``l*D + d``.
         lengths: ``(B,)`` int64 on the inputs' device, or None.
+        layers: ``stack`` layers to run instead of the plain built-in cells (e.g. with zoneout).
 
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P))``; for LSTM ``h_n`` is ``(h_n, c_n)``.
     """
-    layers = [BuiltinLayer(mode, w) for w in weights]
+    if layers is None:
+        layers = [BuiltinLayer(mode, w) for w in weights]
     if mode == "LSTM":
         h0, c0 = hx
         initial = [(h0[k], c0[k]) for k in range(len(layers))]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan import State, scan
+from .scan import State, scan, valid_steps
 
 
 class Layer(Protocol):
@@ -25,6 +25,18 @@ class Layer(Protocol):
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step: ``(B, *) , state -> (B, O), state``."""
+
+
+def run_direction(
+    layer: Layer, projected: Tensor, state: State, *, reverse: bool, lengths: Tensor | None
+) -> tuple[Tensor, State]:
+    """One layer-direction over time: the layer's own whole-sequence ``scan`` if it has one
+    (e.g. MinGRU's parallel scan, same contract as :func:`unrolled.scan.scan` minus ``step``),
+    else the step-by-step loop."""
+    whole_sequence = getattr(layer, "scan", None)
+    if whole_sequence is not None:
+        return whole_sequence(projected, state, reverse=reverse, lengths=lengths)
+    return scan(layer.step, projected, state, reverse=reverse, lengths=lengths)
 
 
 def stack(
@@ -57,8 +69,8 @@ def stack(
         for direction in range(num_directions):
             index = layer * num_directions + direction
             projected = layers[index].project(layer_input)
-            output, final = scan(
-                layers[index].step,
+            output, final = run_direction(
+                layers[index],
                 projected,
                 initial_states[index],
                 reverse=direction == 1,
@@ -68,5 +80,46 @@ def stack(
             final_states.append(final)
         layer_input = torch.cat(outputs, dim=-1)  # (T, B, D*O)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, training=True)
+            layer_input = dropout_between_layers(layer_input, dropout, lengths)
     return layer_input, final_states
+
+
+def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:
+    """Dropout on a layer's output, drawing exactly the random numbers torch draws.
+
+    torch drops out the ``(T, B, D*O)`` output of a padded batch, but only the ``N`` valid rows of
+    a PackedSequence, in packed (time-major) order. With ``lengths`` we do the same on the valid
+    rows, so a packed batch gets torch's masks and padding stays zero.
+    """
+    if lengths is None:
+        return F.dropout(layer_output, p, training=True)
+    valid = valid_steps(lengths, layer_output.size(0)).squeeze(-1)  # (T, B)
+    rows = F.dropout(layer_output[valid], p, training=True)  # (N, D*O), time-major
+    return layer_output.new_zeros(layer_output.shape).index_put((valid,), rows)  # (T, B, D*O)
+
+
+def step_layers(
+    layers: Sequence[Layer],
+    x_t: Tensor,
+    states: Sequence[State],
+    *,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, list[State]]:
+    """One time step through a unidirectional stack: the streaming twin of :func:`stack`.
+
+    Args:
+        layers: ``L`` layers, bottom first. x_t: ``(B, I)``. states: ``L`` states.
+
+    Returns:
+        ``(output_t (B, O), new_states)``.
+    """
+    new_states: list[State] = []
+    last = len(layers) - 1
+    for index, layer in enumerate(layers):
+        projected = layer.project(x_t.unsqueeze(0))[0]  # (1, B, I) -> (B, *)
+        x_t, new_state = layer.step(projected, states[index])  # (B, O)
+        new_states.append(new_state)
+        if dropout > 0 and training and index < last:
+            x_t = F.dropout(x_t, dropout, training=True)
+    return x_t, new_states

@@ -1,0 +1,260 @@
+"""``Recurrent``: layers, directions, variable lengths and streaming around any :class:`Cell`.
+
+The time loop is :func:`unrolled.scan.scan` and the layers x directions are
+:func:`unrolled.stack.stack`, the very code the built-in modules' reference backend runs; input
+forms are normalised by :mod:`unrolled.inputs`, as in the built-in modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import checks
+from .cell import Cell
+from .inputs import map_leaves, to_time_major
+from .scan import State, map_state
+from .stack import Layer, stack, step_layers
+
+LayerChoice = Callable[[Tensor], Sequence[Layer]]
+
+
+class Recurrent(nn.Module):
+    """A multi-layer, optionally bidirectional RNN built from a user's :class:`Cell`.
+
+    Args:
+        cell: a factory called as ``cell(layer_input_size)`` once per layer and direction, in the
+            order (layer 0, forward), (layer 0, reverse), (layer 1, forward), ...; it returns a
+            :class:`Cell`. Layer 0 gets ``input_size`` inputs, layer ``l > 0`` gets
+            ``D * hidden_size``. All cells must share one ``hidden_size``.
+        input_size: ``I``, features per step of the input.
+        num_layers: ``L``. bidirectional: ``D = 2`` if True, else 1.
+        batch_first: input and output are ``(B, T, *)`` instead of ``(T, B, *)``.
+        dropout: dropout on each layer's output but the last, in training mode only.
+
+    The cells are ``rec.cells[l * D + d]``.
+    """
+
+    def __init__(
+        self,
+        cell: Callable[[int], Cell],
+        input_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not callable(cell):
+            raise TypeError(
+                "cell must be a factory called as cell(layer_input_size) that returns a Cell, "
+                f"got {type(cell).__name__}"
+            )
+        # The layer-level checks are torch's; the hidden size is the cells' business (checked
+        # below), so a valid placeholder stands in for it here.
+        checks.check_layer_arguments(
+            "RNN_TANH", input_size, 1, num_layers, True, batch_first, dropout, bidirectional, 0
+        )
+        self.input_size = input_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        num_directions = 2 if bidirectional else 1
+        cells = []
+        layer_input_size = input_size
+        for _layer in range(num_layers):
+            for _direction in range(num_directions):
+                made = cell(layer_input_size)
+                if not isinstance(made, Cell):
+                    raise TypeError(
+                        f"cell({layer_input_size}) must return an unrolled.Cell, "
+                        f"got {type(made).__name__}"
+                    )
+                _check_hidden_size(made, cells[0] if cells else None)
+                cells.append(made)
+            layer_input_size = num_directions * cells[0].hidden_size
+        self.cells = nn.ModuleList(cells)
+        self.hidden_size = cells[0].hidden_size
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def extra_repr(self) -> str:
+        s = f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        return s
+
+    # ---- states ------------------------------------------------------------------------------
+
+    def _initial_states(self, batch: int, like: Tensor) -> list[State]:
+        return [c.init_state(batch, dtype=like.dtype, device=like.device) for c in self.cells]
+
+    def _split_state(self, state, batch: int, like: Tensor, to_loop) -> list:
+        """User's stacked state (leaves ``(L*D, B, *)``) -> one state per cell, checked.
+
+        ``to_loop`` moves the user's form to the loop's (adds the batch dim, sorts packed rows).
+        """
+        expected = self._initial_states(batch, like)
+        state = tuple(state) if isinstance(state, list) else state
+        _check_state_structure(state, expected[0])
+        state = to_loop(state)
+        rows = len(self.cells)
+        for k, (leaf, template) in enumerate(zip(_leaves(state), _leaves(expected[0]))):
+            name = "state" if isinstance(state, Tensor) else f"state[{k}]"
+            checks.check_state_tensor(name, leaf, (rows, *template.shape), like)
+        return [map_state(lambda s, k=k: s[k], state) for k in range(rows)]
+
+    @staticmethod
+    def _stack_states(finals: list[State]) -> State:
+        return map_state(lambda *leaves: torch.stack(leaves), *finals)  # leaves (L*D, B, *)
+
+    def _check_input(self, inputs: Tensor) -> None:
+        weight = next(self.parameters(), None)
+        if weight is not None:
+            checks.check_dtype("input", inputs, weight)
+        if inputs.size(-1) != self.input_size:
+            raise RuntimeError(
+                "input.size(-1) must be equal to input_size. "
+                f"Expected {self.input_size}, got {inputs.size(-1)}"
+            )
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def forward(self, input, state=None, *, lengths=None):
+        """Run the stack over a whole sequence.
+
+        Args:
+            input: ``(T, B, I)`` (``(B, T, I)`` if ``batch_first``), unbatched ``(T, I)``, or a
+                ``PackedSequence``.
+            state: initial state of every layer and direction stacked on a new leading dim, row
+                ``l * D + d``: a tensor ``(L*D, B, *)`` or a tuple of them, as the cells'
+                ``init_state`` (unbatched: ``(L*D, *)``). None: each cell's ``init_state``.
+            lengths: valid steps of each sequence of a padded batched input, ``(B,)``.
+
+        Returns:
+            ``(output, final_state)``: output ``(T, B, D*H)`` in the input's form (a
+            PackedSequence for a PackedSequence), final state stacked like ``state``.
+        """
+        return self._run(input, state, lengths)
+
+    def _run(self, input, state, lengths, choose_layers: LayerChoice | None = None):
+        """``forward``; ``choose_layers(inputs (T, B, I))`` may swap in other runners for the
+        cells (``stack``'s ``Layer`` s, index ``l * D + d``), e.g. a whole-sequence scan."""
+        inputs, lengths, layout = to_time_major(
+            input, batch_first=self.batch_first, lengths=lengths, module_name=type(self).__name__
+        )  # (T, B, I)
+        self._check_input(inputs)
+        if inputs.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        batch = inputs.size(1)
+        if state is None:
+            initial = self._initial_states(batch, inputs)
+        else:
+            initial = self._split_state(state, batch, inputs, layout.state_in)
+        layers = self.cells if choose_layers is None else choose_layers(inputs)
+        output, finals = stack(
+            layers,
+            inputs,
+            initial,
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            dropout=self.dropout,
+            training=self.training,
+            lengths=lengths,
+        )  # output (T, B, D*H)
+        return layout.results_out(output, self._stack_states(finals))
+
+    def step(self, x_t: Tensor, state=None):
+        """One time step of a unidirectional model through all layers, for online inference.
+
+        Args:
+            x_t: ``(B, I)`` or unbatched ``(I,)``.
+            state: as ``forward``'s (``(L, B, *)`` leaves, unbatched ``(L, *)``), None for
+                each cell's ``init_state``.
+
+        Returns:
+            ``(output_t (B, H), new_state)``; feeding ``new_state`` back in continues the
+            sequence exactly as one ``forward`` call over the whole sequence would.
+        """
+        if self.bidirectional:
+            raise RuntimeError(
+                "step() runs one time step forward; a bidirectional model needs the whole "
+                "sequence (the reverse direction starts at its end): use forward()"
+            )
+        if not isinstance(x_t, Tensor) or x_t.dim() not in (1, 2):
+            got = f"{x_t.dim()}D tensor" if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"Recurrent.step: Expected x_t to be 1D or 2D, got {got} instead")
+        batched = x_t.dim() == 2
+        x = x_t if batched else x_t.unsqueeze(0)  # (B, I)
+        self._check_input(x)
+        batch = x.size(0)
+        if state is None:
+            states = self._initial_states(batch, x)
+        else:
+            to_loop = (lambda s: s) if batched else (lambda s: map_leaves(_add_batch_dim, s))
+            states = self._split_state(state, batch, x, to_loop)
+        output, finals = step_layers(
+            self.cells, x, states, dropout=self.dropout, training=self.training
+        )  # (B, H)
+        new_state = self._stack_states(finals)
+        if not batched:
+            output = output.squeeze(0)
+            new_state = map_leaves(lambda s: s.squeeze(1), new_state)
+        return output, new_state
+
+
+def _leaves(state) -> list[Tensor]:
+    return [state] if isinstance(state, Tensor) else list(state)
+
+
+def _check_hidden_size(cell: Cell, first: Cell | None) -> None:
+    size = getattr(cell, "hidden_size", None)
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"{type(cell).__name__}.hidden_size must be an int, got {size!r}")
+    if size <= 0:
+        raise ValueError(f"{type(cell).__name__}.hidden_size must be greater than zero, got {size}")
+    if first is not None and size != first.hidden_size:
+        raise ValueError(
+            "all cells of a Recurrent must share one hidden_size: expected "
+            f"{first.hidden_size}, got {size} from {type(cell).__name__}"
+        )
+
+
+def _add_batch_dim(leaf: Tensor) -> Tensor:
+    return leaf.unsqueeze(1)  # (L, *) -> (L, 1, *)
+
+
+def _check_state_structure(state, template: State) -> None:
+    """The user's state must have the structure of the cells' ``init_state``."""
+    if isinstance(template, Tensor):
+        if not isinstance(state, Tensor):
+            raise TypeError(
+                f"state must be a Tensor like the cells' init_state, got {_kind(state)}"
+            )
+    elif not (isinstance(state, tuple) and len(state) == len(template)):
+        raise TypeError(
+            f"state must be a tuple of {len(template)} tensors like the cells' init_state, "
+            f"got {_kind(state)}"
+        )
+    for k, leaf in enumerate(_leaves(state)):
+        if not isinstance(leaf, Tensor):
+            raise TypeError(f"state[{k}] must be a Tensor, got {type(leaf).__name__}")
+
+
+def _kind(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} elements"
+    return type(value).__name__

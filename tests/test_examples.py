@@ -1,0 +1,148 @@
+"""The examples run, learn, and (digits) trace torch.nn's curve.
+
+Short budgets here (an epoch or two, a few dozen steps); the full runs whose numbers the README
+quotes are marked slow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BACKENDS = ("reference", "fast")
+
+pytest.importorskip("sklearn", reason="the digits example needs the `examples` extra")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small recurrent workloads: one intra-op thread is fastest, and on 2 shared cores (and under
+    # pytest-xdist) more threads only fight each other.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_example("digits")
+
+
+@pytest.fixture(scope="module")
+def char_lm():
+    return load_example("char_lm")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_digits_learns_in_two_epochs(digits, backend):
+    history = digits.train(epochs=2, progress=False, backend=backend)
+    assert len(history.test_accuracy) == 2
+    assert history.test_accuracy[-1] > 0.75, history.test_accuracy  # chance is 0.10
+    assert history.epoch_loss[1] < history.epoch_loss[0] < math.log(10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_digits_torch_flag_traces_the_same_curve(digits, backend):
+    """Same seed, same batches: unrolled.GRU and torch.nn.GRU give the same loss at every step."""
+    ours = digits.train(epochs=1, progress=False, backend=backend, max_steps=20)
+    theirs = digits.train(epochs=1, progress=False, use_torch=True, max_steps=20)
+    assert len(ours.step_loss) == len(theirs.step_loss) == 20
+    assert ours.step_loss[0] == pytest.approx(theirs.step_loss[0], rel=1e-6)  # identical init
+    torch.testing.assert_close(
+        torch.tensor(ours.step_loss), torch.tensor(theirs.step_loss), rtol=1e-4, atol=1e-5
+    )
+    assert ours.step_loss[-1] < ours.step_loss[0]
+
+
+def test_digits_same_initial_weights_as_torch(digits):
+    torch.manual_seed(3)
+    ours = digits.DigitClassifier(16, use_torch=False, backend="reference")
+    torch.manual_seed(3)
+    theirs = digits.DigitClassifier(16, use_torch=True, backend="reference")
+    ours_state, their_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(their_state)
+    for name in their_state:
+        assert torch.equal(ours_state[name], their_state[name]), name
+
+
+def test_digits_command_line_prints_accuracy_last_and_plots(digits, tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    assert digits.main(["--epochs", "1", "--no-progress", "--plot", str(png)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"test accuracy: 0\.\d{4}", lines[-1]), lines[-1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_digits_default_run_reaches_95_percent(digits, backend, capsys):
+    assert digits.main(["--no-progress", "--backend", backend]) == 0
+    accuracy = float(capsys.readouterr().out.strip().splitlines()[-1].split(":")[1])
+    assert accuracy >= 0.95
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_char_lm_bits_per_character_fall(char_lm, backend):
+    history = char_lm.train(
+        steps=40,
+        report_every=20,
+        hidden_size=64,
+        backend=backend,
+        sample_length=40,
+        log=lambda *_: None,
+    )
+    assert history.steps == [0, 20, 40]
+    start, middle, end = history.val_bpc
+    assert 5.0 < start < 6.5  # untrained: about log2(62) = 5.95 bits
+    assert end < middle < start and end < start - 1.5, history.val_bpc
+    assert history.train_bpc[2] < history.train_bpc[1]
+    text = char_lm.DEFAULT_TEXT.read_text(encoding="utf-8")
+    assert history.sample.startswith("Shall I ") and len(history.sample) == len("Shall I ") + 40
+    assert set(history.sample) <= set(text)
+
+
+def test_char_lm_sampling_carries_state(char_lm):
+    """Sampling one character at a time with (h, c) carried equals one pass over the string."""
+    torch.manual_seed(0)
+    vocab = char_lm.Vocabulary.of("abcdefgh ")
+    model = char_lm.CharLM(
+        len(vocab.chars),
+        embed_size=4,
+        hidden_size=8,
+        num_layers=2,
+        use_torch=False,
+        backend="reference",
+    ).eval()
+    codes = vocab.encode("bad cafe").unsqueeze(0)  # (1, T)
+    with torch.no_grad():
+        whole, _ = model(codes)  # (1, T, V)
+        state, pieces = None, []
+        for t in range(codes.shape[1]):
+            logits, state = model(codes[:, t : t + 1], state)  # (1, 1, V)
+            pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=1e-6, rtol=1e-5)
+
+
+def test_shipped_text_is_the_documented_file(char_lm):
+    import hashlib
+
+    data = char_lm.DEFAULT_TEXT.read_bytes()
+    readme = (char_lm.DEFAULT_TEXT.parent / "README.md").read_text(encoding="utf-8")
+    assert hashlib.sha256(data).hexdigest() in readme
+    assert len(data) < 300_000
