@@ -8,7 +8,7 @@ call on the same tensor, so the random masks match torch's and the reference's),
 final states in torch's row order ``l * D + d``.
 
 Only float32 and float64 take the fast path; other dtypes (bfloat16, float16) run the reference
-backend, whose per-step cell math handles them.
+backend, whose per-step cell math handles them, and so does code traced by ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -47,12 +47,19 @@ def run(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
+    layers: Sequence | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
-    """Backend entry point; the contract is :func:`unrolled.reference.run`'s."""
-    if inputs.dtype not in FAST_DTYPES:
+    """Backend entry point; the contract is :func:`unrolled.reference.run`'s.
+
+    Runs the reference backend instead for other dtypes, for custom ``layers`` (their step is
+    not one of the hand-written cells), and while ``torch.compile`` traces: dynamo breaks the
+    graph at the ``out=`` writes into strided views that the fast loops are built on, whereas
+    the reference loop traces into one graph that inductor fuses by itself.
+    """
+    if inputs.dtype not in FAST_DTYPES or layers is not None or torch.compiler.is_compiling():
         return reference.run(
             mode, inputs, hx, weights, num_layers=num_layers, num_directions=num_directions,
-            dropout=dropout, training=training, lengths=lengths,
+            dropout=dropout, training=training, lengths=lengths, layers=layers,
         )  # fmt: skip
     function, plain_forward = LAYERS[mode]
     h0_all, c0_all = hx if mode == "LSTM" else (hx, None)
