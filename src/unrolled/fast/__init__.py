@@ -3,8 +3,8 @@
 Each layer runs both directions in lockstep (see :mod:`.layer`), with the input projection
 hoisted into one GEMM per direction and a hand-written backward per cell family
 (:mod:`.rnn`, :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer
-``l``'s output to layer ``l+1``, applies dropout between layers exactly as ``stack`` does (same
-call on the same tensor, so the random masks match torch's and the reference's), and stacks the
+``l``'s output to layer ``l+1``, applies dropout between layers with ``stack``'s own function (the
+same random draws on the same rows, so the masks match torch's and the reference's), and stacks the
 final states in torch's row order ``l * D + d``.
 
 Only float32 and float64 take the fast path; other dtypes (bfloat16, float16) run the reference
@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
+from ..stack import dropout_between_layers
 from .gru import GRULayer, gru_layer_forward
 from .layer import Timeline
 from .lstm import LSTMLayer, lstm_layer_forward
@@ -81,7 +81,7 @@ def run(
         if mode == "LSTM":
             finals_c.append(result[2])
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, training=True)
+            layer_input = dropout_between_layers(layer_input, dropout, lengths)
     h_n = finals_h[0] if num_layers == 1 else torch.cat(finals_h)  # (L*D, B, P)
     if mode == "LSTM":
         c_n = finals_c[0] if num_layers == 1 else torch.cat(finals_c)  # (L*D, B, H)
