@@ -198,3 +198,19 @@ def _escape(text):
     import re
 
     return re.escape(text)
+
+
+def test_step_input_errors():
+    with pytest.raises(
+        RuntimeError, match=r"GRU.step\(\) runs one time step forward; a bidirectional"
+    ):
+        unrolled.GRU(3, 4, bidirectional=True).step(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="LSTM.step: Expected x_t to be 1D or 2D, got 3D tensor"):
+        unrolled.LSTM(3, 4).step(torch.randn(1, 2, 3))
+    with pytest.raises(ValueError, match="RNN.step: Expected x_t to be 1D or 2D, got list"):
+        unrolled.RNN(3, 4).step([1.0, 2.0, 3.0])
+    with pytest.raises(RuntimeError, match="Expected 3, got 5"):
+        unrolled.RNN(3, 4).step(torch.randn(2, 5))
+    rec = unrolled.Recurrent(lambda i: unrolled.IndRNN(i, 4), 3, bidirectional=True)
+    with pytest.raises(RuntimeError, match=r"Recurrent.step\(\) runs one time step forward"):
+        rec.step(torch.randn(2, 3))

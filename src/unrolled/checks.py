@@ -157,6 +157,23 @@ def check_hx_structure(mode: str, hx: object, input_dim: int, cell: bool = False
             )
 
 
+def check_step_input(owner: str, bidirectional: bool, x_t: object) -> tuple[Tensor, bool]:
+    """``step``'s input: one time step ``(B, I)`` or ``(I,)`` of a unidirectional model.
+
+    Returns ``(x (B, I), batched)``.
+    """
+    if bidirectional:
+        raise RuntimeError(
+            f"{owner}.step() runs one time step forward; a bidirectional model needs the whole "
+            "sequence (the reverse direction starts at its end): use forward()"
+        )
+    if not isinstance(x_t, Tensor) or x_t.dim() not in (1, 2):
+        got = f"{x_t.dim()}D tensor" if isinstance(x_t, Tensor) else type(x_t).__name__
+        raise ValueError(f"{owner}.step: Expected x_t to be 1D or 2D, got {got} instead")
+    batched = x_t.dim() == 2
+    return (x_t if batched else x_t.unsqueeze(0)), batched  # (B, I)
+
+
 def check_lengths(lengths: object, batch_size: int, num_steps: int, device: torch.device) -> Tensor:
     """Validate ``lengths=`` for padded input and return it as int64 on ``device``."""
     if isinstance(lengths, Tensor):

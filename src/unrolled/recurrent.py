@@ -187,16 +187,7 @@ class Recurrent(nn.Module):
             ``(output_t (B, H), new_state)``; feeding ``new_state`` back in continues the
             sequence exactly as one ``forward`` call over the whole sequence would.
         """
-        if self.bidirectional:
-            raise RuntimeError(
-                "step() runs one time step forward; a bidirectional model needs the whole "
-                "sequence (the reverse direction starts at its end): use forward()"
-            )
-        if not isinstance(x_t, Tensor) or x_t.dim() not in (1, 2):
-            got = f"{x_t.dim()}D tensor" if isinstance(x_t, Tensor) else type(x_t).__name__
-            raise ValueError(f"Recurrent.step: Expected x_t to be 1D or 2D, got {got} instead")
-        batched = x_t.dim() == 2
-        x = x_t if batched else x_t.unsqueeze(0)  # (B, I)
+        x, batched = checks.check_step_input("Recurrent", self.bidirectional, x_t)  # (B, I)
         self._check_input(x)
         batch = x.size(0)
         if state is None:

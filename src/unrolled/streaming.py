@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import regularizers
+from . import checks, regularizers
 from .stack import step_layers
 
 
@@ -60,16 +60,7 @@ _STEPS = {
 
 def builtin_step(module, x_t: Tensor, hx=None):
     """``module.step``: see :meth:`unrolled.modules.RNNBase.step`."""
-    if module.bidirectional:
-        raise RuntimeError(
-            "step() runs one time step forward; a bidirectional model needs the whole sequence "
-            "(the reverse direction starts at its end): use forward()"
-        )
-    if not isinstance(x_t, Tensor) or x_t.dim() not in (1, 2):
-        got = f"{x_t.dim()}D tensor" if isinstance(x_t, Tensor) else type(x_t).__name__
-        raise ValueError(f"{type(module).__name__}.step: Expected x_t to be 1D or 2D, got {got}")
-    batched = x_t.dim() == 2
-    x = x_t if batched else x_t.unsqueeze(0)  # (B, I)
+    x, batched = checks.check_step_input(type(module).__name__, module.bidirectional, x_t)
     if x.size(1) != module.input_size:
         raise RuntimeError(
             f"x_t.size(-1) must be equal to input_size. Expected {module.input_size}, "
