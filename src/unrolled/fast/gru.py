@@ -137,6 +137,9 @@ class GRULayer(torch.autograd.Function):
             r_nh_steps[s].mul_(n_pre_steps[s])  # d_pre_r, d_a
             direct = d_h_steps[s - 1].addcmul_(dh, z_steps[s]) if s else dh * z_steps[s]
             dh = direct.baddbmm_(hh_pre_steps[s], w_hh)  # (D, B, 3H) @ (D, 3H, H) + dh * z
+        # The chain is done (dh is now d_h0, a fresh tensor): free the step gradients, the
+        # stacked W_hh copy and the per-step views before the weight gradients are allocated.
+        del d_h, d_h_steps, direct, w_hh, n_z_steps, r_nh_steps, n_pre_steps, hh_pre_steps
         d_pre_x = flat_factors[..., : 3 * hidden]  # (D, T, B, 3H): rows (n, r, z)
         d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 

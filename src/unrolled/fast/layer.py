@@ -52,12 +52,16 @@ class Timeline:
         """``(T, B, X)`` with padded steps set to zero (a new tensor; ``seq`` is untouched)."""
         return seq if self.padding is None else seq.masked_fill(self.padding, 0)
 
-    def reverse(self, seq: Tensor) -> Tensor:
-        """``(T, B, X)`` reversed in time, each sequence inside its own length (a new tensor)."""
+    def reverse(self, seq: Tensor, out: Tensor | None = None) -> Tensor:
+        """``(T, B, X)`` reversed in time, each sequence inside its own length (a new tensor, or
+        written into ``out`` (T, B, X) without a temporary copy)."""
         if self.reverse_index is None:
-            return seq.flip(0)
+            if out is None:
+                return seq.flip(0)
+            steps = torch.arange(self.num_steps - 1, -1, -1, device=seq.device)  # (T,)
+            return torch.index_select(seq, 0, steps, out=out)
         index = self.reverse_index[:, :, None].expand(-1, -1, seq.shape[-1])  # (T, B, X)
-        return seq.gather(0, index)
+        return seq.gather(0, index) if out is None else torch.gather(seq, 0, index, out=out)
 
     def directions(self, seq: Tensor, num_directions: int) -> list[Tensor]:
         """Time-major ``(T, B, X)`` -> the ``D`` step-major views of it, padding zeroed."""
@@ -91,7 +95,7 @@ class Timeline:
         grad = d_output.new_empty(num_directions, num_steps, batch, d_final.shape[-1])
         grad[0] = per_direction[:, :, 0]
         if num_directions == 2:
-            grad[1] = self.reverse(per_direction[:, :, 1])
+            self.reverse(per_direction[:, :, 1], out=grad[1])  # no (T, B, P) temporary
         if self.padding is not None:
             grad.masked_fill_(self.padding, 0)  # no gradient from padded outputs
         self.add_at_final_step_(grad, d_final)

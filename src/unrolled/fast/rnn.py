@@ -80,6 +80,9 @@ class RNNLayer(torch.autograd.Function):
             d_pre_s = d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
             dh = d_h_steps[s - 1].baddbmm_(d_pre_s, w_hh)  # (D, B, H) @ (D, H, H) + d_out
         d_h0 = torch.bmm(d_pre_steps[0].mul_(dh), w_hh)  # (D, B, H) @ (D, H, H)
+        # The chain is done: free the step gradients and the stacked W_hh copy before the weight
+        # gradients are allocated (they would otherwise set the step's peak memory).
+        del d_h, d_h_steps, dh, w_hh, d_pre_steps
 
         grads = [None] * (ctx.num_inputs)
         grads[0], d_w_ih = timeline.input_side_grads(
