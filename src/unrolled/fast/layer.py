@@ -111,7 +111,7 @@ class Timeline:
 
     def input_side_grads(
         self,
-        d_pre: Tensor,
+        d_pre: Tensor | list[Tensor],
         x: Tensor,
         w_ih: Sequence[Tensor],
         need_input: bool,
@@ -122,7 +122,11 @@ class Timeline:
         input projection, one GEMM (per gate-row block) each over all steps.
 
         Args:
-            d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride).
+            d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride), or a list
+                holding it as its only element: then this function takes it out of the list
+                and, the caller holding no other reference to its storage, frees it as soon as
+                direction 0 is done (only the reverse direction's time-major copy is still
+                needed then), so it never lives next to every weight gradient.
             x: the layer input ``(T, B, I)``, time-major.
             w_ih: ``D`` weights ``(G, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
@@ -132,35 +136,42 @@ class Timeline:
         Returns:
             ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
         """
+        if isinstance(d_pre, list):
+            d_pre = d_pre.pop()
         num_steps, batch, gates = d_pre.shape[1:]
         rows = num_steps * batch
-        # Put the reverse direction back in time order once (T*B*G); then both gradients use x
-        # as it is, and neither x nor the input gradient is ever reversed.
-        time_major = [d_pre[0]] + [self.reverse(d) for d in d_pre[1:]]  # D x (T, B, G)
-        time_major = [d.reshape(rows, gates) for d in time_major]  # D x (T*B, G)
         # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
         blocks = [(slice(0, gates), slice(0, gates))]
         if rolled:
             blocks = [(slice(0, rolled), slice(gates - rolled, gates)),
                       (slice(rolled, gates), slice(0, gates - rolled))]  # fmt: skip
-        d_x = None
-        if need_input:
-            d_x = x.new_zeros(num_steps, batch, x.shape[-1])  # (T, B, I)
-            d_x2d = d_x.view(rows, x.shape[-1])
-            for d_dir, w in zip(time_major, w_ih):
+        d_x = x.new_zeros(num_steps, batch, x.shape[-1]) if need_input else None  # (T, B, I)
+        x2d = self.zero_padding(x).reshape(rows, x.shape[-1]) if need_weights else None
+        d_w = [] if need_weights else None
+
+        def one_direction(time_major: Tensor, w: Tensor) -> None:
+            """Add ``time_major (T, B, G)``'s share to ``d_x`` and append its ``d_W_ih``."""
+            d_dir = time_major.reshape(rows, gates)  # (T*B, G)
+            if need_input:
+                d_x2d = d_x.view(rows, x.shape[-1])  # (T*B, I)
                 for cols, w_rows in blocks:
                     d_x2d.addmm_(d_dir[:, cols], w[w_rows])  # (T*B, G') @ (G', I)
-            if self.padding is not None:
-                d_x.masked_fill_(self.padding, 0)
-        d_w = None
-        if need_weights:
-            x2d = self.zero_padding(x).reshape(rows, x.shape[-1])  # (T*B, I)
-            d_w = []
-            for d_dir in time_major:
+            if need_weights:
                 d_w_dir = x.new_empty(gates, x.shape[-1])  # (G, I), torch's order
                 for cols, w_rows in blocks:
                     torch.mm(d_dir[:, cols].t(), x2d, out=d_w_dir[w_rows])  # (G', T*B) @ (T*B, I)
                 d_w.append(d_w_dir)
+
+        # Direction 0 is already in time order. The reverse direction is put back in time order
+        # once (T*B*G), after direction 0 is done; then both gradients use x as it is, and
+        # neither x nor the input gradient is ever reversed.
+        one_direction(d_pre[0], w_ih[0])
+        if len(w_ih) == 2:
+            reverse_time_major = self.reverse(d_pre[1])  # (T, B, G)
+            del d_pre  # frees the step-major buffer when the caller handed it over
+            one_direction(reverse_time_major, w_ih[1])
+        if d_x is not None and self.padding is not None:
+            d_x.masked_fill_(self.padding, 0)
         return d_x, d_w
 
 
