@@ -136,7 +136,8 @@ class Timeline:
         Returns:
             ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
         """
-        if isinstance(d_pre, list):
+        owned = isinstance(d_pre, list)
+        if owned:
             d_pre = d_pre.pop()
         num_steps, batch, gates = d_pre.shape[1:]
         rows = num_steps * batch
@@ -167,8 +168,13 @@ class Timeline:
         # neither x nor the input gradient is ever reversed.
         one_direction(d_pre[0], w_ih[0])
         if len(w_ih) == 2:
-            reverse_time_major = self.reverse(d_pre[1])  # (T, B, G)
-            del d_pre  # frees the step-major buffer when the caller handed it over
+            if owned and x.shape[-1] < rows:
+                # Direction 0's rows are spent: reverse into them. Keeping d_pre alive for the
+                # reverse direction's d_W_ih (G*I) costs less than a new (T*B*G) copy then.
+                reverse_time_major = self.reverse(d_pre[1], out=d_pre[0])  # (T, B, G)
+            else:
+                reverse_time_major = self.reverse(d_pre[1])  # (T, B, G)
+                del d_pre  # frees the step-major buffer when the caller handed it over
             one_direction(reverse_time_major, w_ih[1])
         if d_x is not None and self.padding is not None:
             d_x.masked_fill_(self.padding, 0)
