@@ -111,8 +111,9 @@ class GRULayer(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         num_steps, batch, _ = x.shape
         hidden = hs.shape[-1]
-        # W_hh per direction, not stacked: a (D, 3H, H) copy would live through the whole loop.
-        w_hh = [w[1] for w in weights]  # D x (3H, H)
+        # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop, so it
+        # is not there when the weight gradients set the peak).
+        w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
 
         # The factors that turn dh into each pre-activation gradient, for all steps at once.
         r, z, a = hh.unflatten(3, (3, hidden)).unbind(3)  # (D, T, B, H) each
@@ -132,25 +133,15 @@ class GRULayer(torch.autograd.Function):
         flat_factors = factors.flatten(3)  # (D, T, B, 4H)
         hh_pre_steps = flat_factors[..., hidden:].unbind(1)  # (D, B, 3H): [r, z, n_h]
         z_steps, d_h_steps = z.unbind(1), d_h.unbind(1)
-        hh_pre_dir_steps = [d.unbind(0) for d in flat_factors[..., hidden:]]  # D x T x (B, 3H)
-        d_h_dir_steps = [d.unbind(0) for d in d_h]  # D x T x (B, H)
         dh = d_h_steps[num_steps - 1]
         for s in range(num_steps - 1, -1, -1):
             n_z_steps[s].mul_(dh.unsqueeze(2))  # d_pre_n, d_pre_z
             r_nh_steps[s].mul_(n_pre_steps[s])  # d_pre_r, d_a
-            if s:
-                d_h_steps[s - 1].addcmul_(dh, z_steps[s])  # dh * z + d_out
-                directs = [d_h_dir[s - 1] for d_h_dir in d_h_dir_steps]  # D x (B, H)
-                dh = d_h_steps[s - 1]
-            else:
-                dh = dh * z_steps[s]  # (D, B, H): becomes d_h0
-                directs = dh.unbind(0)
-            for direct, hh_pre_dir, w in zip(directs, hh_pre_dir_steps, w_hh):
-                direct.addmm_(hh_pre_dir[s], w)  # (B, 3H) @ (3H, H) + dh * z
-        # The chain is done (dh is now d_h0, a fresh tensor): free the step gradients and the
-        # per-step views before the weight gradients are allocated.
-        del d_h, d_h_steps, d_h_dir_steps, hh_pre_dir_steps, directs, direct, hh_pre_dir
-        del n_z_steps, r_nh_steps, n_pre_steps, hh_pre_steps
+            direct = d_h_steps[s - 1].addcmul_(dh, z_steps[s]) if s else dh * z_steps[s]
+            dh = direct.baddbmm_(hh_pre_steps[s], w_hh)  # (D, B, 3H) @ (D, 3H, H) + dh * z
+        # The chain is done (dh is now d_h0, a fresh tensor): free the step gradients, the
+        # stacked W_hh copy and the per-step views before the weight gradients are allocated.
+        del d_h, d_h_steps, direct, w_hh, n_z_steps, r_nh_steps, n_pre_steps, hh_pre_steps
         d_pre_x = flat_factors[..., : 3 * hidden]  # (D, T, B, 3H): rows (n, r, z)
         d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 
