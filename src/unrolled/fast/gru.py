@@ -111,6 +111,8 @@ class GRULayer(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         num_steps, batch, _ = x.shape
         hidden = hs.shape[-1]
+        # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop, so it
+        # is not there when the weight gradients set the peak).
         w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
 
         # The factors that turn dh into each pre-activation gradient, for all steps at once.
@@ -137,19 +139,27 @@ class GRULayer(torch.autograd.Function):
             r_nh_steps[s].mul_(n_pre_steps[s])  # d_pre_r, d_a
             direct = d_h_steps[s - 1].addcmul_(dh, z_steps[s]) if s else dh * z_steps[s]
             dh = direct.baddbmm_(hh_pre_steps[s], w_hh)  # (D, B, 3H) @ (D, 3H, H) + dh * z
+        # The chain is done (dh is now d_h0, a fresh tensor): free the step gradients, the
+        # stacked W_hh copy and the per-step views before the weight gradients are allocated.
+        del d_h, d_h_steps, direct, w_hh, n_z_steps, r_nh_steps, n_pre_steps, hh_pre_steps
         d_pre_x = flat_factors[..., : 3 * hidden]  # (D, T, B, 3H): rows (n, r, z)
         d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 
         grads = [None] * ctx.num_inputs
-        # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
-        grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre_x, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
-        )  # (T, B, I), D x (3H, I) in torch's order
         grads[1] = dh
-        if any(needs[3:]):
+        if any(needs[3:]):  # W_hh and biases first: the factors are handed over to the input side
             prev = h_prev.reshape(num_directions, num_steps * batch, hidden)  # (D, T*B, H)
             d_w_hh = d_pre_h.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,3H,T*B) @ (D,T*B,H)
             d_sums = factors.sum((1, 2))  # (D, 4, H): [n_x, r, z, n_h]
+        # Hand d_pre_x over with no other reference to the factors left here, so they are freed
+        # once direction 0's input-side gradients are done.
+        handed_over = [d_pre_x]
+        del factors, flat_factors, n_x, r_f, z_f, n_h, d_pre_x, d_pre_h
+        # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
+        grads[0], d_w_ih = timeline.input_side_grads(
+            handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
+        )  # (T, B, I), D x (3H, I) in torch's order
+        if any(needs[3:]):
             for d in range(num_directions):
                 base = 3 + 5 * d
                 grads[base : base + 4] = [

@@ -52,12 +52,16 @@ class Timeline:
         """``(T, B, X)`` with padded steps set to zero (a new tensor; ``seq`` is untouched)."""
         return seq if self.padding is None else seq.masked_fill(self.padding, 0)
 
-    def reverse(self, seq: Tensor) -> Tensor:
-        """``(T, B, X)`` reversed in time, each sequence inside its own length (a new tensor)."""
+    def reverse(self, seq: Tensor, out: Tensor | None = None) -> Tensor:
+        """``(T, B, X)`` reversed in time, each sequence inside its own length (a new tensor, or
+        written into ``out`` (T, B, X) without a temporary copy)."""
         if self.reverse_index is None:
-            return seq.flip(0)
+            if out is None:
+                return seq.flip(0)
+            steps = torch.arange(self.num_steps - 1, -1, -1, device=seq.device)  # (T,)
+            return torch.index_select(seq, 0, steps, out=out)
         index = self.reverse_index[:, :, None].expand(-1, -1, seq.shape[-1])  # (T, B, X)
-        return seq.gather(0, index)
+        return seq.gather(0, index) if out is None else torch.gather(seq, 0, index, out=out)
 
     def directions(self, seq: Tensor, num_directions: int) -> list[Tensor]:
         """Time-major ``(T, B, X)`` -> the ``D`` step-major views of it, padding zeroed."""
@@ -91,7 +95,7 @@ class Timeline:
         grad = d_output.new_empty(num_directions, num_steps, batch, d_final.shape[-1])
         grad[0] = per_direction[:, :, 0]
         if num_directions == 2:
-            grad[1] = self.reverse(per_direction[:, :, 1])
+            self.reverse(per_direction[:, :, 1], out=grad[1])  # no (T, B, P) temporary
         if self.padding is not None:
             grad.masked_fill_(self.padding, 0)  # no gradient from padded outputs
         self.add_at_final_step_(grad, d_final)
@@ -107,7 +111,7 @@ class Timeline:
 
     def input_side_grads(
         self,
-        d_pre: Tensor,
+        d_pre: Tensor | list[Tensor],
         x: Tensor,
         w_ih: Sequence[Tensor],
         need_input: bool,
@@ -118,7 +122,11 @@ class Timeline:
         input projection, one GEMM (per gate-row block) each over all steps.
 
         Args:
-            d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride).
+            d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride), or a list
+                holding it as its only element: then this function takes it out of the list
+                and, the caller holding no other reference to its storage, frees it as soon as
+                direction 0 is done (only the reverse direction's time-major copy is still
+                needed then), so it never lives next to every weight gradient.
             x: the layer input ``(T, B, I)``, time-major.
             w_ih: ``D`` weights ``(G, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
@@ -128,35 +136,48 @@ class Timeline:
         Returns:
             ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
         """
+        owned = isinstance(d_pre, list)
+        if owned:
+            d_pre = d_pre.pop()
         num_steps, batch, gates = d_pre.shape[1:]
         rows = num_steps * batch
-        # Put the reverse direction back in time order once (T*B*G); then both gradients use x
-        # as it is, and neither x nor the input gradient is ever reversed.
-        time_major = [d_pre[0]] + [self.reverse(d) for d in d_pre[1:]]  # D x (T, B, G)
-        time_major = [d.reshape(rows, gates) for d in time_major]  # D x (T*B, G)
         # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
         blocks = [(slice(0, gates), slice(0, gates))]
         if rolled:
             blocks = [(slice(0, rolled), slice(gates - rolled, gates)),
                       (slice(rolled, gates), slice(0, gates - rolled))]  # fmt: skip
-        d_x = None
-        if need_input:
-            d_x = x.new_zeros(num_steps, batch, x.shape[-1])  # (T, B, I)
-            d_x2d = d_x.view(rows, x.shape[-1])
-            for d_dir, w in zip(time_major, w_ih):
+        d_x = x.new_zeros(num_steps, batch, x.shape[-1]) if need_input else None  # (T, B, I)
+        x2d = self.zero_padding(x).reshape(rows, x.shape[-1]) if need_weights else None
+        d_w = [] if need_weights else None
+
+        def one_direction(time_major: Tensor, w: Tensor) -> None:
+            """Add ``time_major (T, B, G)``'s share to ``d_x`` and append its ``d_W_ih``."""
+            d_dir = time_major.reshape(rows, gates)  # (T*B, G)
+            if need_input:
+                d_x2d = d_x.view(rows, x.shape[-1])  # (T*B, I)
                 for cols, w_rows in blocks:
                     d_x2d.addmm_(d_dir[:, cols], w[w_rows])  # (T*B, G') @ (G', I)
-            if self.padding is not None:
-                d_x.masked_fill_(self.padding, 0)
-        d_w = None
-        if need_weights:
-            x2d = self.zero_padding(x).reshape(rows, x.shape[-1])  # (T*B, I)
-            d_w = []
-            for d_dir in time_major:
+            if need_weights:
                 d_w_dir = x.new_empty(gates, x.shape[-1])  # (G, I), torch's order
                 for cols, w_rows in blocks:
                     torch.mm(d_dir[:, cols].t(), x2d, out=d_w_dir[w_rows])  # (G', T*B) @ (T*B, I)
                 d_w.append(d_w_dir)
+
+        # Direction 0 is already in time order. The reverse direction is put back in time order
+        # once (T*B*G), after direction 0 is done; then both gradients use x as it is, and
+        # neither x nor the input gradient is ever reversed.
+        one_direction(d_pre[0], w_ih[0])
+        if len(w_ih) == 2:
+            if owned and x.shape[-1] < rows:
+                # Direction 0's rows are spent: reverse into them. Keeping d_pre alive for the
+                # reverse direction's d_W_ih (G*I) costs less than a new (T*B*G) copy then.
+                reverse_time_major = self.reverse(d_pre[1], out=d_pre[0])  # (T, B, G)
+            else:
+                reverse_time_major = self.reverse(d_pre[1])  # (T, B, G)
+                del d_pre  # frees the step-major buffer when the caller handed it over
+            one_direction(reverse_time_major, w_ih[1])
+        if d_x is not None and self.padding is not None:
+            d_x.masked_fill_(self.padding, 0)
         return d_x, d_w
 
 

@@ -66,7 +66,8 @@ class RNNLayer(torch.autograd.Function):
         weights = unbatched_flat_weights(flat, num_directions)
         needs = ctx.needs_input_grad[3:]
         num_steps = x.shape[0]
-        w_hh = stack_directions([w[1] for w in weights])  # (D, H, H)
+        # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
+        w_hh = [w[1] for w in weights]  # D x (H, H)
 
         states = hs[:, 1:]  # (D, T, B, H)
         if ctx.mode == "RNN_TANH":
@@ -74,22 +75,38 @@ class RNNLayer(torch.autograd.Function):
         else:
             d_pre = (states > 0).to(states.dtype)  # relu' = [h > 0]
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
-        d_pre_steps, d_h_steps = d_pre.unbind(1), d_h.unbind(1)
+        d_pre_steps, d_h_steps = d_pre.unbind(1), d_h.unbind(1)  # T x (D, B, H)
+        d_pre_dir_steps = [d.unbind(0) for d in d_pre]  # D x T x (B, H)
+        d_h_dir_steps = [d.unbind(0) for d in d_h]
+        directions = list(zip(d_pre_dir_steps, d_h_dir_steps, w_hh))
         dh = d_h_steps[num_steps - 1]
         for s in range(num_steps - 1, 0, -1):
-            d_pre_s = d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
-            dh = d_h_steps[s - 1].baddbmm_(d_pre_s, w_hh)  # (D, B, H) @ (D, H, H) + d_out
-        d_h0 = torch.bmm(d_pre_steps[0].mul_(dh), w_hh)  # (D, B, H) @ (D, H, H)
+            d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
+            for d_pre_dir, d_h_dir, w in directions:
+                d_h_dir[s - 1].addmm_(d_pre_dir[s], w)  # (B, H) @ (H, H) + d_out
+            dh = d_h_steps[s - 1]
+        d_pre_steps[0].mul_(dh)
+        d_h0 = dh.new_empty(dh.shape)  # (D, B, H)
+        for d in range(num_directions):
+            torch.mm(d_pre_dir_steps[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
+        # The chain is done: free the step gradients before the weight gradients are allocated
+        # (they would otherwise set the step's peak memory).
+        del d_h, d_h_steps, dh, d_pre_steps, d_pre_dir_steps, d_h_dir_steps, directions
+        d_pre_dir = d_h_dir = None  # the loop's last views
 
         grads = [None] * (ctx.num_inputs)
-        grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:])
-        )  # (T, B, I), D x (H, I)
         grads[1] = d_h0 if needs[1] else None
-        if any(needs[3:]):
+        if any(needs[3:]):  # W_hh and biases first: d_pre is handed over to the input side next
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, H)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D, H, T*B) @ (D, T*B, H)
             d_bias = d_pre.sum((1, 2))  # (D, H)
+        # Hand d_pre over (no reference kept here) so it is freed once direction 0 is done.
+        handed_over = [d_pre]
+        del d_pre
+        grads[0], d_w_ih = timeline.input_side_grads(
+            handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:])
+        )  # (T, B, I), D x (H, I)
+        if any(needs[3:]):
             for d in range(num_directions):
                 base = 3 + 5 * d
                 grads[base : base + 4] = [d_w_ih[d], d_w_hh[d], d_bias[d], d_bias[d].clone()]
