@@ -5,12 +5,11 @@ Each is a thin module around the pure step function of the same name in :mod:`un
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from . import cells, checks
+from .init import uniform_by_hidden_size_
 
 
 class RNNCellBase(nn.Module):
@@ -38,9 +37,7 @@ class RNNCellBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        uniform_by_hidden_size_(self.parameters(), self.hidden_size)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

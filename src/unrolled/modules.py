@@ -8,7 +8,6 @@ optional lengths, call the backend, and turn the result back.
 
 from __future__ import annotations
 
-import math
 import warnings
 from functools import partial
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 from . import checks, regularizers
 from .backends import get_backend
 from .cells import GATES
+from .init import uniform_by_hidden_size_
 from .inputs import to_time_major
 from .streaming import builtin_step
 
@@ -93,9 +93,7 @@ class RNNBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """torch's default initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        uniform_by_hidden_size_(self.parameters(), self.hidden_size)
 
     def flatten_parameters(self) -> None:
         """No-op: there is no cuDNN weight buffer to compact. Kept so torch code runs unchanged."""

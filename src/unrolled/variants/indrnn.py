@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from .. import checks
 from ..cell import Cell
+from ..init import uniform_by_hidden_size_
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
@@ -50,11 +49,9 @@ class IndRNN(Cell):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        nn.init.uniform_(self.weight_ih, -bound, bound)
+        uniform_by_hidden_size_((self.weight_ih,), self.hidden_size)
         nn.init.uniform_(self.weight_hh, 0.0, 1.0)
-        if self.bias_ih is not None:
-            nn.init.uniform_(self.bias_ih, -bound, bound)
+        uniform_by_hidden_size_((self.bias_ih,), self.hidden_size)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}"

@@ -13,13 +13,12 @@ The input half of every gate does not depend on the state, so ``project`` comput
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from .. import checks
 from ..cell import Cell
+from ..init import uniform_by_hidden_size_
 
 
 class _LayerNormCell(Cell):
@@ -42,9 +41,7 @@ class _LayerNormCell(Cell):
 
     def reset_parameters(self) -> None:
         """Weights ~ U(-1/sqrt(H), 1/sqrt(H)) as torch's RNNs; LN gains 1, LN biases 0."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        nn.init.uniform_(self.weight_ih, -bound, bound)
-        nn.init.uniform_(self.weight_hh, -bound, bound)
+        uniform_by_hidden_size_((self.weight_ih, self.weight_hh), self.hidden_size)
         for norm in self.modules():
             if isinstance(norm, nn.LayerNorm):
                 norm.reset_parameters()

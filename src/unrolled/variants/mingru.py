@@ -36,14 +36,13 @@ The ``h_0`` term stays outside any logarithm, so unlike the paper's listing (whi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import checks
 from ..cell import Cell
+from ..init import uniform_by_hidden_size_
 from ..recurrent import Recurrent
 
 
@@ -85,9 +84,7 @@ class MinGRUCell(Cell):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        uniform_by_hidden_size_(self.parameters(), self.hidden_size)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
