@@ -38,6 +38,7 @@ class Timeline:
     def __init__(self, num_steps: int, lengths: Tensor | None) -> None:
         self.num_steps = num_steps
         self.lengths = lengths
+        self._live_rows: list[int] | None = None
         if lengths is None:
             self.padding = None
             self.reverse_index = None
@@ -47,6 +48,22 @@ class Timeline:
         self.padding = ~valid[:, :, None]  # (T, B, 1)
         # Inside a sequence step s reads time len-1-s; padding maps to itself (an involution).
         self.reverse_index = torch.where(valid, lengths[None, :] - 1 - steps, steps)  # (T, B)
+
+    @property
+    def live_rows(self) -> list[int]:
+        """Per step ``s``, how many leading batch rows are still inside their sequence, when
+        the batch is sorted by length, longest first (packed input always is); else ``[]``.
+
+        Both directions agree (step ``s`` of sequence ``b`` is valid iff ``s < lengths[b]``),
+        so a loop can advance only rows ``[0, live_rows[s])`` at step ``s``.
+        """
+        if self._live_rows is None:
+            lengths = self.lengths
+            self._live_rows = []
+            if lengths is not None and bool((lengths[:-1] >= lengths[1:]).all()):
+                steps = torch.arange(self.num_steps, device=lengths.device)[:, None]  # (T, 1)
+                self._live_rows = (steps < lengths[None, :]).sum(1).tolist()  # (T,)
+        return self._live_rows
 
     def zero_padding(self, seq: Tensor) -> Tensor:
         """``(T, B, X)`` with padded steps set to zero (a new tensor; ``seq`` is untouched)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import native
 from .layer import (
     Timeline,
     project,
@@ -45,6 +46,13 @@ def forward_rows(rows: Tensor) -> Tensor:
     return ours
 
 
+def row_major(w_t: Tensor) -> Tensor:
+    """A transposed weight view as the native loop's GEMMs like it best: MKL runs small GEMMs
+    up to twice as fast on a row-major copy, but copying a transposed matrix is slow (strided),
+    so large weights (over 2^20 elements, where the per-step gain is small) stay views."""
+    return w_t.contiguous() if w_t.numel() <= 1 << 20 else w_t
+
+
 def lstm_layer_forward(
     mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat, keep: bool = False
 ):
@@ -53,8 +61,9 @@ def lstm_layer_forward(
     Returns ``(output (T, B, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))`` with the
     step-major buffers ``gates (D, T, B, 4H)`` (activated, our order), ``cs (D, T+1, B, H)``
     and ``hs (D, T+1, B, P)`` (slot 0 the initial state). Without ``keep`` (nothing will be
-    differentiated) the gates and cells go through one reused ``(D, B, *)`` buffer instead and
-    only what the outputs need is kept.
+    differentiated) only what the outputs need is kept. The loop runs in C++ when the native
+    kernels are available (:mod:`.native`), else in per-step torch ops
+    (:func:`python_forward_loop`).
     """
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
@@ -73,12 +82,40 @@ def lstm_layer_forward(
     hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
     cs[:, 0] = c0
     hs[:, 0] = h0
+    kernels = native.usable(x)
+    if kernels is not None:  # the same loop in C++: gates activated in place in `projection`
+        kernels.lstm_forward(
+            projection, row_major(w_hh_t), x.new_empty(0) if w_hr_t is None else row_major(w_hr_t),
+            cs, hs, timeline.live_rows,
+        )  # fmt: skip
+        gates = projection
+    else:
+        gates = python_forward_loop(projection, w_hh_t, w_hr_t, cs, hs, keep)
+    output = timeline.output(hs[:, 1:])
+    c_n = timeline.final(cs) if every_cell else cs[:, 0]
+    return output, timeline.final(hs), c_n, (gates, cs, hs)
+
+
+def python_forward_loop(
+    projection: Tensor, w_hh_t: Tensor, w_hr_t: Tensor | None, cs: Tensor, hs: Tensor, keep: bool
+) -> Tensor:
+    """The time loop in per-step torch ops (the native loop's specification and fallback).
+
+    ``projection (D, T, B, 4H)`` holds the hoisted input projection; ``w_hh_t (D, P, 4H)`` and
+    ``w_hr_t (D, H, P)`` are the transposed recurrent weights (gate rows in our order, g
+    doubled); ``cs``/``hs`` have their slot 0 set. Fills ``cs``/``hs`` and returns the gates:
+    ``projection`` activated in place when ``keep``, else a reused ``(D, 1, B, 4H)`` buffer.
+    """
+    num_directions, num_steps, batch, _ = projection.shape
+    hidden = cs.shape[-1]
+    projected = w_hr_t is not None
+    every_cell = cs.shape[1] > 1
     # One direction: the loop runs on 2-D (B, *) views with 2-D matmuls, because addmm_ adds
     # in place where baddbmm first copies its input (a third of the GEMM's time at M).
     one_direction = num_directions == 1
     lead = (batch,) if one_direction else (num_directions, batch)
-    tanh_c = x.new_empty(*lead, hidden)  # ([D,] B, H), reused every step
-    r = x.new_empty(*lead, hidden) if projected else None  # ([D,] B, H)
+    tanh_c = projection.new_empty(*lead, hidden)  # ([D,] B, H), reused every step
+    r = projection.new_empty(*lead, hidden) if projected else None  # ([D,] B, H)
     w_rec = w_hh_t[0] if one_direction else w_hh_t  # ([D,] P, 4H)
     w_proj = None if w_hr_t is None else (w_hr_t[0] if one_direction else w_hr_t)  # ([D,] H, P)
     matmul_add = torch.addmm if one_direction else torch.baddbmm
@@ -86,7 +123,7 @@ def lstm_layer_forward(
 
     # Per-step views, made once: gates at s and their blocks, states at s. Kept, the gates are
     # activated in place inside the projection buffer; otherwise in one reused buffer.
-    gates = projection if keep else x.new_empty(num_directions, 1, batch, 4 * hidden)
+    gates = projection if keep else projection.new_empty(num_directions, 1, batch, 4 * hidden)
 
     def all_steps(view: Tensor) -> list[Tensor]:  # (D, S, B, X) -> S x ([D,] B, X)
         return list(view[0].unbind(0) if one_direction else view.unbind(1))
@@ -117,9 +154,76 @@ def lstm_layer_forward(
             matmul(r, w_proj, out=h_steps[s + 1])  # ([D,] B, H) @ ([D,] H, P)
         else:
             torch.mul(o_steps[s], tanh_c, out=h_steps[s + 1])
-    output = timeline.output(hs[:, 1:])
-    c_n = timeline.final(cs) if every_cell else cs[:, 0]
-    return output, timeline.final(hs), c_n, (gates, cs, hs)
+    return gates
+
+
+def python_backward_loop(
+    gates: Tensor,
+    cs: Tensor,
+    d_h: Tensor,
+    dc: Tensor,
+    dc_arrivals: Tensor | None,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    keep_r: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """BPTT in per-step torch ops (the native loop's specification and fallback).
+
+    Reads the forward's ``gates (D, T, B, 4H)`` and ``cs (D, T+1, B, H)``; ``d_h (D, T, B, P)``
+    holds the gradient arriving at each step's h and ends holding each step's full dh; ``dc
+    (D, B, H)`` holds dc_n (or zeros, with ``dc_arrivals (D, T, B, H)`` the c_n gradient at
+    each sequence's last step) and ends holding dc_0. ``w_hh (D, 4H, P)`` in our gate order,
+    ``w_hr (D, P, H)``. Returns ``(d_pre (D, T, B, 4H), r (D, T, B, H) or None)``.
+    """
+    num_directions, num_steps = gates.shape[:2]
+    hidden = cs.shape[-1]
+    projected = w_hr is not None
+    # The factors that map dh / dc to each gate's pre-activation gradient, for all steps at
+    # once (into a new buffer: the saved activations must survive a retained graph); the
+    # loop then only multiplies them in place.
+    o, i, f, sigmoid_2a = gates.unflatten(3, (4, hidden)).unbind(3)  # 4 x (D, T, B, H)
+    g = sigmoid_2a.mul(2).sub_(1)  # the forward kept sigmoid(2a); g = tanh(a)
+    d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
+    pre_o, pre_i, pre_f, pre_g = d_pre.unflatten(3, (4, hidden)).unbind(3)
+    c_prev, c = cs[:, :num_steps], cs[:, 1:]  # (D, T, B, H)
+    tanh_c = torch.tanh(c)
+    r = o * tanh_c if projected else None  # (D, T, B, H): what W_hr multiplied
+    dc_from_dr = tanh_c.square().neg_().add_(1).mul_(o)  # dc += dr * o * (1 - tanh(c)^2)
+    torch.addcmul(o, o, o, value=-1, out=pre_o).mul_(tanh_c)  # d_pre_o = dr o(1-o) tanh(c)
+    del tanh_c
+    torch.addcmul(i, i, i, value=-1, out=pre_i).mul_(g)  # d_pre_i = dc * i(1-i) * g
+    torch.mul(g, g, out=pre_g).neg_().add_(1).mul_(i)  # d_pre_g = dc * (1 - g^2) * i
+    torch.addcmul(f, f, f, value=-1, out=pre_f).mul_(c_prev)  # d_pre_f = dc f(1-f) c_prev
+
+    # One direction: 2-D views and matmuls, as in the forward (addmm_ copies nothing).
+    one_direction = num_directions == 1
+
+    def all_steps(buf: Tensor) -> list[Tensor]:  # (D, T, B, *) -> T x ([D,] B, *)
+        return list(buf[0].unbind(0) if one_direction else buf.unbind(1))
+
+    matmul = torch.mm if one_direction else torch.bmm
+    accumulate = torch.Tensor.addmm_ if one_direction else torch.Tensor.baddbmm_
+    w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
+    w_proj = None if w_hr is None else (w_hr[0] if one_direction else w_hr)  # ([D,] P, H)
+    dc_arrival_steps = None if dc_arrivals is None else all_steps(dc_arrivals)
+    dc_loop = dc[0] if one_direction else dc  # a view: the loop updates dc in place
+    dr = d_h.new_empty(dc_loop.shape) if projected else None  # ([D,] B, H)
+    pre_steps = all_steps(d_pre)  # T x ([D,] B, 4H)
+    o_steps = all_steps(pre_o)
+    ifg_steps = all_steps(d_pre.unflatten(3, (4, hidden))[:, :, :, 1:])  # ([D,] B, 3, H)
+    dc_from_dr_steps, f_steps, d_h_steps = map(all_steps, (dc_from_dr, f, d_h))
+    dh = d_h_steps[num_steps - 1]
+    for s in range(num_steps - 1, -1, -1):
+        d_r = matmul(dh, w_proj, out=dr) if projected else dh  # ([D,] B, P) @ ([D,] P, H)
+        if dc_arrival_steps is not None:
+            dc_loop.add_(dc_arrival_steps[s])
+        dc_loop.addcmul_(d_r, dc_from_dr_steps[s])  # dc = dc_next f_next + dr o tanh'(c)
+        o_steps[s].mul_(d_r)  # d_pre_o
+        ifg_steps[s].mul_(dc_loop.unsqueeze(-2))  # d_pre_i, d_pre_f, d_pre_g
+        dc_loop.mul_(f_steps[s])  # dc_prev
+        if s:  # dh_prev = d_out + d_pre @ W_hh: ([D,] B, 4H) @ ([D,] 4H, P)
+            dh = accumulate(d_h_steps[s - 1], pre_steps[s], w_rec)
+    return d_pre, r if keep_r else None
 
 
 class LSTMLayer(torch.autograd.Function):
@@ -153,62 +257,34 @@ class LSTMLayer(torch.autograd.Function):
         w_hh = stack_directions([reorder(w[1], TO_OURS) for w in weights])  # (D, 4H, P)
         w_hr = stack_directions([w[4] for w in weights]) if projected else None  # (D, P, H)
 
-        # The factors that map dh / dc to each gate's pre-activation gradient, for all steps at
-        # once (into a new buffer: the saved activations must survive a retained graph); the
-        # loop then only multiplies them in place.
-        o, i, f, sigmoid_2a = gates.unflatten(3, (4, hidden)).unbind(3)  # 4 x (D, T, B, H)
-        g = sigmoid_2a.mul(2).sub_(1)  # the forward kept sigmoid(2a); g = tanh(a)
-        d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
-        pre_o, pre_i, pre_f, pre_g = d_pre.unflatten(3, (4, hidden)).unbind(3)
-        c_prev, c = cs[:, :num_steps], cs[:, 1:]  # (D, T, B, H)
-        tanh_c = torch.tanh(c)
-        r = o * tanh_c if projected else None  # (D, T, B, H): what W_hr multiplied
-        dc_from_dr = tanh_c.square().neg_().add_(1).mul_(o)  # dc += dr * o * (1 - tanh(c)^2)
-        torch.addcmul(o, o, o, value=-1, out=pre_o).mul_(tanh_c)  # d_pre_o = dr o(1-o) tanh(c)
-        del tanh_c
-        torch.addcmul(i, i, i, value=-1, out=pre_i).mul_(g)  # d_pre_i = dc * i(1-i) * g
-        torch.mul(g, g, out=pre_g).neg_().add_(1).mul_(i)  # d_pre_g = dc * (1 - g^2) * i
-        torch.addcmul(f, f, f, value=-1, out=pre_f).mul_(c_prev)  # d_pre_f = dc f(1-f) c_prev
-
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
-        # One direction: 2-D views and matmuls, as in the forward (addmm_ copies nothing).
-        one_direction = num_directions == 1
-
-        def all_steps(buf: Tensor) -> list[Tensor]:  # (D, T, B, *) -> T x ([D,] B, *)
-            return list(buf[0].unbind(0) if one_direction else buf.unbind(1))
-
-        matmul = torch.mm if one_direction else torch.bmm
-        accumulate = torch.Tensor.addmm_ if one_direction else torch.Tensor.baddbmm_
-        w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
-        w_proj = None if w_hr is None else (w_hr[0] if one_direction else w_hr)  # ([D,] P, H)
         if timeline.lengths is None:
-            dc = d_c_n.clone()  # (D, B, H)
-            dc_arrival_steps = None
+            dc = d_c_n.clone(memory_format=torch.contiguous_format)  # (D, B, H)
+            dc_arrivals = None
         else:  # each sequence's c_n gradient enters at its own last step
             dc = d_c_n.new_zeros(d_c_n.shape)
             dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
-            dc_arrival_steps = all_steps(dc_arrivals)
-        dc_loop = dc[0] if one_direction else dc  # a view: the loop updates dc in place
-        dr = d_h.new_empty(dc_loop.shape) if projected else None  # ([D,] B, H)
-        pre_steps = all_steps(d_pre)  # T x ([D,] B, 4H)
-        o_steps = all_steps(pre_o)
-        ifg_steps = all_steps(d_pre.unflatten(3, (4, hidden))[:, :, :, 1:])  # ([D,] B, 3, H)
-        dc_from_dr_steps, f_steps, d_h_steps = map(all_steps, (dc_from_dr, f, d_h))
-        dh = d_h_steps[num_steps - 1]
-        for s in range(num_steps - 1, -1, -1):
-            d_r = matmul(dh, w_proj, out=dr) if projected else dh  # ([D,] B, P) @ ([D,] P, H)
-            if dc_arrival_steps is not None:
-                dc_loop.add_(dc_arrival_steps[s])
-            dc_loop.addcmul_(d_r, dc_from_dr_steps[s])  # dc = dc_next f_next + dr o tanh'(c)
-            o_steps[s].mul_(d_r)  # d_pre_o
-            ifg_steps[s].mul_(dc_loop.unsqueeze(-2))  # d_pre_i, d_pre_f, d_pre_g
-            dc_loop.mul_(f_steps[s])  # dc_prev
-            if s:  # dh_prev = d_out + d_pre @ W_hh: ([D,] B, 4H) @ ([D,] 4H, P)
-                dh = accumulate(d_h_steps[s - 1], pre_steps[s], w_rec)
+        keep_r = projected and any(needs[3:])  # r = o tanh(c), what W_hr multiplied
+        kernels = native.usable(x)
+        if kernels is not None:  # the same loop in C++, writing d_pre (and r)
+            none = x.new_empty(0)
+            d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
+            r = torch.empty_like(cs[:, 1:]) if keep_r else None  # (D, T, B, H)
+            kernels.lstm_backward(
+                gates, cs, d_h, dc, none if dc_arrivals is None else dc_arrivals, w_hh,
+                none if w_hr is None else w_hr, d_pre, none if r is None else r,
+                timeline.live_rows,
+            )  # fmt: skip
+        else:
+            d_pre, r = python_backward_loop(gates, cs, d_h, dc, dc_arrivals, w_hh, w_hr, keep_r)
+        one_direction = num_directions == 1
+        matmul = torch.mm if one_direction else torch.bmm
+        w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
         d_h0 = None
         if needs[1]:
-            d_h0 = matmul(pre_steps[0], w_rec)  # ([D,] B, 4H) @ ([D,] 4H, P)
+            first = d_pre[0, 0] if one_direction else d_pre[:, 0]  # ([D,] B, 4H)
+            d_h0 = matmul(first, w_rec)  # ([D,] B, 4H) @ ([D,] 4H, P)
             d_h0 = d_h0.unsqueeze(0) if one_direction else d_h0  # (D, B, P)
 
         grads = [None] * ctx.num_inputs

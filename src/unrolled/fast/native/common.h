@@ -1,0 +1,152 @@
+// What every native recurrence loop shares: activations, per-row loops, GEMMs.
+//
+// The loops in this directory replace only the per-time-step part of the fast backend (the
+// recurrent GEMM and the cell's elementwise math); the hoisted input projection and the
+// weight gradients stay in Python, one large GEMM each. A step's elementwise math is one pass
+// over each batch row, written as plain loops that the compiler vectorises (-O3
+// -march=native), instead of the 6-8 separate torch kernels, each re-reading the gate buffer,
+// that per-step Python needs.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+// Tells the compiler that the iterations of the next loop are independent (they are: every
+// loop below reads and writes element j only), so it vectorises despite the many pointers.
+#if defined(__clang__)
+#define UNROLLED_VECTOR_LOOP _Pragma("clang loop vectorize(enable)")
+#elif defined(__GNUC__)
+#define UNROLLED_VECTOR_LOOP _Pragma("GCC ivdep")
+#else
+#define UNROLLED_VECTOR_LOOP
+#endif
+
+namespace unrolled {
+
+using at::Tensor;
+
+// e^x, written so that a loop over it vectorises (libm's exp does not). x = n ln2 + r with
+// |r| <= ln2/2 (ln2 split in two, Cody-Waite, so r is exact to the last bits), e^r by its
+// Taylor polynomial (degree 7 for float, 13 for double: truncation below half an ulp), and
+// 2^n built in the exponent bits. Measured max relative error: 1.4 ulp (float). x is clamped
+// to where 2^n is a normal number (e^-87 ~ 1.6e-38, e^-708 ~ 3e-308); NaN propagates.
+template <typename T>
+struct ExpConstants;
+
+template <>
+struct ExpConstants<float> {
+  using Bits = int32_t;
+  static constexpr float low = -87.0f, high = 88.0f;
+  static constexpr float log2e = 1.44269504088896341f;
+  static constexpr float ln2_high = 0.693359375f, ln2_low = -2.12194440e-4f;
+  static constexpr int degree = 7;
+  static constexpr int mantissa_bits = 23, bias = 127;
+};
+
+template <>
+struct ExpConstants<double> {
+  using Bits = int64_t;
+  static constexpr double low = -708.0, high = 709.0;
+  static constexpr double log2e = 1.4426950408889634074;
+  static constexpr double ln2_high = 0.693145751953125, ln2_low = 1.42860682030941723212e-6;
+  static constexpr int degree = 13;
+  static constexpr int mantissa_bits = 52, bias = 1023;
+};
+
+template <typename T>
+constexpr T inverse_factorial(int k) {
+  T value = T(1);
+  for (int m = 2; m <= k; ++m) value /= T(m);
+  return value;
+}
+
+// 1/k! + r/(k+1)! + ... + r^(degree-k)/degree!, by Horner, unrolled at compile time (a loop
+// here would keep the caller's loop from vectorising).
+template <typename T, int k, int degree>
+inline T taylor(T r) {
+  if constexpr (k == degree) {
+    return inverse_factorial<T>(k);
+  } else {
+    return std::fma(taylor<T, k + 1, degree>(r), r, inverse_factorial<T>(k));
+  }
+}
+
+template <typename T>
+inline T exp(T x) {
+  using C = ExpConstants<T>;
+  x = x < C::low ? C::low : x;
+  x = x > C::high ? C::high : x;
+  const T n = std::nearbyint(x * C::log2e);
+  const T r = std::fma(n, -C::ln2_low, std::fma(n, -C::ln2_high, x));
+  const T p = taylor<T, 0, C::degree>(r);
+  const auto bits = (static_cast<typename C::Bits>(n) + C::bias) << C::mantissa_bits;
+  return p * std::bit_cast<T>(bits);
+}
+
+// sigmoid(x) = 1 / (1 + e^-x)
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
+// tanh(x) = 2 sigmoid(2x) - 1: exact to an absolute half-ulp of 1 (not relative near 0),
+// which is what the fast backend's g gate has always used (see numerics.md).
+template <typename T>
+inline T tanh(T x) {
+  return T(2) / (T(1) + exp(T(-2) * x)) - T(1);
+}
+
+// body(begin, end) over batch rows [0, rows), split across threads only when a step is big
+// enough to pay for waking them (tens of thousands of elements per task).
+template <typename F>
+inline void for_rows(int64_t rows, int64_t elements_per_row, const F& body) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, elements_per_row));
+  if (rows <= grain) {
+    body(0, rows);
+  } else {
+    at::parallel_for(0, rows, grain, body);
+  }
+}
+
+// Live rows at step s: all of `batch`, or live[s] (batch sorted by length, longest first).
+inline int64_t live_rows(at::IntArrayRef live, int64_t step, int64_t batch) {
+  return live.empty() ? batch : live[step];
+}
+
+// A (rows, cols) row-major matrix at `data` as a tensor, for the GEMMs. Built straight from the
+// pointer: slicing the buffers with select/narrow per step would go through the dispatcher and
+// autograd's view tracking, several times the cost of a small step's arithmetic.
+template <typename T>
+inline Tensor matrix(T* data, int64_t rows, int64_t cols, const at::TensorOptions& options) {
+  return at::from_blob(data, {rows, cols}, options);
+}
+
+// out += a @ b (out is also addmm's `self`, so nothing is copied first).
+inline void add_matmul_(Tensor& out, const Tensor& a, const Tensor& b) {
+  at::cpu::addmm_out(out, out, a, b);
+}
+
+// out = a @ b
+inline void matmul_into(Tensor& out, const Tensor& a, const Tensor& b) {
+  at::cpu::mm_out(out, a, b);
+}
+
+// Rows [rows, batch) of a (batch, width) block set to zero.
+template <typename T>
+inline void zero_rows(T* block, int64_t rows, int64_t batch, int64_t width) {
+  if (rows < batch) std::memset(block + rows * width, 0, (batch - rows) * width * sizeof(T));
+}
+
+// A "no tensor" argument (the schemas take an empty tensor rather than `Tensor?`, which
+// spells differently across torch versions).
+inline bool given(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+}  // namespace unrolled
