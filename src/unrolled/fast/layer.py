@@ -83,11 +83,18 @@ class Timeline:
     def directions(self, seq: Tensor, num_directions: int) -> list[Tensor]:
         """Time-major ``(T, B, X)`` -> the ``D`` step-major views of it, padding zeroed."""
         seq = self.zero_padding(seq)
-        return [seq, self.reverse(seq)][:num_directions]
+        return [seq, self.reverse(seq)] if num_directions == 2 else [seq]
 
     def output(self, states: Tensor) -> Tensor:
-        """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``."""
+        """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``.
+
+        One direction without lengths: ``states[0]`` itself (a view, no copy). Autograd's
+        version counter still guards it: changing the output in place before backward raises
+        there, as it does for torch's own RNN outputs.
+        """
         num_dirs, num_steps, batch, size = states.shape
+        if num_dirs == 1 and self.padding is None:
+            return states[0]
         out = states.new_empty(num_steps, batch, num_dirs, size)  # (T, B, D, P)
         out[:, :, 0] = states[0]
         if num_dirs == 2:

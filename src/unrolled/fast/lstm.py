@@ -76,17 +76,23 @@ def lstm_layer_forward(
         stack_directions([w[4] for w in weights]).transpose(1, 2) if projected else None
     )  # (D,H,P)
 
-    projection = project(timeline.directions(x, num_directions), w_ih, bias)  # (D, T, B, 4H)
+    kernels = native.usable(x)
+    # The native loop adds the bias in its elementwise pass (free there), so the projection is
+    # a plain GEMM: addmm would first copy the bias into all T*B rows.
+    inputs = timeline.directions(x, num_directions)
+    projection = project(
+        inputs, w_ih, [None] * num_directions if kernels is not None else bias
+    )  # (D,T,B,4H)
     every_cell = keep or timeline.lengths is not None  # lengths: c_n is gathered afterwards
     cs = x.new_empty(num_directions, num_steps + 1 if every_cell else 1, batch, hidden)
     hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
     cs[:, 0] = c0
     hs[:, 0] = h0
-    kernels = native.usable(x)
     if kernels is not None:  # the same loop in C++: gates activated in place in `projection`
+        none = x.new_empty(0)
         kernels.lstm_forward(
-            projection, row_major(w_hh_t), x.new_empty(0) if w_hr_t is None else row_major(w_hr_t),
-            cs, hs, timeline.live_rows,
+            projection, none if bias[0] is None else torch.stack(bias), row_major(w_hh_t),
+            none if w_hr_t is None else row_major(w_hr_t), cs, hs, timeline.live_rows,
         )  # fmt: skip
         gates = projection
     else:

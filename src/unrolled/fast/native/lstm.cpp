@@ -3,7 +3,8 @@
 // Buffers are the ones `unrolled/fast/lstm.py` documents (step-major, our gate order
 // (o, i, f, g), the g rows of the weights doubled so that s = sigmoid(2a) and g = 2s - 1):
 //
-//   gates (D, T, B, 4H)  in: x W_ih^T + b (hoisted); out: o, i, f, s activated, in place
+//   gates (D, T, B, 4H)  in: x W_ih^T (hoisted); out: o, i, f, s activated, in place
+//   bias  (D, 4H)        b_ih + b_hh (our order, g doubled), added in the elementwise pass
 //   cs    (D, T+1, B, H) c_s at slot s+1, slot 0 = c_0 (or (D, 1, B, H): one slot, reused)
 //   hs    (D, T+1, B, P) h_s at slot s+1, slot 0 = h_0
 //
@@ -17,13 +18,13 @@
 namespace unrolled {
 namespace {
 
-// One step of rows [begin, end):
-//   o, i, f, s = sigmoid(gates);  c = f * c_prev + i * (2s - 1);  out = o * tanh(c)
+// One step, rows [first_row, last_row):
+//   o, i, f, s = sigmoid(gates + bias);  c = f * c_prev + i * (2s - 1);  out = o * tanh(c)
 // `out` is h (no projection) or r, the input of W_hr. c_prev may alias c (one reused slot).
 template <typename T>
-void forward_rows(T* gates, const T* c_prev, T* c, T* out, int64_t begin, int64_t end,
-                  int64_t hidden) {
-  for (int64_t b = begin; b < end; ++b) {
+void forward_rows(T* gates, const T* bias, const T* c_prev, T* c, T* out, int64_t first_row,
+                  int64_t last_row, int64_t hidden) {
+  for (int64_t b = first_row; b < last_row; ++b) {
     T* o = gates + b * 4 * hidden;
     T* i = o + hidden;
     T* f = i + hidden;
@@ -33,7 +34,8 @@ void forward_rows(T* gates, const T* c_prev, T* c, T* out, int64_t begin, int64_
     T* out_row = out + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T o_j = sigmoid(o[j]), i_j = sigmoid(i[j]), f_j = sigmoid(f[j]), s_j = sigmoid(s[j]);
+      const T o_j = sigmoid(o[j] + bias[j]), i_j = sigmoid(i[j] + bias[hidden + j]);
+      const T f_j = sigmoid(f[j] + bias[2 * hidden + j]), s_j = sigmoid(s[j] + bias[3 * hidden + j]);
       const T c_j = f_j * c_prev_row[j] + i_j * (s_j + s_j - T(1));
       o[j] = o_j;
       i[j] = i_j;
@@ -45,9 +47,9 @@ void forward_rows(T* gates, const T* c_prev, T* c, T* out, int64_t begin, int64_
   }
 }
 
-// One step of rows [begin, end), backward. `dr` is the gradient reaching o * tanh(c) (dh, or
-// dh @ W_hr), `dc` holds dc_s on entry (plus `dc_arrival`, the c_n gradient entering here)
-// and dc_{s-1} on exit:
+// One step backward, rows [first_row, last_row). `dr` is the gradient reaching
+// o * tanh(c) (dh, or dh @ W_hr); `dc` holds dc_s on entry (plus `dc_arrival`, the c_n
+// gradient entering at this step) and dc_{s-1} on exit:
 //   dc     += dr * o * (1 - tanh(c)^2)
 //   d_pre_o = dr * tanh(c) * o (1 - o)      d_pre_i = dc * g * i (1 - i)
 //   d_pre_f = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
@@ -56,9 +58,9 @@ void forward_rows(T* gates, const T* c_prev, T* c, T* out, int64_t begin, int64_
 // only in the forward's copy of the weights.) `r` (nullable) gets o * tanh(c).
 template <typename T>
 void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* dc,
-                   const T* dc_arrival, T* d_pre, T* r, int64_t begin, int64_t end,
+                   const T* dc_arrival, T* d_pre, T* r, int64_t first_row, int64_t last_row,
                    int64_t hidden) {
-  for (int64_t b = begin; b < end; ++b) {
+  for (int64_t b = first_row; b < last_row; ++b) {
     const T* o = gates + b * 4 * hidden;
     const T* i = o + hidden;
     const T* f = i + hidden;
@@ -94,40 +96,99 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
   }
 }
 
+// The forward time loop of direction d.
 template <typename T>
-void forward_loop(Tensor& gates, const Tensor& w_rec, const Tensor& w_proj, Tensor& cs,
-                  Tensor& hs, at::IntArrayRef live) {
-  const int64_t directions = gates.size(0), steps = gates.size(1), batch = gates.size(2);
-  const int64_t hidden = gates.size(3) / 4, out_size = hs.size(3);
+void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tensor& w_rec,
+                       const Tensor& w_proj, Tensor& cs, Tensor& hs, Tensor& r,
+                       at::IntArrayRef live) {
+  const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
+  const int64_t out_size = hs.size(3);
   const bool projected = given(w_proj), every_cell = cs.size(1) > 1;
   const auto options = gates.options();
-  Tensor r = projected ? at::empty({batch, hidden}, options) : Tensor();  // (B, H)
-  T* r_ptr = projected ? r.data_ptr<T>() : nullptr;
-  for (int64_t d = 0; d < directions; ++d) {  // one direction at a time (see lstm.py)
-    const Tensor w = w_rec.select(0, d);  // (P, 4H)
-    const Tensor w_out = projected ? w_proj.select(0, d) : Tensor();  // (H, P)
-    T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
-    T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
-    T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, P)
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t rows = live_rows(live, s, batch);
-      T* gate_ptr = gate_base + s * batch * 4 * hidden;
-      T* h_prev = h_base + s * batch * out_size;
-      T* h_next = h_prev + batch * out_size;
-      Tensor g = matrix(gate_ptr, rows, 4 * hidden, options);
-      add_matmul_(g, matrix(h_prev, rows, out_size, options), w);  // += (rows, P) @ (P, 4H)
-      T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
-      T* c = every_cell ? c_prev + batch * hidden : c_prev;  // slot s+1, or the same slot
-      T* out = projected ? r_ptr : h_next;
-      for_rows(rows, 4 * hidden, [&](int64_t begin, int64_t end) {
-        forward_rows<T>(gate_ptr, c_prev, c, out, begin, end, hidden);
-      });
-      if (projected) {
-        Tensor h = matrix(h_next, rows, out_size, options);
-        matmul_into(h, matrix(r_ptr, rows, hidden, options), w_out);  // (rows, H) @ (H, P)
-      }
-      zero_rows(h_next, rows, batch, out_size);
-      if (every_cell) zero_rows(c, rows, batch, hidden);
+  const Tensor w = w_rec.select(0, d);  // (P, 4H)
+  const Tensor w_out = projected ? w_proj.select(0, d) : Tensor();  // (H, P)
+  T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
+  T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
+  T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, P)
+  T* r_ptr = projected ? r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+  const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t rows = live_rows(live, s, batch);
+    T* gate_ptr = gate_base + s * batch * 4 * hidden;
+    T* h_prev = h_base + s * batch * out_size;
+    T* h_next = h_prev + batch * out_size;
+    T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
+    T* c = every_cell ? c_prev + batch * hidden : c_prev;  // slot s+1, or the same slot
+    T* out = projected ? r_ptr : h_next;
+    Tensor g = matrix(gate_ptr, rows, 4 * hidden, options);
+    add_matmul_(g, matrix(h_prev, rows, out_size, options), w);  // += (rows, P) @ (P, 4H)
+    for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
+      forward_rows<T>(gate_ptr, bias_ptr, c_prev, c, out, first, last, hidden);
+    });
+    if (projected) {
+      Tensor h_new = matrix(h_next, rows, out_size, options);
+      matmul_into(h_new, matrix(r_ptr, rows, hidden, options), w_out);  // (rows, H) @ (H, P)
+    }
+    zero_rows(h_next, rows, batch, out_size);
+    if (every_cell) zero_rows(c, rows, batch, hidden);
+  }
+}
+
+template <typename T>
+void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
+                  Tensor& cs, Tensor& hs, at::IntArrayRef live) {
+  const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
+  Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
+  // No bias (bias=False): zeros, so the loop has one shape.
+  const Tensor b = given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, gates.options());
+  for_directions(directions, gates.size(2) * hs.size(3) * 4 * hidden, [&](int64_t d) {
+    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live);
+  });
+}
+
+// The backward time loop of direction d.
+template <typename T>
+void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor& d_h,
+                        Tensor& dc, const Tensor& dc_arrivals, const Tensor& w_rec,
+                        const Tensor& w_proj, Tensor& d_pre, Tensor& r, Tensor& dr,
+                        at::IntArrayRef live) {
+  const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
+  const int64_t out_size = d_h.size(3);
+  const bool projected = given(w_proj), arrivals = given(dc_arrivals), keep_r = given(r);
+  const auto options = gates.options();
+  const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
+  const Tensor w = w_rec.select(0, d);  // (4H, P)
+  const Tensor w_out = projected ? w_proj.select(0, d) : Tensor();  // (P, H)
+  const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
+  const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+  T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, P)
+  T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
+  const T* arrival_base = arrivals ? dc_arrivals.select(0, d).data_ptr<T>() : nullptr;
+  T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
+  T* r_base = keep_r ? r.select(0, d).data_ptr<T>() : nullptr;  // (T, B, H)
+  T* dr_buffer = projected ? dr.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+  for (int64_t s = steps - 1; s >= 0; --s) {
+    const int64_t rows = live_rows(live, s, batch);
+    T* dh = dh_base + s * batch * out_size;
+    if (projected) {
+      Tensor dr_live = matrix(dr_buffer, rows, hidden, options);
+      matmul_into(dr_live, matrix(dh, rows, out_size, options), w_out);  // (rows,P) @ (P,H)
+    }
+    const T* dr_ptr = projected ? dr_buffer : dh;
+    const T* gate_ptr = gate_base + s * gate_step;
+    const T* c_prev = c_base + s * cell_step;
+    const T* arrival = arrivals ? arrival_base + s * cell_step : nullptr;
+    T* d_pre_ptr = d_pre_base + s * gate_step;
+    T* r_ptr = keep_r ? r_base + s * cell_step : nullptr;
+    for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
+      backward_rows<T>(gate_ptr, c_prev, c_prev + cell_step, dr_ptr, dc_ptr, arrival, d_pre_ptr,
+                       r_ptr, first, last, hidden);
+    });
+    zero_rows(d_pre_ptr, rows, batch, 4 * hidden);
+    if (keep_r) zero_rows(r_ptr, rows, batch, hidden);
+    if (s > 0) {  // dh_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
+      Tensor dh_prev = matrix(dh - batch * out_size, rows, out_size, options);
+      add_matmul_(dh_prev, matrix(d_pre_ptr, rows, 4 * hidden, options), w);
     }
   }
 }
@@ -136,49 +197,11 @@ template <typename T>
 void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
                    const Tensor& dc_arrivals, const Tensor& w_rec, const Tensor& w_proj,
                    Tensor& d_pre, Tensor& r, at::IntArrayRef live) {
-  const int64_t directions = gates.size(0), steps = gates.size(1), batch = gates.size(2);
-  const int64_t hidden = gates.size(3) / 4, out_size = d_h.size(3);
-  const bool projected = given(w_proj), arrivals = given(dc_arrivals), keep_r = given(r);
-  const auto options = gates.options();
-  Tensor dr = projected ? at::empty({batch, hidden}, options) : Tensor();  // (B, H)
-  T* dr_buffer = projected ? dr.data_ptr<T>() : nullptr;
-  const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
-  for (int64_t d = 0; d < directions; ++d) {
-    const Tensor w = w_rec.select(0, d);  // (4H, P)
-    const Tensor w_out = projected ? w_proj.select(0, d) : Tensor();  // (P, H)
-    const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
-    const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, P)
-    T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
-    const T* arrival_base = arrivals ? dc_arrivals.select(0, d).data_ptr<T>() : nullptr;
-    T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
-    T* r_base = keep_r ? r.select(0, d).data_ptr<T>() : nullptr;  // (T, B, H)
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t rows = live_rows(live, s, batch);
-      T* dh = dh_base + s * batch * out_size;
-      if (projected) {
-        Tensor dr_live = matrix(dr_buffer, rows, hidden, options);
-        matmul_into(dr_live, matrix(dh, rows, out_size, options), w_out);  // (rows,P) @ (P,H)
-      }
-      const T* dr_ptr = projected ? dr_buffer : dh;
-      const T* gate_ptr = gate_base + s * gate_step;
-      const T* c_prev = c_base + s * cell_step;
-      const T* c = c_prev + cell_step;
-      const T* arrival = arrivals ? arrival_base + s * cell_step : nullptr;
-      T* d_pre_ptr = d_pre_base + s * gate_step;
-      T* r_ptr = keep_r ? r_base + s * cell_step : nullptr;
-      for_rows(rows, 4 * hidden, [&](int64_t begin, int64_t end) {
-        backward_rows<T>(gate_ptr, c_prev, c, dr_ptr, dc_ptr, arrival, d_pre_ptr, r_ptr, begin,
-                         end, hidden);
-      });
-      zero_rows(d_pre_ptr, rows, batch, 4 * hidden);
-      if (keep_r) zero_rows(r_ptr, rows, batch, hidden);
-      if (s > 0) {  // dh_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
-        Tensor dh_prev = matrix(dh - batch * out_size, rows, out_size, options);
-        add_matmul_(dh_prev, matrix(d_pre_ptr, rows, 4 * hidden, options), w);
-      }
-    }
-  }
+  const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
+  Tensor dr = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
+  for_directions(directions, gates.size(2) * d_h.size(3) * 4 * hidden, [&](int64_t d) {
+    backward_direction<T>(d, gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, dr, live);
+  });
 }
 
 void check_contiguous(const Tensor& t, const char* name) {
@@ -186,13 +209,13 @@ void check_contiguous(const Tensor& t, const char* name) {
               " must be contiguous");
 }
 
-void lstm_forward(Tensor gates, const Tensor& w_rec, const Tensor& w_proj, Tensor cs,
-                  Tensor hs, at::IntArrayRef live) {
+void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
+                  Tensor cs, Tensor hs, at::IntArrayRef live) {
   check_contiguous(gates, "gates");
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    forward_loop<scalar_t>(gates, w_rec, w_proj, cs, hs, live);
+    forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live);
   });
 }
 
@@ -213,7 +236,7 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 }  // namespace unrolled
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
-  m.def("lstm_forward(Tensor(a!) gates, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
+  m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
         "Tensor(c!) hs, int[] live) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
