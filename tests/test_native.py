@@ -1,0 +1,187 @@
+"""The fast backend's native (C++) LSTM loop: that it is built where a compiler exists, that its
+activations keep their stated accuracy, and that it computes what torch.nn and the Python loops
+(its specification and fallback) compute, on every path through it: one and two directions
+(the latter on two threads), projection, bias=False, the batch shrinking on sorted lengths and
+the full batch on unsorted ones, the elementwise pass split across threads, one thread."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from parity import compare
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import unrolled
+from unrolled.fast import native
+
+needs_native = pytest.mark.skipif(
+    native.ops() is None, reason=f"native loops unavailable: {native.status()}"
+)
+
+
+def test_native_is_built_wherever_a_compiler_is():
+    """A silent fallback would hide a build break: with a compiler and nothing switched off,
+    the native loops must be what the fast backend runs."""
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler here")
+    if os.environ.get("UNROLLED_NATIVE") == "0":
+        pytest.skip("switched off by UNROLLED_NATIVE=0")
+    assert native.ops() is not None, native.status()
+    assert native.status() == "native C++ loops"
+
+
+def test_switched_off_by_the_environment():
+    code = "from unrolled.fast import native; print(native.status())"
+    env = {**os.environ, "UNROLLED_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "disabled by UNROLLED_NATIVE=0" in out.stdout
+
+
+def test_disabled_context_runs_the_python_loops():
+    with native.disabled():
+        assert native.ops() is None
+        assert native.status().startswith("off")
+    assert native.status() == native.status()  # restored (and stable)
+
+
+# --- activations -------------------------------------------------------------------------------
+
+GRID = torch.linspace(-100, 100, 400_001, dtype=torch.float64)
+SPECIALS = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 88.5, -87.5, 1e4, -1e4], dtype=torch.float64)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sigmoid_is_within_a_few_ulp(dtype):
+    """Relative accuracy wherever sigmoid is a normal number; below that (x < -87 in float32,
+    where e^-x is clamped) it is absolutely below the smallest normal number."""
+    x = torch.cat([GRID, SPECIALS]).to(dtype)
+    got = native.ops().sigmoid(x).double()
+    exact = torch.sigmoid(x.double())
+    normal = x.double() > (-87 if dtype == torch.float32 else -708)
+    relative = ((got - exact).abs() / exact)[normal].max().item()
+    assert relative <= 4 * torch.finfo(dtype).eps, relative / torch.finfo(dtype).eps
+    assert (got - exact)[~normal].abs().max().item() <= torch.finfo(dtype).tiny
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_is_within_a_few_ulp_of_one_absolute(dtype):
+    """tanh = 2 sigmoid(2x) - 1: its error is absolute (a few ulp of 1), not relative near 0."""
+    x = torch.cat([GRID / 10, SPECIALS]).to(dtype)
+    got = native.ops().tanh(x).double()
+    absolute = (got - torch.tanh(x.double())).abs().max().item()
+    assert absolute <= 4 * torch.finfo(dtype).eps, absolute / torch.finfo(dtype).eps
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_is_within_two_ulp_where_it_is_a_normal_number(dtype):
+    limit = 87 if dtype == torch.float32 else 708
+    x = torch.linspace(-limit, limit, 200_001, dtype=torch.float64).to(dtype)
+    got = native.ops().exp(x).double()
+    exact = torch.exp(x.double())
+    relative = ((got - exact).abs() / exact).max().item()
+    assert relative <= 2 * torch.finfo(dtype).eps, relative / torch.finfo(dtype).eps
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_activations_propagate_nan_and_saturate_at_infinity(dtype):
+    ops = native.ops()
+    x = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+    sig, tanh = ops.sigmoid(x), ops.tanh(x)
+    assert sig[0].isnan() and tanh[0].isnan()
+    assert sig[1].item() == 1.0 and tanh[1].item() == 1.0 and tanh[2].item() == -1.0
+    assert 0 <= sig[2].item() < 1e-37
+
+
+# --- the loops against torch.nn and against the Python loops ------------------------------------
+
+SORTED, UNSORTED = [9, 7, 7, 3, 2, 1], [3, 9, 1, 7, 2, 7]
+CASES = list(
+    itertools.product(
+        [False, True],  # bidirectional
+        [0, 3],  # proj_size
+        [None, "sorted", "unsorted"],  # lengths (packed input)
+        [True, False],  # bias
+    )
+)
+
+
+def lstm_pair(bidirectional, proj, bias, input_size=5, hidden=6, layers=2):
+    theirs = torch.nn.LSTM(
+        input_size, hidden, num_layers=layers, bidirectional=bidirectional, proj_size=proj,
+        bias=bias,
+    ).double()  # fmt: skip
+    return unrolled.from_torch(theirs, backend="fast"), theirs
+
+
+def lstm_input(lengths, batch=6, steps=9, input_size=5):
+    x = torch.randn(steps, batch, input_size, dtype=torch.float64, requires_grad=True)
+    if lengths is None:
+        return (x,)
+    order = SORTED if lengths == "sorted" else UNSORTED
+    return (pack_padded_sequence(x, torch.tensor(order), enforce_sorted=False),)
+
+
+@needs_native
+@pytest.mark.parametrize("bidirectional,proj,lengths,bias", CASES)
+def test_native_and_python_loops_both_equal_torch(bidirectional, proj, lengths, bias):
+    torch.manual_seed(3)
+    ours, theirs = lstm_pair(bidirectional, proj, bias)
+    inputs = lstm_input(lengths)
+    compare(ours, theirs, inputs)
+    with native.disabled():
+        compare(ours, theirs, inputs)
+
+
+@needs_native
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_big_steps_split_rows_across_threads(bidirectional):
+    """B * 4H past the elementwise pass's grain (rows split across threads), and a step big
+    enough to run two directions on two threads; uneven packed lengths on top."""
+    torch.manual_seed(4)
+    ours, theirs = lstm_pair(bidirectional, 0, True, input_size=3, hidden=64, layers=1)
+    x = torch.randn(3, 130, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.randint(1, 4, (130,))
+    compare(ours, theirs, (x,))
+    compare(ours, theirs, (pack_padded_sequence(x, lengths, enforce_sorted=False),))
+
+
+@needs_native
+def test_one_thread_and_two_threads_agree():
+    torch.manual_seed(5)
+    ours, _ = lstm_pair(True, 0, True, input_size=4, hidden=64, layers=2)
+    x = torch.randn(7, 40, 4, dtype=torch.float64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, _ = ours(x)
+        torch.set_num_threads(2)
+        two, _ = ours(x)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one, two, atol=1e-12, rtol=1e-12)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_in_the_input_reaches_the_same_outputs_as_torch(dtype):
+    torch.manual_seed(6)
+    theirs = torch.nn.LSTM(3, 5).to(dtype)
+    ours = unrolled.from_torch(theirs, backend="fast")
+    x = torch.randn(4, 2, 3, dtype=dtype)
+    x[1, 0, 2] = float("nan")
+    with torch.no_grad():
+        got, (h, c) = ours(x)
+        expected, (h_t, c_t) = theirs(x)
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(h.isnan(), h_t.isnan()) and torch.equal(c.isnan(), c_t.isnan())
