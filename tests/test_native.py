@@ -1,8 +1,9 @@
-"""The fast backend's native (C++) LSTM loop: that it is built where a compiler exists, that its
-activations keep their stated accuracy, and that it computes what torch.nn and the Python loops
-(its specification and fallback) compute, on every path through it: one and two directions
-(the latter on two threads), projection, bias=False, the batch shrinking on sorted lengths and
-the full batch on unsorted ones, the elementwise pass split across threads, one thread."""
+"""The fast backend's native (C++) loops: that they are built where a compiler exists, that their
+activations keep their stated accuracy, and that they compute what torch.nn and the Python loops
+(their specification and fallback) compute, for every cell and every path through them: one and
+two directions (the latter on two threads), LSTM projection, bias=False, the batch shrinking on
+sorted lengths and the full batch on unsorted ones, the elementwise pass split across threads,
+one thread, NaN input."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import pytest
 import torch
 from parity import compare
+from parity import leaves as parity_leaves
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
@@ -106,25 +108,33 @@ def test_activations_propagate_nan_and_saturate_at_infinity(dtype):
 # --- the loops against torch.nn and against the Python loops ------------------------------------
 
 SORTED, UNSORTED = [9, 7, 7, 3, 2, 1], [3, 9, 1, 7, 2, 7]
-CASES = list(
-    itertools.product(
+TORCH_MODES = {
+    "LSTM": torch.nn.LSTM,
+    "GRU": torch.nn.GRU,
+    "RNN_TANH": lambda *a, **k: torch.nn.RNN(*a, nonlinearity="tanh", **k),
+    "RNN_RELU": lambda *a, **k: torch.nn.RNN(*a, nonlinearity="relu", **k),
+}
+CASES = [
+    (mode, *case)
+    for mode in TORCH_MODES
+    for case in itertools.product(
         [False, True],  # bidirectional
-        [0, 3],  # proj_size
+        [0, 3] if mode == "LSTM" else [0],  # proj_size
         [None, "sorted", "unsorted"],  # lengths (packed input)
         [True, False],  # bias
     )
-)
+]
 
 
-def lstm_pair(bidirectional, proj, bias, input_size=5, hidden=6, layers=2):
-    theirs = torch.nn.LSTM(
-        input_size, hidden, num_layers=layers, bidirectional=bidirectional, proj_size=proj,
-        bias=bias,
-    ).double()  # fmt: skip
+def make_pair(mode, bidirectional, proj, bias, input_size=5, hidden=6, layers=2):
+    extra = {"proj_size": proj} if proj else {}
+    theirs = TORCH_MODES[mode](
+        input_size, hidden, num_layers=layers, bidirectional=bidirectional, bias=bias, **extra
+    ).double()
     return unrolled.from_torch(theirs, backend="fast"), theirs
 
 
-def lstm_input(lengths, batch=6, steps=9, input_size=5):
+def make_input(lengths, batch=6, steps=9, input_size=5):
     x = torch.randn(steps, batch, input_size, dtype=torch.float64, requires_grad=True)
     if lengths is None:
         return (x,)
@@ -133,23 +143,24 @@ def lstm_input(lengths, batch=6, steps=9, input_size=5):
 
 
 @needs_native
-@pytest.mark.parametrize("bidirectional,proj,lengths,bias", CASES)
-def test_native_and_python_loops_both_equal_torch(bidirectional, proj, lengths, bias):
+@pytest.mark.parametrize("mode,bidirectional,proj,lengths,bias", CASES)
+def test_native_and_python_loops_both_equal_torch(mode, bidirectional, proj, lengths, bias):
     torch.manual_seed(3)
-    ours, theirs = lstm_pair(bidirectional, proj, bias)
-    inputs = lstm_input(lengths)
+    ours, theirs = make_pair(mode, bidirectional, proj, bias)
+    inputs = make_input(lengths)
     compare(ours, theirs, inputs)
     with native.disabled():
         compare(ours, theirs, inputs)
 
 
 @needs_native
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_big_steps_split_rows_across_threads(bidirectional):
+def test_big_steps_split_rows_across_threads(mode, bidirectional):
     """B * 4H past the elementwise pass's grain (rows split across threads), and a step big
     enough to run two directions on two threads; uneven packed lengths on top."""
     torch.manual_seed(4)
-    ours, theirs = lstm_pair(bidirectional, 0, True, input_size=3, hidden=64, layers=1)
+    ours, theirs = make_pair(mode, bidirectional, 0, True, input_size=3, hidden=64, layers=1)
     x = torch.randn(3, 130, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.randint(1, 4, (130,))
     compare(ours, theirs, (x,))
@@ -159,7 +170,7 @@ def test_big_steps_split_rows_across_threads(bidirectional):
 @needs_native
 def test_one_thread_and_two_threads_agree():
     torch.manual_seed(5)
-    ours, _ = lstm_pair(True, 0, True, input_size=4, hidden=64, layers=2)
+    ours, _ = make_pair("LSTM", True, 0, True, input_size=4, hidden=64, layers=2)
     x = torch.randn(7, 40, 4, dtype=torch.float64)
     before = torch.get_num_threads()
     try:
@@ -174,14 +185,16 @@ def test_one_thread_and_two_threads_agree():
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_nan_in_the_input_reaches_the_same_outputs_as_torch(dtype):
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
+def test_nan_in_the_input_reaches_the_same_outputs_as_torch(dtype, mode):
     torch.manual_seed(6)
-    theirs = torch.nn.LSTM(3, 5).to(dtype)
+    theirs = TORCH_MODES[mode](3, 5).to(dtype)
     ours = unrolled.from_torch(theirs, backend="fast")
     x = torch.randn(4, 2, 3, dtype=dtype)
     x[1, 0, 2] = float("nan")
     with torch.no_grad():
-        got, (h, c) = ours(x)
-        expected, (h_t, c_t) = theirs(x)
+        got, state = ours(x)
+        expected, state_t = theirs(x)
     assert torch.equal(got.isnan(), expected.isnan())
-    assert torch.equal(h.isnan(), h_t.isnan()) and torch.equal(c.isnan(), c_t.isnan())
+    for a, b in zip(parity_leaves(state), parity_leaves(state_t)):
+        assert torch.equal(a.isnan(), b.isnan())

@@ -20,10 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import native
 from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    row_major,
     stack_directions,
     unbatched_flat_weights,
 )
@@ -57,6 +59,30 @@ def gru_layer_forward(
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
 
+    ns = x.new_empty(num_directions, num_steps if keep else 1, batch, hidden)  # (D, T, B, H)
+    kernels = native.usable(x)
+    if kernels is not None:  # the same loop in C++ (b_hn added in its elementwise pass)
+        b_hn = h_bias[:, 0, 2 * hidden :] if has_bias else x.new_zeros(num_directions, hidden)
+        kernels.gru_forward(
+            xw, hh, ns, hs, row_major(w_hh_t), b_hn.contiguous(), timeline.live_rows
+        )  # fmt: skip
+    else:
+        python_forward_loop(xw, hh, ns, hs, w_hh_t, h_bias if has_bias else None)
+    return timeline.output(hs[:, 1:]), timeline.final(hs), (ns, hh, hs)
+
+
+def python_forward_loop(
+    xw: Tensor, hh: Tensor, ns: Tensor, hs: Tensor, w_hh_t: Tensor, h_bias: Tensor | None
+) -> None:
+    """The time loop in per-step torch ops (the native loop's specification and fallback).
+
+    Fills ``hh (D, T or 1, B, 3H)`` with ``[r, z, a]``, ``ns`` with n and ``hs (D, T+1, B, H)``
+    (slot 0 set) from ``xw (D, T, B, 3H)``, ``w_hh_t (D, H, 3H)`` and ``h_bias (D, 1, 3H)``
+    (``b_hn`` in the n block) or None.
+    """
+    num_steps, hidden = xw.shape[1], hs.shape[-1]
+    keep = hh.shape[1] == num_steps
+
     def per_step(view: Tensor) -> list[Tensor]:
         return list(view.unbind(1)) if keep else [view[:, 0]] * num_steps
 
@@ -66,14 +92,13 @@ def gru_layer_forward(
     r_steps, z_steps, a_steps = map(per_step, hh.unflatten(3, (3, hidden)).unbind(3))
     x_rz_steps = xw[..., : 2 * hidden].unbind(1)
     x_n_steps = xw[..., 2 * hidden :].unbind(1)
-    # n gets its own buffer (rows contiguous: tanh on a row-strided view is many times slower
+    # n has its own buffer (rows contiguous: tanh on a row-strided view is many times slower
     # with two threads), and the dead x_r, x_z blocks are not saved.
-    ns = x.new_empty(num_directions, num_steps if keep else 1, batch, hidden)  # (D, T, B, H)
     n_steps = per_step(ns)
     h_steps = hs.unbind(1)
     h = h_steps[0]
     for s in range(num_steps):
-        if has_bias:
+        if h_bias is not None:
             torch.baddbmm(h_bias, h, w_hh_t, out=hh_steps[s])  # (D, B, H) @ (D, H, 3H) + b_hn
         else:
             torch.bmm(h, w_hh_t, out=hh_steps[s])  # (D, B, H) @ (D, H, 3H)
@@ -81,7 +106,44 @@ def gru_layer_forward(
         # n = tanh(x_n + r * a)
         n = torch.addcmul(x_n_steps[s], r_steps[s], a_steps[s], out=n_steps[s]).tanh_()
         h = torch.lerp(n, h, z_steps[s], out=h_steps[s + 1])  # (1 - z) * n + z * h
-    return timeline.output(hs[:, 1:]), timeline.final(hs), (ns, hh, hs)
+
+
+def python_backward_loop(
+    n: Tensor, hh: Tensor, hs: Tensor, d_h: Tensor, w_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """BPTT in per-step torch ops (the native loop's specification and fallback).
+
+    Reads the forward's ``n (D, T, B, H)``, ``hh (D, T, B, 3H)`` (``[r, z, a]``) and ``hs``;
+    ``d_h (D, T, B, H)`` is the gradient reaching each h_s (updated in place). Returns the
+    per-step pre-activation gradients ``(D, T, B, 4H)`` as ``[n_x, r, z, n_h]`` and ``d_h0
+    (D, B, H)``.
+    """
+    num_directions, num_steps, batch, _ = hh.shape
+    hidden = hs.shape[-1]
+    # The factors that turn dh into each pre-activation gradient, for all steps at once.
+    r, z, a = hh.unflatten(3, (3, hidden)).unbind(3)  # (D, T, B, H) each
+    h_prev = hs[:, :num_steps]  # (D, T, B, H)
+    factors = hh.new_empty(num_directions, num_steps, batch, 4, hidden)  # [n_x, r, z, n_h]
+    n_x, r_f, z_f, n_h = factors.unbind(3)
+    torch.mul(n, n, out=n_x).neg_().add_(1)  # tanh'(.) = 1 - n^2
+    n_x.addcmul_(n_x, z, value=-1)  # d_pre_n = dh * (1 - z) * (1 - n^2)
+    torch.addcmul(r, r, r, value=-1, out=r_f).mul_(a)  # d_pre_r = d_pre_n * a * r(1-r)
+    torch.sub(h_prev, n, out=z_f).mul_(torch.addcmul(z, z, z, value=-1))  # (h-n) z(1-z)
+    n_h.copy_(r)  # d_a = d_pre_n * r
+
+    n_z_steps = factors[:, :, :, 0::2].unbind(1)  # (D, B, 2, H): [n_x, z]
+    r_nh_steps = factors[:, :, :, 1::2].unbind(1)  # (D, B, 2, H): [r, n_h]
+    n_pre_steps = factors[:, :, :, 0:1].unbind(1)  # (D, B, 1, H)
+    flat_factors = factors.flatten(3)  # (D, T, B, 4H)
+    hh_pre_steps = flat_factors[..., hidden:].unbind(1)  # (D, B, 3H): [r, z, n_h]
+    z_steps, d_h_steps = z.unbind(1), d_h.unbind(1)
+    dh = d_h_steps[num_steps - 1]
+    for s in range(num_steps - 1, -1, -1):
+        n_z_steps[s].mul_(dh.unsqueeze(2))  # d_pre_n, d_pre_z
+        r_nh_steps[s].mul_(n_pre_steps[s])  # d_pre_r, d_a
+        direct = d_h_steps[s - 1].addcmul_(dh, z_steps[s]) if s else dh * z_steps[s]
+        dh = direct.baddbmm_(hh_pre_steps[s], w_hh)  # (D, B, 3H) @ (D, 3H, H) + dh * z
+    return factors.flatten(3), dh
 
 
 class GRULayer(torch.autograd.Function):
@@ -98,6 +160,7 @@ class GRULayer(torch.autograd.Function):
             mode, num_directions, lengths, timeline,
         )  # fmt: skip
         ctx.num_inputs = 3 + len(flat)
+        ctx.native = native.usable(x) is not None  # backward takes the same path
         ctx.save_for_backward(x, h0, c0, *flat, *buffers)
         return output, h_n
 
@@ -115,33 +178,17 @@ class GRULayer(torch.autograd.Function):
         # is not there when the weight gradients set the peak).
         w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
 
-        # The factors that turn dh into each pre-activation gradient, for all steps at once.
-        r, z, a = hh.unflatten(3, (3, hidden)).unbind(3)  # (D, T, B, H) each
-        h_prev = hs[:, :num_steps]  # (D, T, B, H)
-        factors = hh.new_empty(num_directions, num_steps, batch, 4, hidden)  # [n_x, r, z, n_h]
-        n_x, r_f, z_f, n_h = factors.unbind(3)
-        torch.mul(n, n, out=n_x).neg_().add_(1)  # tanh'(.) = 1 - n^2
-        n_x.addcmul_(n_x, z, value=-1)  # d_pre_n = dh * (1 - z) * (1 - n^2)
-        torch.addcmul(r, r, r, value=-1, out=r_f).mul_(a)  # d_pre_r = d_pre_n * a * r(1-r)
-        torch.sub(h_prev, n, out=z_f).mul_(torch.addcmul(z, z, z, value=-1))  # (h-n) z(1-z)
-        n_h.copy_(r)  # d_a = d_pre_n * r
-
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
-        n_z_steps = factors[:, :, :, 0::2].unbind(1)  # (D, B, 2, H): [n_x, z]
-        r_nh_steps = factors[:, :, :, 1::2].unbind(1)  # (D, B, 2, H): [r, n_h]
-        n_pre_steps = factors[:, :, :, 0:1].unbind(1)  # (D, B, 1, H)
-        flat_factors = factors.flatten(3)  # (D, T, B, 4H)
-        hh_pre_steps = flat_factors[..., hidden:].unbind(1)  # (D, B, 3H): [r, z, n_h]
-        z_steps, d_h_steps = z.unbind(1), d_h.unbind(1)
-        dh = d_h_steps[num_steps - 1]
-        for s in range(num_steps - 1, -1, -1):
-            n_z_steps[s].mul_(dh.unsqueeze(2))  # d_pre_n, d_pre_z
-            r_nh_steps[s].mul_(n_pre_steps[s])  # d_pre_r, d_a
-            direct = d_h_steps[s - 1].addcmul_(dh, z_steps[s]) if s else dh * z_steps[s]
-            dh = direct.baddbmm_(hh_pre_steps[s], w_hh)  # (D, B, 3H) @ (D, 3H, H) + dh * z
-        # The chain is done (dh is now d_h0, a fresh tensor): free the step gradients, the
-        # stacked W_hh copy and the per-step views before the weight gradients are allocated.
-        del d_h, d_h_steps, direct, w_hh, n_z_steps, r_nh_steps, n_pre_steps, hh_pre_steps
+        kernels = native.usable(x) if ctx.native else None
+        if kernels is not None:  # the same loop in C++
+            factors = hh.new_empty(num_directions, num_steps, batch, 4 * hidden)
+            dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
+            kernels.gru_backward(hh, n, hs, d_h, w_hh, factors, dh, timeline.live_rows)
+        else:
+            factors, dh = python_backward_loop(n, hh, hs, d_h, w_hh)
+        del d_h, w_hh
+        h_prev = hs[:, :num_steps]  # (D, T, B, H)
+        flat_factors = factors.view(num_directions, num_steps, batch, 4 * hidden)  # [n_x,r,z,n_h]
         d_pre_x = flat_factors[..., : 3 * hidden]  # (D, T, B, 3H): rows (n, r, z)
         d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 
@@ -150,11 +197,11 @@ class GRULayer(torch.autograd.Function):
         if any(needs[3:]):  # W_hh and biases first: the factors are handed over to the input side
             prev = h_prev.reshape(num_directions, num_steps * batch, hidden)  # (D, T*B, H)
             d_w_hh = d_pre_h.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,3H,T*B) @ (D,T*B,H)
-            d_sums = factors.sum((1, 2))  # (D, 4, H): [n_x, r, z, n_h]
+            d_sums = factors.sum((1, 2)).view(num_directions, 4, hidden)  # [n_x, r, z, n_h]
         # Hand d_pre_x over with no other reference to the factors left here, so they are freed
         # once direction 0's input-side gradients are done.
         handed_over = [d_pre_x]
-        del factors, flat_factors, n_x, r_f, z_f, n_h, d_pre_x, d_pre_h
+        del factors, flat_factors, d_pre_x, d_pre_h
         # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
             handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden

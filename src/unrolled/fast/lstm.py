@@ -26,6 +26,7 @@ from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    row_major,
     stack_directions,
     unbatched_flat_weights,
 )
@@ -44,13 +45,6 @@ def forward_rows(rows: Tensor) -> Tensor:
     ours = reorder(rows, TO_OURS)
     ours[-(rows.shape[0] // 4) :] *= 2
     return ours
-
-
-def row_major(w_t: Tensor) -> Tensor:
-    """A transposed weight view as the native loop's GEMMs like it best: MKL runs small GEMMs
-    up to twice as fast on a row-major copy, but copying a transposed matrix is slow (strided),
-    so large weights (over 2^20 elements, where the per-step gain is small) stay views."""
-    return w_t.contiguous() if w_t.numel() <= 1 << 20 else w_t
 
 
 def lstm_layer_forward(
@@ -246,6 +240,7 @@ class LSTMLayer(torch.autograd.Function):
             mode, num_directions, lengths, timeline,
         )  # fmt: skip
         ctx.num_inputs = 3 + len(flat)
+        ctx.native = native.usable(x) is not None  # backward takes the same path
         ctx.save_for_backward(x, h0, c0, *flat, *buffers)
         return output, h_n, c_n
 
@@ -272,7 +267,7 @@ class LSTMLayer(torch.autograd.Function):
             dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
         keep_r = projected and any(needs[3:])  # r = o tanh(c), what W_hr multiplied
-        kernels = native.usable(x)
+        kernels = native.usable(x) if ctx.native else None
         if kernels is not None:  # the same loop in C++, writing d_pre (and r)
             none = x.new_empty(0)
             d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order

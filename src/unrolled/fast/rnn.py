@@ -12,11 +12,14 @@ hoisted projection. The backward runs only the chain ``d_pre_s = dh_s * act'(.)`
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
+from . import native
 from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    row_major,
     stack_directions,
     unbatched_flat_weights,
 )
@@ -34,12 +37,43 @@ def rnn_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0,
     hs[:, 0] = h0
     # Slots 1..T first hold the projection, then (in place) the states.
     project(timeline.directions(x, num_directions), [w[0] for w in weights], bias, out=hs[:, 1:])
-    activate = torch.Tensor.tanh_ if mode == "RNN_TANH" else torch.Tensor.relu_
-    steps = hs.unbind(1)  # T+1 views (D, B, H)
-    h = steps[0]
-    for h_next in steps[1:]:
-        h = activate(h_next.baddbmm_(h, w_hh_t))  # (D, B, H) @ (D, H, H) + x_s W_ih^T + b
+    kernels = native.usable(x)
+    if kernels is not None:  # the same loop in C++
+        kernels.rnn_forward(hs, row_major(w_hh_t), mode == "RNN_RELU", timeline.live_rows)
+    else:
+        activate = torch.Tensor.tanh_ if mode == "RNN_TANH" else torch.Tensor.relu_
+        steps = hs.unbind(1)  # T+1 views (D, B, H)
+        h = steps[0]
+        for h_next in steps[1:]:
+            h = activate(h_next.baddbmm_(h, w_hh_t))  # (D, B, H) @ (D, H, H) + x_s W_ih^T + b
     return timeline.output(hs[:, 1:]), timeline.final(hs), hs
+
+
+def python_backward_loop(mode: str, hs: Tensor, d_h: Tensor, w_hh: list[Tensor]) -> Tensor:
+    """BPTT in per-step torch ops (the native loop's specification and fallback).
+
+    ``hs (D, T+1, B, H)`` from the forward; ``d_h (D, T, B, H)`` the gradient reaching each
+    ``h_s`` (updated in place to the full ``dh_s``); ``w_hh`` D x ``(H, H)``. Returns
+    ``d_pre (D, T, B, H)``, the gradient of each step's pre-activation.
+    """
+    num_steps = hs.shape[1] - 1
+    states = hs[:, 1:]  # (D, T, B, H)
+    if mode == "RNN_TANH":
+        d_pre = states.square().neg_().add_(1)  # tanh' = 1 - h^2, (D, T, B, H)
+    else:
+        d_pre = (states > 0).to(states.dtype)  # relu' = [h > 0]
+    d_pre_steps, d_h_steps = d_pre.unbind(1), d_h.unbind(1)  # T x (D, B, H)
+    d_pre_dir_steps = [d.unbind(0) for d in d_pre]  # D x T x (B, H)
+    d_h_dir_steps = [d.unbind(0) for d in d_h]
+    directions = list(zip(d_pre_dir_steps, d_h_dir_steps, w_hh))
+    dh = d_h_steps[num_steps - 1]
+    for s in range(num_steps - 1, 0, -1):
+        d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
+        for d_pre_dir, d_h_dir, w in directions:
+            d_h_dir[s - 1].addmm_(d_pre_dir[s], w)  # (B, H) @ (H, H) + d_out
+        dh = d_h_steps[s - 1]
+    d_pre_steps[0].mul_(dh)
+    return d_pre
 
 
 class RNNLayer(torch.autograd.Function):
@@ -54,6 +88,7 @@ class RNNLayer(torch.autograd.Function):
             mode, num_directions, lengths, timeline,
         )  # fmt: skip
         ctx.num_inputs = 3 + len(flat)
+        ctx.native = native.usable(x) is not None  # backward takes the same path
         ctx.save_for_backward(x, h0, c0, *flat, hs)
         return output, h_n
 
@@ -69,30 +104,22 @@ class RNNLayer(torch.autograd.Function):
         # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
         w_hh = [w[1] for w in weights]  # D x (H, H)
 
-        states = hs[:, 1:]  # (D, T, B, H)
-        if ctx.mode == "RNN_TANH":
-            d_pre = states.square().neg_().add_(1)  # tanh' = 1 - h^2, (D, T, B, H)
-        else:
-            d_pre = (states > 0).to(states.dtype)  # relu' = [h > 0]
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
-        d_pre_steps, d_h_steps = d_pre.unbind(1), d_h.unbind(1)  # T x (D, B, H)
-        d_pre_dir_steps = [d.unbind(0) for d in d_pre]  # D x T x (B, H)
-        d_h_dir_steps = [d.unbind(0) for d in d_h]
-        directions = list(zip(d_pre_dir_steps, d_h_dir_steps, w_hh))
-        dh = d_h_steps[num_steps - 1]
-        for s in range(num_steps - 1, 0, -1):
-            d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
-            for d_pre_dir, d_h_dir, w in directions:
-                d_h_dir[s - 1].addmm_(d_pre_dir[s], w)  # (B, H) @ (H, H) + d_out
-            dh = d_h_steps[s - 1]
-        d_pre_steps[0].mul_(dh)
-        d_h0 = dh.new_empty(dh.shape)  # (D, B, H)
+        kernels = native.usable(x) if ctx.native else None
+        if kernels is not None:  # the same loop in C++
+            d_pre = torch.empty_like(d_h)  # (D, T, B, H)
+            kernels.rnn_backward(
+                hs, d_h, stack_directions(w_hh), d_pre, ctx.mode == "RNN_RELU",
+                timeline.live_rows,
+            )  # fmt: skip
+        else:
+            d_pre = python_backward_loop(ctx.mode, hs, d_h, w_hh)
+        d_h0 = d_h.new_empty(d_h.shape[:1] + d_h.shape[2:])  # (D, B, H)
         for d in range(num_directions):
-            torch.mm(d_pre_dir_steps[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
+            torch.mm(d_pre[d, 0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
         # The chain is done: free the step gradients before the weight gradients are allocated
         # (they would otherwise set the step's peak memory).
-        del d_h, d_h_steps, dh, d_pre_steps, d_pre_dir_steps, d_h_dir_steps, directions
-        d_pre_dir = d_h_dir = None  # the loop's last views
+        del d_h
 
         grads = [None] * (ctx.num_inputs)
         grads[1] = d_h0 if needs[1] else None

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("lstm.cpp", "activations.cpp")]
+SOURCES = [
+    Path(__file__).with_name(name) for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp")
+]
 
 _ops = None  # the torch.ops namespace once loaded
 _reason = ""  # why the native loops are not in use ("" while untried or in use)

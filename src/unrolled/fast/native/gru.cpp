@@ -1,0 +1,178 @@
+// The GRU recurrence of the fast backend (torch's formulation), forward and backward, one
+// layer, D directions. Buffers as `unrolled/fast/gru.py` documents them (step-major):
+//
+//   xw  (D, T, B, 3H)      the hoisted x W_ih^T + (b_ir + b_hr, b_iz + b_hz, b_in), rows r, z, n
+//   hh  (D, T or 1, B, 3H) h_{s-1} W_hh^T, then (in place) r, z and a = h_{s-1} W_hn^T + b_hn
+//   ns  (D, T or 1, B, H)  n;  hs (D, T+1, B, H): slot 0 = h_0
+//
+// With `live` (batch sorted by length, longest first) step s advances only its first live[s]
+// rows; the rows past them are zero in hs (forward) and in the gradients (backward).
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace unrolled {
+namespace {
+
+// One step, rows [first, last):
+//   r = sigmoid(x_r + hh_r),  z = sigmoid(x_z + hh_z),  a = hh_n + b_hn
+//   n = tanh(x_n + r * a),    h = (1 - z) * n + z * h_prev = n + z * (h_prev - n)
+template <typename T>
+void forward_rows(const T* xw, T* hh, const T* b_hn, T* n_out, const T* h_prev, T* h,
+                  int64_t first, int64_t last, int64_t hidden) {
+  for (int64_t b = first; b < last; ++b) {
+    const T* x_r = xw + b * 3 * hidden;
+    const T* x_z = x_r + hidden;
+    const T* x_n = x_z + hidden;
+    T* r = hh + b * 3 * hidden;
+    T* z = r + hidden;
+    T* a = z + hidden;
+    T* n_row = n_out + b * hidden;
+    const T* h_prev_row = h_prev + b * hidden;
+    T* h_row = h + b * hidden;
+    UNROLLED_VECTOR_LOOP
+    for (int64_t j = 0; j < hidden; ++j) {
+      const T r_j = sigmoid(x_r[j] + r[j]), z_j = sigmoid(x_z[j] + z[j]);
+      const T a_j = a[j] + b_hn[j];
+      const T n_j = tanh(x_n[j] + r_j * a_j);
+      r[j] = r_j;
+      z[j] = z_j;
+      a[j] = a_j;
+      n_row[j] = n_j;
+      h_row[j] = n_j + z_j * (h_prev_row[j] - n_j);
+    }
+  }
+}
+
+// One step backward, rows [first, last), from dh (the full gradient reaching h_s):
+//   d_pre_n = dh (1 - z)(1 - n^2)          (what x_n, W_in saw)
+//   d_pre_r = d_pre_n * a * r (1 - r)       d_pre_z = dh (h_prev - n) z (1 - z)
+//   d_a     = d_pre_n * r                   (what W_hn, b_hn saw)
+// into the (B, 4H) block [n_x, r, z, n_h]; and dh_prev_direct = dh * z (the lerp's own path),
+// added to `dh_prev` (the gradient already reaching h_{s-1} from the output).
+template <typename T>
+void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* factors,
+                   T* dh_prev, int64_t first, int64_t last, int64_t hidden) {
+  for (int64_t b = first; b < last; ++b) {
+    const T* r = hh + b * 3 * hidden;
+    const T* z = r + hidden;
+    const T* a = z + hidden;
+    const T* n = n_in + b * hidden;
+    const T* h_prev_row = h_prev + b * hidden;
+    const T* dh_row = dh + b * hidden;
+    T* d_n = factors + b * 4 * hidden;
+    T* d_r = d_n + hidden;
+    T* d_z = d_r + hidden;
+    T* d_a = d_z + hidden;
+    T* dh_prev_row = dh_prev + b * hidden;
+    UNROLLED_VECTOR_LOOP
+    for (int64_t j = 0; j < hidden; ++j) {
+      const T d_pre_n = dh_row[j] * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+      d_n[j] = d_pre_n;
+      d_r[j] = d_pre_n * a[j] * r[j] * (T(1) - r[j]);
+      d_z[j] = dh_row[j] * (h_prev_row[j] - n[j]) * z[j] * (T(1) - z[j]);
+      d_a[j] = d_pre_n * r[j];
+      dh_prev_row[j] += dh_row[j] * z[j];
+    }
+  }
+}
+
+// Forward, w_rec = W_hh^T (D, H, 3H) row-major or a transposed view; b_hn (D, H).
+template <typename T>
+void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Tensor& w_rec,
+                  const Tensor& b_hn, at::IntArrayRef live) {
+  const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
+  const int64_t hidden = hs.size(3), gates = 3 * hidden;
+  const bool every_step = hh.size(1) > 1;  // kept for the backward, or one reused slot
+  const auto options = xw.options();
+  for_directions(directions, batch * hidden * gates, [&](int64_t d) {
+    const Tensor w = w_rec.select(0, d);  // (H, 3H)
+    const T* x_base = xw.select(0, d).data_ptr<T>();  // (T, B, 3H)
+    T* hh_base = hh.select(0, d).data_ptr<T>();  // (T or 1, B, 3H)
+    T* n_base = ns.select(0, d).data_ptr<T>();  // (T or 1, B, H)
+    T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+    const T* bias = b_hn.select(0, d).data_ptr<T>();  // (H,)
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t rows = live_rows(live, s, batch);
+      const int64_t slot = every_step ? s : 0;
+      T* hh_s = hh_base + slot * batch * gates;
+      T* n_s = n_base + slot * batch * hidden;
+      T* h_prev = h_base + s * batch * hidden;
+      T* h = h_prev + batch * hidden;
+      Tensor hh_live = matrix(hh_s, rows, gates, options);
+      matmul_into(hh_live, matrix(h_prev, rows, hidden, options), w);  // (rows,H) @ (H,3H)
+      for_rows(rows, gates, [&](int64_t first, int64_t last) {
+        forward_rows<T>(x_base + s * batch * gates, hh_s, bias, n_s, h_prev, h, first, last,
+                        hidden);
+      });
+      zero_rows(h, rows, batch, hidden);
+    }
+  });
+}
+
+// Backward. d_h (D, T, B, H) holds the gradient reaching each h_s (from the output and h_n)
+// and is updated in place; factors (D, T, B, 4H) gets [n_x, r, z, n_h] per step; d_h0 (D, B, H)
+// gets the gradient of h_0. w_hh (D, 3H, H), torch's rows (r, z, n).
+template <typename T>
+void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor& d_h,
+                   const Tensor& w_hh, Tensor& factors, Tensor& d_h0, at::IntArrayRef live) {
+  const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
+  const int64_t hidden = hs.size(3), gates = 3 * hidden, step = batch * hidden;
+  const auto options = hh.options();
+  for_directions(directions, batch * hidden * gates, [&](int64_t d) {
+    const Tensor w = w_hh.select(0, d);  // (3H, H)
+    const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
+    const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
+    const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+    T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
+    T* f_base = factors.select(0, d).data_ptr<T>();  // (T, B, 4H)
+    T* dh0 = d_h0.select(0, d).data_ptr<T>();  // (B, H)
+    std::memset(dh0, 0, step * sizeof(T));
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t rows = live_rows(live, s, batch);
+      T* f_s = f_base + s * batch * 4 * hidden;
+      T* dh_prev = s > 0 ? dh_base + (s - 1) * step : dh0;
+      for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
+        backward_rows<T>(hh_base + s * batch * gates, n_base + s * step, h_base + s * step,
+                         dh_base + s * step, f_s, dh_prev, first, last, hidden);
+      });
+      zero_rows(f_s, rows, batch, 4 * hidden);
+      // dh_{s-1} += [d_pre_r, d_pre_z, d_a] @ W_hh: (rows, 3H) (row stride 4H) @ (3H, H)
+      Tensor target = matrix(dh_prev, rows, hidden, options);
+      Tensor grad = at::from_blob(f_s + hidden, {rows, gates}, {4 * hidden, 1}, options);
+      add_matmul_(target, grad, w);
+    }
+  });
+}
+
+void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor& w_rec,
+                 const Tensor& b_hn, at::IntArrayRef live) {
+  TORCH_CHECK(xw.is_contiguous() && hh.is_contiguous() && ns.is_contiguous() &&
+                  hs.is_contiguous() && b_hn.is_contiguous(),
+              "unrolled native GRU: buffers must be contiguous");
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
+    forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, b_hn, live);
+  });
+}
+
+void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor d_h,
+                  const Tensor& w_hh, Tensor factors, Tensor d_h0, at::IntArrayRef live) {
+  TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
+                  d_h.is_contiguous() && factors.is_contiguous() && d_h0.is_contiguous(),
+              "unrolled native GRU: buffers must be contiguous");
+  AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
+    backward_loop<scalar_t>(hh, ns, hs, d_h, w_hh, factors, d_h0, live);
+  });
+}
+
+}  // namespace
+}  // namespace unrolled
+
+TORCH_LIBRARY_FRAGMENT(unrolled, m) {
+  m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
+        "Tensor b_hn, int[] live) -> ()",
+        &unrolled::gru_forward);
+  m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!) d_h, Tensor w_hh, "
+        "Tensor(b!) factors, Tensor(c!) d_h0, int[] live) -> ()",
+        &unrolled::gru_backward);
+}

@@ -1,0 +1,121 @@
+// The Elman RNN recurrence (tanh or ReLU) of the fast backend, forward and backward, one layer,
+// D directions. Buffers as `unrolled/fast/rnn.py` documents them (step-major):
+//
+//   hs  (D, T+1, B, H)  slot 0 = h_0; slots 1..T hold the hoisted x W_ih^T + b on entry and
+//                       the states h_s on exit (activated in place)
+//
+// With `live` (batch sorted by length, longest first) step s advances only its first live[s]
+// rows; the rows past them are zero in hs (forward) and in d_pre (backward).
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace unrolled {
+namespace {
+
+// h = act(pre), rows [first, last) of a (B, H) step, in place.
+template <typename T>
+void activate_rows(T* h, int64_t first, int64_t last, int64_t hidden, bool relu) {
+  T* row = h + first * hidden;
+  const int64_t count = (last - first) * hidden;
+  if (relu) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = 0; k < count; ++k) row[k] = row[k] < T(0) ? T(0) : row[k];  // NaN stays
+  } else {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = 0; k < count; ++k) row[k] = tanh(row[k]);
+  }
+}
+
+// d_pre = dh * act'(h): tanh' = 1 - h^2, relu' = [h > 0]. Rows [first, last).
+template <typename T>
+void backward_rows(const T* h, const T* dh, T* d_pre, int64_t first, int64_t last,
+                   int64_t hidden, bool relu) {
+  const int64_t begin = first * hidden, end = last * hidden;
+  if (relu) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = begin; k < end; ++k) d_pre[k] = h[k] > T(0) ? dh[k] : T(0);
+  } else {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = begin; k < end; ++k) d_pre[k] = dh[k] * (T(1) - h[k] * h[k]);
+  }
+}
+
+// Forward: h_s = act(hs[s+1] + h_{s-1} @ W_hh^T), with w_rec = W_hh^T (D, H, H).
+template <typename T>
+void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
+  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
+  const int64_t hidden = hs.size(3);
+  const auto options = hs.options();
+  for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
+    const Tensor w = w_rec.select(0, d);  // (H, H)
+    T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t rows = live_rows(live, s, batch);
+      T* h_prev = base + s * batch * hidden;
+      T* h = h_prev + batch * hidden;
+      Tensor h_new = matrix(h, rows, hidden, options);
+      add_matmul_(h_new, matrix(h_prev, rows, hidden, options), w);  // += (rows,H) @ (H,H)
+      for_rows(rows, hidden, [&](int64_t first, int64_t last) {
+        activate_rows<T>(h, first, last, hidden, relu);
+      });
+      zero_rows(h, rows, batch, hidden);
+    }
+  });
+}
+
+// Backward: d_pre_s = dh_s * act'(h_s); dh_{s-1} += d_pre_s @ W_hh, with w_hh (D, H, H).
+// d_h (D, T, B, H) holds the gradient reaching each h_s and ends holding each full dh_s.
+template <typename T>
+void backward_loop(const Tensor& hs, Tensor& d_h, const Tensor& w_hh, Tensor& d_pre, bool relu,
+                   at::IntArrayRef live) {
+  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
+  const int64_t hidden = hs.size(3), step = batch * hidden;
+  const auto options = hs.options();
+  for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
+    const Tensor w = w_hh.select(0, d);  // (H, H)
+    const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
+    T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
+    T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, H)
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t rows = live_rows(live, s, batch);
+      T* d_pre_s = d_pre_base + s * step;
+      const T* dh = dh_base + s * step;
+      for_rows(rows, hidden, [&](int64_t first, int64_t last) {
+        backward_rows<T>(h_base + s * step, dh, d_pre_s, first, last, hidden, relu);
+      });
+      zero_rows(d_pre_s, rows, batch, hidden);
+      if (s > 0) {  // dh_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
+        Tensor dh_prev = matrix(dh_base + (s - 1) * step, rows, hidden, options);
+        add_matmul_(dh_prev, matrix(d_pre_s, rows, hidden, options), w);
+      }
+    }
+  });
+}
+
+void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
+  TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
+    forward_loop<scalar_t>(hs, w_rec, relu, live);
+  });
+}
+
+void rnn_backward(const Tensor& hs, Tensor d_h, const Tensor& w_hh, Tensor d_pre, bool relu,
+                  at::IntArrayRef live) {
+  TORCH_CHECK(hs.is_contiguous() && d_h.is_contiguous() && d_pre.is_contiguous(),
+              "unrolled native RNN: hs, d_h and d_pre must be contiguous");
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
+    backward_loop<scalar_t>(hs, d_h, w_hh, d_pre, relu, live);
+  });
+}
+
+}  // namespace
+}  // namespace unrolled
+
+TORCH_LIBRARY_FRAGMENT(unrolled, m) {
+  m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live) -> ()",
+        &unrolled::rnn_forward);
+  m.def("rnn_backward(Tensor hs, Tensor(a!) d_h, Tensor w_hh, Tensor(b!) d_pre, bool relu, "
+        "int[] live) -> ()",
+        &unrolled::rnn_backward);
+}
