@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
 from unrolled.backends import get_backend
+from unrolled.fast import native
 
 IMPLEMENTATIONS = ("torch", "unrolled")
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -364,4 +365,5 @@ def environment(threads: int) -> dict:
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "fast_loops": native.status(),
     }

@@ -17,7 +17,13 @@ def header(console: Console, report: dict) -> None:
     env, settings = report["environment"], report["settings"]
     console.print(
         f"[bold]unrolled bench[/]: unrolled (backend [bold]{settings['backend']}[/], runs "
-        f"{settings['backend_function']}) vs torch.nn, "
+        f"{settings['backend_function']}"
+        + (
+            f", {env['fast_loops']}"
+            if settings["backend"] == "fast" and "fast_loops" in env
+            else ""
+        )
+        + ") vs torch.nn, "
         f"{'packed' if settings['packed'] else 'padded'} input, {settings['dtype']}"
     )
     console.print(
