@@ -6,7 +6,12 @@ r"""LSTM layer (optionally with projection), both directions at once: forward lo
     c_s &= f \odot c_{s-1} + i \odot g, \qquad
     r_s = o \odot \tanh(c_s), \qquad h_s = r_s \ \text{or}\ W_{hr} r_s
 
-Internally the gate rows are reordered from torch's ``(i, f, g, o)`` to ``(o, i, f, g)``, so
+The time loop runs in C++ when the native loops are available (:mod:`.native`, on torch's own
+weights and gate order ``(i, f, g, o)``: one vectorised pass per step does all the elementwise
+math). The Python loops below are its specification and fallback, built from per-step torch
+ops, and arrange the buffers for those ops instead:
+
+The gate rows are reordered from torch's ``(i, f, g, o)`` to ``(o, i, f, g)``, so
 that the backward finds the three gates that multiply ``dc`` (i, f, g) contiguous; gradients are
 put back into torch's order at the end. The forward computes ``g`` as
 ``tanh(a) = 2 sigmoid(2a) - 1``: the g rows of the weights and bias are doubled (exact in floating
@@ -53,7 +58,9 @@ def lstm_layer_forward(
     """One layer, ``D`` directions.
 
     Returns ``(output (T, B, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))`` with the
-    step-major buffers ``gates (D, T, B, 4H)`` (activated, our order), ``cs (D, T+1, B, H)``
+    step-major buffers ``gates (D, T, B, 4H)`` (activated: in the Python loops our order with
+    the g block holding sigmoid(2a), in the native loop torch's order with g itself),
+    ``cs (D, T+1, B, H)``
     and ``hs (D, T+1, B, P)`` (slot 0 the initial state). Without ``keep`` (nothing will be
     differentiated) only what the outputs need is kept. The loop runs in C++ when the native
     kernels are available (:mod:`.native`), else in per-step torch ops
@@ -62,34 +69,34 @@ def lstm_layer_forward(
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden, out_size = c0.shape[-1], h0.shape[-1]
-    w_hh_t = stack_directions([forward_rows(w[1]) for w in weights]).transpose(1, 2)  # (D, P, 4H)
-    bias = [None if w[2] is None else forward_rows(w[2] + w[3]) for w in weights]  # (4H,)
-    w_ih = [forward_rows(w[0]) for w in weights]  # D x (4H, I)
     projected = weights[0][4] is not None
     w_hr_t = (
         stack_directions([w[4] for w in weights]).transpose(1, 2) if projected else None
-    )  # (D,H,P)
-
-    kernels = native.usable(x)
-    # The native loop adds the bias in its elementwise pass (free there), so the projection is
-    # a plain GEMM: addmm would first copy the bias into all T*B rows.
+    )  # (D, H, P)
     inputs = timeline.directions(x, num_directions)
-    projection = project(
-        inputs, w_ih, [None] * num_directions if kernels is not None else bias
-    )  # (D,T,B,4H)
     every_cell = keep or timeline.lengths is not None  # lengths: c_n is gathered afterwards
     cs = x.new_empty(num_directions, num_steps + 1 if every_cell else 1, batch, hidden)
     hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
     cs[:, 0] = c0
     hs[:, 0] = h0
-    if kernels is not None:  # the same loop in C++: gates activated in place in `projection`
+    kernels = native.usable(x)
+    if kernels is not None:
+        # The same loop in C++, on torch's own weights and gate order; the bias is added in
+        # its elementwise pass (free there), so the projection is a plain GEMM (addmm would
+        # first copy the bias into all T*B rows). Gates are activated in place.
+        gates = project(inputs, [w[0] for w in weights], [None] * num_directions)  # (D,T,B,4H)
         none = x.new_empty(0)
+        bias = none if weights[0][2] is None else torch.stack([w[2] + w[3] for w in weights])
+        w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, P, 4H)
         kernels.lstm_forward(
-            projection, none if bias[0] is None else torch.stack(bias), row_major(w_hh_t),
-            none if w_hr_t is None else row_major(w_hr_t), cs, hs, timeline.live_rows,
+            gates, bias, row_major(w_hh_t), none if w_hr_t is None else row_major(w_hr_t),
+            cs, hs, timeline.live_rows,
         )  # fmt: skip
-        gates = projection
     else:
+        w_hh_t = stack_directions([forward_rows(w[1]) for w in weights]).transpose(1, 2)
+        bias = [None if w[2] is None else forward_rows(w[2] + w[3]) for w in weights]  # (4H,)
+        w_ih = [forward_rows(w[0]) for w in weights]  # D x (4H, I)
+        projection = project(inputs, w_ih, bias)  # (D, T, B, 4H)
         gates = python_forward_loop(projection, w_hh_t, w_hr_t, cs, hs, keep)
     output = timeline.output(hs[:, 1:])
     c_n = timeline.final(cs) if every_cell else cs[:, 0]
@@ -255,7 +262,12 @@ class LSTMLayer(torch.autograd.Function):
         num_steps = x.shape[0]
         hidden = cs.shape[-1]
         projected = weights[0][4] is not None
-        w_hh = stack_directions([reorder(w[1], TO_OURS) for w in weights])  # (D, 4H, P)
+        kernels = native.usable(x) if ctx.native else None
+        # The native loop keeps torch's gate order; the Python loops ours (o, i, f, g), which is
+        # torch's rolled by one block (`rolled` below puts gradients back in torch's order).
+        order = None if kernels is not None else TO_OURS
+        rolled = 0 if kernels is not None else hidden
+        w_hh = stack_directions([w[1] if order is None else reorder(w[1], order) for w in weights])
         w_hr = stack_directions([w[4] for w in weights]) if projected else None  # (D, P, H)
 
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
@@ -267,7 +279,6 @@ class LSTMLayer(torch.autograd.Function):
             dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
         keep_r = projected and any(needs[3:])  # r = o tanh(c), what W_hr multiplied
-        kernels = native.usable(x) if ctx.native else None
         if kernels is not None:  # the same loop in C++, writing d_pre (and r)
             none = x.new_empty(0)
             d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
@@ -289,9 +300,8 @@ class LSTMLayer(torch.autograd.Function):
             d_h0 = d_h0.unsqueeze(0) if one_direction else d_h0  # (D, B, P)
 
         grads = [None] * ctx.num_inputs
-        # Our order (o, i, f, g) is torch's (i, f, g, o) rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
+            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=rolled
         )  # (T, B, I), D x (4H, I) in torch's order
         grads[1], grads[2] = d_h0, dc
         if any(needs[3:]):
@@ -302,10 +312,10 @@ class LSTMLayer(torch.autograd.Function):
                 d_w_hr = d_h.flatten(1, 2).transpose(1, 2).bmm(r.flatten(1, 2))  # (D, P, H)
             for d in range(num_directions):
                 base = 3 + 5 * d
-                d_b = reorder(d_bias[d], TO_TORCH)
-                grads[base : base + 4] = [
-                    d_w_ih[d], reorder(d_w_hh[d], TO_TORCH), d_b, d_b.clone(),
-                ]  # fmt: skip
+                d_b, d_w = d_bias[d], d_w_hh[d]
+                if order is not None:
+                    d_b, d_w = reorder(d_b, TO_TORCH), reorder(d_w, TO_TORCH)
+                grads[base : base + 4] = [d_w_ih[d], d_w, d_b, d_b.clone()]
                 if projected:
                     grads[base + 4] = d_w_hr[d]
         return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))

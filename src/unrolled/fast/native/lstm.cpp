@@ -1,10 +1,10 @@
 // The LSTM recurrence of the fast backend, forward and backward, one layer, D directions.
 //
-// Buffers are the ones `unrolled/fast/lstm.py` documents (step-major, our gate order
-// (o, i, f, g), the g rows of the weights doubled so that s = sigmoid(2a) and g = 2s - 1):
+// Step-major buffers, in torch's gate order (i, f, g, o) and with torch's own weights (the
+// Python loops reorder and rescale rows for their per-step ops; this loop needs neither):
 //
-//   gates (D, T, B, 4H)  in: x W_ih^T (hoisted); out: o, i, f, s activated, in place
-//   bias  (D, 4H)        b_ih + b_hh (our order, g doubled), added in the elementwise pass
+//   gates (D, T, B, 4H)  in: x W_ih^T (hoisted); out: i, f, g, o activated, in place
+//   bias  (D, 4H)        b_ih + b_hh, added in the elementwise pass
 //   cs    (D, T+1, B, H) c_s at slot s+1, slot 0 = c_0 (or (D, 1, B, H): one slot, reused)
 //   hs    (D, T+1, B, P) h_s at slot s+1, slot 0 = h_0
 //
@@ -18,29 +18,29 @@
 namespace unrolled {
 namespace {
 
-// One step, rows [first_row, last_row):
-//   o, i, f, s = sigmoid(gates + bias);  c = f * c_prev + i * (2s - 1);  out = o * tanh(c)
+// One step, rows [first_row, last_row), a = gates + bias:
+//   i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g);  c = f * c_prev + i * g;  out = o * tanh(c)
 // `out` is h (no projection) or r, the input of W_hr. c_prev may alias c (one reused slot).
 template <typename T>
 void forward_rows(T* gates, const T* bias, const T* c_prev, T* c, T* out, int64_t first_row,
                   int64_t last_row, int64_t hidden) {
   for (int64_t b = first_row; b < last_row; ++b) {
-    T* o = gates + b * 4 * hidden;
-    T* i = o + hidden;
+    T* i = gates + b * 4 * hidden;
     T* f = i + hidden;
-    T* s = f + hidden;
+    T* g = f + hidden;
+    T* o = g + hidden;
     const T* c_prev_row = c_prev + b * hidden;
     T* c_row = c + b * hidden;
     T* out_row = out + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T o_j = sigmoid(o[j] + bias[j]), i_j = sigmoid(i[j] + bias[hidden + j]);
-      const T f_j = sigmoid(f[j] + bias[2 * hidden + j]), s_j = sigmoid(s[j] + bias[3 * hidden + j]);
-      const T c_j = f_j * c_prev_row[j] + i_j * (s_j + s_j - T(1));
-      o[j] = o_j;
+      const T i_j = sigmoid(i[j] + bias[j]), f_j = sigmoid(f[j] + bias[hidden + j]);
+      const T g_j = tanh(g[j] + bias[2 * hidden + j]), o_j = sigmoid(o[j] + bias[3 * hidden + j]);
+      const T c_j = f_j * c_prev_row[j] + i_j * g_j;
       i[j] = i_j;
       f[j] = f_j;
-      s[j] = s_j;
+      g[j] = g_j;
+      o[j] = o_j;
       c_row[j] = c_j;
       out_row[j] = o_j * tanh(c_j);
     }
@@ -54,21 +54,20 @@ void forward_rows(T* gates, const T* bias, const T* c_prev, T* c, T* out, int64_
 //   d_pre_o = dr * tanh(c) * o (1 - o)      d_pre_i = dc * g * i (1 - i)
 //   d_pre_f = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
 //   dc_prev = dc * f
-// (d_pre_g is the gradient of the undoubled pre-activation a, g = tanh(a): the doubling lives
-// only in the forward's copy of the weights.) `r` (nullable) gets o * tanh(c).
+// into d_pre in torch's gate order; `r` (nullable) gets o * tanh(c).
 template <typename T>
 void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* dc,
                    const T* dc_arrival, T* d_pre, T* r, int64_t first_row, int64_t last_row,
                    int64_t hidden) {
   for (int64_t b = first_row; b < last_row; ++b) {
-    const T* o = gates + b * 4 * hidden;
-    const T* i = o + hidden;
+    const T* i = gates + b * 4 * hidden;
     const T* f = i + hidden;
-    const T* s = f + hidden;
-    T* d_o = d_pre + b * 4 * hidden;
-    T* d_i = d_o + hidden;
+    const T* g = f + hidden;
+    const T* o = g + hidden;
+    T* d_i = d_pre + b * 4 * hidden;
     T* d_f = d_i + hidden;
     T* d_g = d_f + hidden;
+    T* d_o = d_g + hidden;
     const int64_t at = b * hidden;
     const T* c_prev_row = c_prev + at;
     const T* c_row = c + at;
@@ -77,15 +76,14 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
     T* dc_row = dc + at;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T g = s[j] + s[j] - T(1);
       const T tanh_c = tanh(c_row[j]);
       const T d_r = dr_row[j];
       T d_c = dc_row[j] + (arrival_row == nullptr ? T(0) : arrival_row[j]);
       d_c += d_r * o[j] * (T(1) - tanh_c * tanh_c);
       d_o[j] = d_r * tanh_c * o[j] * (T(1) - o[j]);
-      d_i[j] = d_c * g * i[j] * (T(1) - i[j]);
+      d_i[j] = d_c * g[j] * i[j] * (T(1) - i[j]);
       d_f[j] = d_c * c_prev_row[j] * f[j] * (T(1) - f[j]);
-      d_g[j] = d_c * i[j] * (T(1) - g * g);
+      d_g[j] = d_c * i[j] * (T(1) - g[j] * g[j]);
       dc_row[j] = d_c * f[j];
     }
     if (r != nullptr) {
