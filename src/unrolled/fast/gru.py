@@ -174,17 +174,17 @@ class GRULayer(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         num_steps, batch, _ = x.shape
         hidden = hs.shape[-1]
-        # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop, so it
-        # is not there when the weight gradients set the peak).
-        w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
-
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
         kernels = native.usable(x) if ctx.native else None
-        if kernels is not None:  # the same loop in C++
+        if kernels is not None:  # the same loop in C++, W_hh per direction (no copy)
             factors = hh.new_empty(num_directions, num_steps, batch, 4 * hidden)
             dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
+            w_hh = [w[1] for w in weights]  # D x (3H, H)
             kernels.gru_backward(hh, n, hs, d_h, w_hh, factors, dh, timeline.live_rows)
         else:
+            # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop,
+            # so it is not there when the weight gradients set the peak).
+            w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
             factors, dh = python_backward_loop(n, hh, hs, d_h, w_hh)
         del d_h, w_hh
         h_prev = hs[:, :num_steps]  # (D, T, B, H)

@@ -109,7 +109,7 @@ class RNNLayer(torch.autograd.Function):
         if kernels is not None:  # the same loop in C++
             d_pre = torch.empty_like(d_h)  # (D, T, B, H)
             kernels.rnn_backward(
-                hs, d_h, stack_directions(w_hh), d_pre, ctx.mode == "RNN_RELU",
+                hs, d_h, w_hh, d_pre, ctx.mode == "RNN_RELU",
                 timeline.live_rows,
             )  # fmt: skip
         else:

@@ -112,15 +112,16 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
 
 // Backward. d_h (D, T, B, H) holds the gradient reaching each h_s (from the output and h_n)
 // and is updated in place; factors (D, T, B, 4H) gets [n_x, r, z, n_h] per step; d_h0 (D, B, H)
-// gets the gradient of h_0. w_hh (D, 3H, H), torch's rows (r, z, n).
+// gets the gradient of h_0. w_hh: D x (3H, H), torch's rows (r, z, n) (a list: stacking
+// would copy the weights of two directions for the whole loop).
 template <typename T>
 void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor& d_h,
-                   const Tensor& w_hh, Tensor& factors, Tensor& d_h0, at::IntArrayRef live) {
+                   at::TensorList w_hh, Tensor& factors, Tensor& d_h0, at::IntArrayRef live) {
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gates = 3 * hidden, step = batch * hidden;
   const auto options = hh.options();
   for_directions(directions, batch * hidden * gates, [&](int64_t d) {
-    const Tensor w = w_hh.select(0, d);  // (3H, H)
+    const Tensor& w = w_hh[d];  // (3H, H)
     const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
     const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
     const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
@@ -156,7 +157,7 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor
 }
 
 void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor d_h,
-                  const Tensor& w_hh, Tensor factors, Tensor d_h0, at::IntArrayRef live) {
+                  at::TensorList w_hh, Tensor factors, Tensor d_h0, at::IntArrayRef live) {
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
                   d_h.is_contiguous() && factors.is_contiguous() && d_h0.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -172,7 +173,7 @@ TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
         "Tensor b_hn, int[] live) -> ()",
         &unrolled::gru_forward);
-  m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!) d_h, Tensor w_hh, "
+  m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, "
         "Tensor(b!) factors, Tensor(c!) d_h0, int[] live) -> ()",
         &unrolled::gru_backward);
 }

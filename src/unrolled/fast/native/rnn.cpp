@@ -64,16 +64,17 @@ void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef li
   });
 }
 
-// Backward: d_pre_s = dh_s * act'(h_s); dh_{s-1} += d_pre_s @ W_hh, with w_hh (D, H, H).
+// Backward: d_pre_s = dh_s * act'(h_s); dh_{s-1} += d_pre_s @ W_hh, with w_hh D x (H, H)
+// (a list: stacking would copy the weights of two directions for the whole loop).
 // d_h (D, T, B, H) holds the gradient reaching each h_s and ends holding each full dh_s.
 template <typename T>
-void backward_loop(const Tensor& hs, Tensor& d_h, const Tensor& w_hh, Tensor& d_pre, bool relu,
+void backward_loop(const Tensor& hs, Tensor& d_h, at::TensorList w_hh, Tensor& d_pre, bool relu,
                    at::IntArrayRef live) {
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), step = batch * hidden;
   const auto options = hs.options();
   for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
-    const Tensor w = w_hh.select(0, d);  // (H, H)
+    const Tensor& w = w_hh[d];  // (H, H)
     const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
     T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
     T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, H)
@@ -100,7 +101,7 @@ void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live
   });
 }
 
-void rnn_backward(const Tensor& hs, Tensor d_h, const Tensor& w_hh, Tensor d_pre, bool relu,
+void rnn_backward(const Tensor& hs, Tensor d_h, at::TensorList w_hh, Tensor d_pre, bool relu,
                   at::IntArrayRef live) {
   TORCH_CHECK(hs.is_contiguous() && d_h.is_contiguous() && d_pre.is_contiguous(),
               "unrolled native RNN: hs, d_h and d_pre must be contiguous");
@@ -115,7 +116,7 @@ void rnn_backward(const Tensor& hs, Tensor d_h, const Tensor& w_hh, Tensor d_pre
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live) -> ()",
         &unrolled::rnn_forward);
-  m.def("rnn_backward(Tensor hs, Tensor(a!) d_h, Tensor w_hh, Tensor(b!) d_pre, bool relu, "
+  m.def("rnn_backward(Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, Tensor(b!) d_pre, bool relu, "
         "int[] live) -> ()",
         &unrolled::rnn_backward);
 }
