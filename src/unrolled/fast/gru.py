@@ -146,6 +146,16 @@ def python_backward_loop(
     return factors.flatten(3), dh
 
 
+def hidden_side_grads(factors: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """One direction's ``d_W_hh (3H, H)`` (torch's rows r, z, n) and the sums ``(4, H)`` of
+    ``[n_x, r, z, n_h]`` over all steps and rows (the bias gradients), from its step-major
+    ``factors (T, B, 4H)`` and the states ``h_prev (T, B, H)`` the steps started from."""
+    hidden = h_prev.shape[-1]
+    rows = factors.reshape(-1, 4 * hidden)  # (T*B, 4H)
+    d_w_hh = rows[:, hidden:].t() @ h_prev.reshape(-1, hidden)  # (3H, T*B) @ (T*B, H)
+    return d_w_hh, rows.sum(0).view(4, hidden)
+
+
 class GRULayer(torch.autograd.Function):
     """``(mode, D, lengths, x (T, B, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh, None))
     -> (output (T, B, D*H), h_n (D, B, H))``."""
@@ -177,7 +187,8 @@ class GRULayer(torch.autograd.Function):
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
         kernels = native.usable(x) if ctx.native else None
         if kernels is not None:  # the same loop in C++, W_hh per direction (no copy)
-            factors = hh.new_empty(num_directions, num_steps, batch, 4 * hidden)
+            # One factor buffer per direction: each is freed as soon as its gradients are done.
+            factors = [hh.new_empty(num_steps, batch, 4 * hidden) for _ in range(num_directions)]
             dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
             w_hh = [w[1] for w in weights]  # D x (3H, H)
             kernels.gru_backward(hh, n, hs, d_h, w_hh, factors, dh, timeline.live_rows)
@@ -185,23 +196,22 @@ class GRULayer(torch.autograd.Function):
             # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop,
             # so it is not there when the weight gradients set the peak).
             w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
-            factors, dh = python_backward_loop(n, hh, hs, d_h, w_hh)
+            stacked, dh = python_backward_loop(n, hh, hs, d_h, w_hh)
+            factors = list(stacked.unbind(0))  # views of one buffer
+            del stacked
         del d_h, w_hh
+        # Per direction (T, B, 4H) as [n_x, r, z, n_h]: what W_ih saw is the first three blocks
+        # (rows n, r, z), what W_hh saw the last three (rows r, z, n, torch's order).
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
-        flat_factors = factors.view(num_directions, num_steps, batch, 4 * hidden)  # [n_x,r,z,n_h]
-        d_pre_x = flat_factors[..., : 3 * hidden]  # (D, T, B, 3H): rows (n, r, z)
-        d_pre_h = flat_factors[..., hidden:]  # (D, T, B, 3H): rows (r, z, n)
 
         grads = [None] * ctx.num_inputs
         grads[1] = dh
         if any(needs[3:]):  # W_hh and biases first: the factors are handed over to the input side
-            prev = h_prev.reshape(num_directions, num_steps * batch, hidden)  # (D, T*B, H)
-            d_w_hh = d_pre_h.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,3H,T*B) @ (D,T*B,H)
-            d_sums = factors.sum((1, 2)).view(num_directions, 4, hidden)  # [n_x, r, z, n_h]
-        # Hand d_pre_x over with no other reference to the factors left here, so they are freed
-        # once direction 0's input-side gradients are done.
-        handed_over = [d_pre_x]
-        del factors, flat_factors, d_pre_x, d_pre_h
+            d_w_hh, d_sums = zip(*(hidden_side_grads(f, p) for f, p in zip(factors, h_prev)))
+        # Hand the W_ih-side views over with no other reference to the factors left here, so
+        # each direction's buffer is freed once its input-side gradients are done.
+        handed_over = [f[..., : 3 * hidden] for f in factors]  # D x (T, B, 3H)
+        del factors
         # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
             handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
@@ -212,7 +222,7 @@ class GRULayer(torch.autograd.Function):
                 grads[base : base + 4] = [
                     d_w_ih[d],
                     d_w_hh[d],
-                    d_sums[d, [1, 2, 0]].flatten(),  # b_ih: (r, z, n_x)
-                    d_sums[d, 1:].flatten(),  # b_hh: (r, z, n_h)
+                    d_sums[d][[1, 2, 0]].flatten(),  # b_ih: (r, z, n_x)
+                    d_sums[d][1:].flatten(),  # b_hh: (r, z, n_h)
                 ]
         return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))

@@ -147,10 +147,12 @@ class Timeline:
 
         Args:
             d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride), or a list
-                holding it as its only element: then this function takes it out of the list
-                and, the caller holding no other reference to its storage, frees it as soon as
-                direction 0 is done (only the reverse direction's time-major copy is still
-                needed then), so it never lives next to every weight gradient.
+                holding it as its only element, or a list of ``D`` per-direction ``(T, B, G)``
+                step-major gradients (each its own storage). From a list this function takes
+                the tensors out and, the caller holding no other reference to their storage,
+                frees each as soon as it is spent (with one stacked buffer: once direction 0 is
+                done, when only the reverse direction's time-major copy is still needed), so
+                they never all live next to every weight gradient.
             x: the layer input ``(T, B, I)``, time-major.
             w_ih: ``D`` weights ``(G, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
@@ -161,9 +163,10 @@ class Timeline:
             ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
         """
         owned = isinstance(d_pre, list)
-        if owned:
+        separate = owned and d_pre[0].dim() == 3  # one buffer per direction
+        if owned and not separate:
             d_pre = d_pre.pop()
-        num_steps, batch, gates = d_pre.shape[1:]
+        num_steps, batch, gates = d_pre[0].shape
         rows = num_steps * batch
         # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
         blocks = [(slice(0, gates), slice(0, gates))]
@@ -190,6 +193,16 @@ class Timeline:
         # Direction 0 is already in time order. The reverse direction is put back in time order
         # once (T*B*G), after direction 0 is done; then both gradients use x as it is, and
         # neither x nor the input gradient is ever reversed.
+        if separate:  # free each direction's buffer once it is spent
+            buffers, d_pre = d_pre, None
+            buffers.reverse()
+            one_direction(buffers.pop(), w_ih[0])
+            if len(w_ih) == 2:
+                reverse_time_major = self.reverse(buffers.pop())  # (T, B, G); the step one freed
+                one_direction(reverse_time_major, w_ih[1])
+            if d_x is not None and self.padding is not None:
+                d_x.masked_fill_(self.padding, 0)
+            return d_x, d_w
         one_direction(d_pre[0], w_ih[0])
         if len(w_ih) == 2:
             if owned and x.shape[-1] < rows:

@@ -111,12 +111,14 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
 }
 
 // Backward. d_h (D, T, B, H) holds the gradient reaching each h_s (from the output and h_n)
-// and is updated in place; factors (D, T, B, 4H) gets [n_x, r, z, n_h] per step; d_h0 (D, B, H)
+// and is updated in place; factors, D x (T, B, 4H) (one buffer per direction, so that each can
+// be freed on its own), gets [n_x, r, z, n_h] per step; d_h0 (D, B, H)
 // gets the gradient of h_0. w_hh: D x (3H, H), torch's rows (r, z, n) (a list: stacking
 // would copy the weights of two directions for the whole loop).
 template <typename T>
 void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor& d_h,
-                   at::TensorList w_hh, Tensor& factors, Tensor& d_h0, at::IntArrayRef live) {
+                   at::TensorList w_hh, at::TensorList factors, Tensor& d_h0,
+                   at::IntArrayRef live) {
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gates = 3 * hidden, step = batch * hidden;
   const auto options = hh.options();
@@ -126,7 +128,7 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor&
     const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
     const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
     T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
-    T* f_base = factors.select(0, d).data_ptr<T>();  // (T, B, 4H)
+    T* f_base = factors[d].data_ptr<T>();  // (T, B, 4H)
     T* dh0 = d_h0.select(0, d).data_ptr<T>();  // (B, H)
     std::memset(dh0, 0, step * sizeof(T));
     for (int64_t s = steps - 1; s >= 0; --s) {
@@ -157,10 +159,14 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor
 }
 
 void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor d_h,
-                  at::TensorList w_hh, Tensor factors, Tensor d_h0, at::IntArrayRef live) {
+                  at::TensorList w_hh, at::TensorList factors, Tensor d_h0,
+                  at::IntArrayRef live) {
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
-                  d_h.is_contiguous() && factors.is_contiguous() && d_h0.is_contiguous(),
+                  d_h.is_contiguous() && d_h0.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
+  for (const Tensor& f : factors) {
+    TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: factors must be contiguous");
+  }
   AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
     backward_loop<scalar_t>(hh, ns, hs, d_h, w_hh, factors, d_h0, live);
   });
@@ -174,6 +180,6 @@ TORCH_LIBRARY_FRAGMENT(unrolled, m) {
         "Tensor b_hn, int[] live) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, "
-        "Tensor(b!) factors, Tensor(c!) d_h0, int[] live) -> ()",
+        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live) -> ()",
         &unrolled::gru_backward);
 }
