@@ -198,3 +198,15 @@ def test_nan_in_the_input_reaches_the_same_outputs_as_torch(dtype, mode):
     assert torch.equal(got.isnan(), expected.isnan())
     for a, b in zip(parity_leaves(state), parity_leaves(state_t)):
         assert torch.equal(a.isnan(), b.isnan())
+
+
+@needs_native
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_large_lstm_weights_take_mkls_packed_gemm(bidirectional):
+    """W_hh of 2^20 elements or more (here 2080 x 520), float32, full batch: the forward's
+    recurrent product runs through MKL's packed GEMM where torch has it."""
+    torch.manual_seed(7)
+    theirs = torch.nn.LSTM(3, 520, bidirectional=bidirectional)
+    ours = unrolled.from_torch(theirs, backend="fast")
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    compare(ours, theirs, (x,), dtype=torch.float32)

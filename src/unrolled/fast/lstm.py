@@ -90,7 +90,7 @@ def lstm_layer_forward(
         w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, P, 4H)
         kernels.lstm_forward(
             gates, bias, row_major(w_hh_t), none if w_hr_t is None else row_major(w_hr_t),
-            cs, hs, timeline.live_rows,
+            cs, hs, timeline.live_rows, keep,
         )  # fmt: skip
     else:
         w_hh_t = stack_directions([forward_rows(w[1]) for w in weights]).transpose(1, 2)

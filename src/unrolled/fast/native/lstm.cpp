@@ -13,6 +13,8 @@
 // d_pre (backward), so the weight-gradient GEMMs over all rows read zeros there.
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "common.h"
 
 namespace unrolled {
@@ -21,26 +23,39 @@ namespace {
 // One step, rows [first_row, last_row), a = gates + bias:
 //   i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g);  c = f * c_prev + i * g;  out = o * tanh(c)
 // `out` is h (no projection) or r, the input of W_hr. c_prev may alias c (one reused slot).
-template <typename T>
-void forward_rows(T* gates, const T* bias, const T* c_prev, T* c, T* out, int64_t first_row,
-                  int64_t last_row, int64_t hidden) {
+// The activated gates are stored back only when a backward will read them (`keep`). With
+// `extra` (B, 4H), the recurrent product computed elsewhere (packed GEMM), a = gates + extra +
+// bias.
+template <typename T, bool keep, bool has_extra>
+void forward_rows(T* gates, const T* extra, const T* bias, const T* c_prev, T* c, T* out,
+                  int64_t first_row, int64_t last_row, int64_t hidden) {
   for (int64_t b = first_row; b < last_row; ++b) {
     T* i = gates + b * 4 * hidden;
     T* f = i + hidden;
     T* g = f + hidden;
     T* o = g + hidden;
+    const T* e = has_extra ? extra + b * 4 * hidden : bias;  // read only when has_extra
     const T* c_prev_row = c_prev + b * hidden;
     T* c_row = c + b * hidden;
     T* out_row = out + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T i_j = sigmoid(i[j] + bias[j]), f_j = sigmoid(f[j] + bias[hidden + j]);
-      const T g_j = tanh(g[j] + bias[2 * hidden + j]), o_j = sigmoid(o[j] + bias[3 * hidden + j]);
+      T a_i = i[j] + bias[j], a_f = f[j] + bias[hidden + j];
+      T a_g = g[j] + bias[2 * hidden + j], a_o = o[j] + bias[3 * hidden + j];
+      if constexpr (has_extra) {
+        a_i += e[j];
+        a_f += e[hidden + j];
+        a_g += e[2 * hidden + j];
+        a_o += e[3 * hidden + j];
+      }
+      const T i_j = sigmoid(a_i), f_j = sigmoid(a_f), g_j = tanh(a_g), o_j = sigmoid(a_o);
       const T c_j = f_j * c_prev_row[j] + i_j * g_j;
-      i[j] = i_j;
-      f[j] = f_j;
-      g[j] = g_j;
-      o[j] = o_j;
+      if constexpr (keep) {
+        i[j] = i_j;
+        f[j] = f_j;
+        g[j] = g_j;
+        o[j] = o_j;
+      }
       c_row[j] = c_j;
       out_row[j] = o_j * tanh(c_j);
     }
@@ -98,7 +113,7 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
 template <typename T>
 void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tensor& w_rec,
                        const Tensor& w_proj, Tensor& cs, Tensor& hs, Tensor& r,
-                       at::IntArrayRef live) {
+                       at::IntArrayRef live, bool keep) {
   const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
   const int64_t out_size = hs.size(3);
   const bool projected = given(w_proj), every_cell = cs.size(1) > 1;
@@ -110,6 +125,13 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
   T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, P)
   T* r_ptr = projected ? r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
   const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
+  // Large W_hh: MKL's packed GEMM (packed once here) computes each step's product into a
+  // new (B, 4H) tensor that the elementwise pass adds; otherwise one addmm into the gates.
+  const PackedGemm* packed = std::is_same_v<T, float> && live.empty() && w.numel() >= (1 << 20)
+                                 ? packed_gemm()
+                                 : nullptr;
+  const Tensor w_rows = packed ? w.t().contiguous() : Tensor();  // W_hh (4H, P)
+  const Tensor w_packed = packed ? packed->reorder.call(w_rows, batch) : Tensor();
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t rows = live_rows(live, s, batch);
     T* gate_ptr = gate_base + s * batch * 4 * hidden;
@@ -118,10 +140,27 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
     T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
     T* c = every_cell ? c_prev + batch * hidden : c_prev;  // slot s+1, or the same slot
     T* out = projected ? r_ptr : h_next;
-    Tensor g = matrix(gate_ptr, rows, 4 * hidden, options);
-    add_matmul_(g, matrix(h_prev, rows, out_size, options), w);  // += (rows, P) @ (P, 4H)
+    const Tensor h = matrix(h_prev, rows, out_size, options);  // (rows, P)
+    Tensor product;  // (B, 4H), packed GEMM only
+    if (packed) {
+      product = packed->linear.call(h, w_packed, w_rows, std::nullopt, batch);  // h @ W_hh^T
+    } else {
+      Tensor g = matrix(gate_ptr, rows, 4 * hidden, options);
+      add_matmul_(g, h, w);  // += (rows, P) @ (P, 4H)
+    }
+    const T* extra = packed ? product.data_ptr<T>() : nullptr;
     for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-      forward_rows<T>(gate_ptr, bias_ptr, c_prev, c, out, first, last, hidden);
+      auto run = [&](auto keep_tag, auto extra_tag) {
+        forward_rows<T, decltype(keep_tag)::value, decltype(extra_tag)::value>(
+            gate_ptr, extra, bias_ptr, c_prev, c, out, first, last, hidden);
+      };
+      using yes = std::true_type;
+      using no = std::false_type;
+      if (keep) {
+        packed ? run(yes{}, yes{}) : run(yes{}, no{});
+      } else {
+        packed ? run(no{}, yes{}) : run(no{}, no{});
+      }
     });
     if (projected) {
       Tensor h_new = matrix(h_next, rows, out_size, options);
@@ -134,13 +173,13 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
 
 template <typename T>
 void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor& cs, Tensor& hs, at::IntArrayRef live) {
+                  Tensor& cs, Tensor& hs, at::IntArrayRef live, bool keep) {
   const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
   Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
   // No bias (bias=False): zeros, so the loop has one shape.
   const Tensor b = given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, gates.options());
   for_directions(directions, gates.size(2) * hs.size(3) * 4 * hidden, [&](int64_t d) {
-    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live);
+    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live, keep);
   });
 }
 
@@ -208,12 +247,12 @@ void check_contiguous(const Tensor& t, const char* name) {
 }
 
 void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor cs, Tensor hs, at::IntArrayRef live) {
+                  Tensor cs, Tensor hs, at::IntArrayRef live, bool keep) {
   check_contiguous(gates, "gates");
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live);
+    forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep);
   });
 }
 
@@ -235,7 +274,7 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
-        "Tensor(c!) hs, int[] live) -> ()",
+        "Tensor(c!) hs, int[] live, bool keep) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
         "Tensor dc_arrivals, Tensor w_rec, Tensor w_proj, Tensor(c!) d_pre, Tensor(d!) r, "
