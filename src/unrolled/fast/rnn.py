@@ -107,16 +107,14 @@ class RNNLayer(torch.autograd.Function):
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
         kernels = native.usable(x) if ctx.native else None
         if kernels is not None:  # the same loop in C++
-            d_pre = torch.empty_like(d_h)  # (D, T, B, H)
-            kernels.rnn_backward(
-                hs, d_h, w_hh, d_pre, ctx.mode == "RNN_RELU",
-                timeline.live_rows,
-            )  # fmt: skip
+            # One buffer per direction: each is freed as soon as its gradients are done.
+            d_pre = [torch.empty_like(d_h[0]) for _ in range(num_directions)]  # D x (T, B, H)
+            kernels.rnn_backward(hs, d_h, w_hh, d_pre, ctx.mode == "RNN_RELU", timeline.live_rows)
         else:
-            d_pre = python_backward_loop(ctx.mode, hs, d_h, w_hh)
+            d_pre = list(python_backward_loop(ctx.mode, hs, d_h, w_hh).unbind(0))  # views
         d_h0 = d_h.new_empty(d_h.shape[:1] + d_h.shape[2:])  # (D, B, H)
         for d in range(num_directions):
-            torch.mm(d_pre[d, 0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
+            torch.mm(d_pre[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
         # The chain is done: free the step gradients before the weight gradients are allocated
         # (they would otherwise set the step's peak memory).
         del d_h
@@ -124,12 +122,14 @@ class RNNLayer(torch.autograd.Function):
         grads = [None] * (ctx.num_inputs)
         grads[1] = d_h0 if needs[1] else None
         if any(needs[3:]):  # W_hh and biases first: d_pre is handed over to the input side next
-            prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, H)
-            d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D, H, T*B) @ (D, T*B, H)
-            d_bias = d_pre.sum((1, 2))  # (D, H)
-        # Hand d_pre over (no reference kept here) so it is freed once direction 0 is done.
-        handed_over = [d_pre]
-        del d_pre
+            d_w_hh = [
+                step_grads.reshape(-1, step_grads.shape[-1]).t() @ prev.reshape(-1, prev.shape[-1])
+                for step_grads, prev in zip(d_pre, hs[:, :num_steps])
+            ]  # D x (H, T*B) @ (T*B, H)
+            d_bias = [step_grads.sum((0, 1)) for step_grads in d_pre]  # D x (H,)
+        # Hand d_pre over (no reference kept here) so each direction's buffer is freed once its
+        # input-side gradients are done.
+        handed_over, d_pre = d_pre, None
         grads[0], d_w_ih = timeline.input_side_grads(
             handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:])
         )  # (T, B, I), D x (H, I)

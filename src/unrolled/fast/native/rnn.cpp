@@ -65,11 +65,12 @@ void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef li
 }
 
 // Backward: d_pre_s = dh_s * act'(h_s); dh_{s-1} += d_pre_s @ W_hh, with w_hh D x (H, H)
-// (a list: stacking would copy the weights of two directions for the whole loop).
+// (a list: stacking would copy the weights of two directions for the whole loop) and d_pre
+// D x (T, B, H) (one buffer per direction, so that each can be freed on its own).
 // d_h (D, T, B, H) holds the gradient reaching each h_s and ends holding each full dh_s.
 template <typename T>
-void backward_loop(const Tensor& hs, Tensor& d_h, at::TensorList w_hh, Tensor& d_pre, bool relu,
-                   at::IntArrayRef live) {
+void backward_loop(const Tensor& hs, Tensor& d_h, at::TensorList w_hh, at::TensorList d_pre,
+                   bool relu, at::IntArrayRef live) {
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), step = batch * hidden;
   const auto options = hs.options();
@@ -77,7 +78,7 @@ void backward_loop(const Tensor& hs, Tensor& d_h, at::TensorList w_hh, Tensor& d
     const Tensor& w = w_hh[d];  // (H, H)
     const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
     T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
-    T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, H)
+    T* d_pre_base = d_pre[d].data_ptr<T>();  // (T, B, H)
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
       T* d_pre_s = d_pre_base + s * step;
@@ -101,10 +102,13 @@ void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live
   });
 }
 
-void rnn_backward(const Tensor& hs, Tensor d_h, at::TensorList w_hh, Tensor d_pre, bool relu,
-                  at::IntArrayRef live) {
-  TORCH_CHECK(hs.is_contiguous() && d_h.is_contiguous() && d_pre.is_contiguous(),
-              "unrolled native RNN: hs, d_h and d_pre must be contiguous");
+void rnn_backward(const Tensor& hs, Tensor d_h, at::TensorList w_hh, at::TensorList d_pre,
+                  bool relu, at::IntArrayRef live) {
+  TORCH_CHECK(hs.is_contiguous() && d_h.is_contiguous(),
+              "unrolled native RNN: hs and d_h must be contiguous");
+  for (const Tensor& t : d_pre) {
+    TORCH_CHECK(t.is_contiguous(), "unrolled native RNN: d_pre must be contiguous");
+  }
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
     backward_loop<scalar_t>(hs, d_h, w_hh, d_pre, relu, live);
   });
@@ -116,7 +120,7 @@ void rnn_backward(const Tensor& hs, Tensor d_h, at::TensorList w_hh, Tensor d_pr
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live) -> ()",
         &unrolled::rnn_forward);
-  m.def("rnn_backward(Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, Tensor(b!) d_pre, bool relu, "
+  m.def("rnn_backward(Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, Tensor(b!)[] d_pre, bool relu, "
         "int[] live) -> ()",
         &unrolled::rnn_backward);
 }
