@@ -112,9 +112,18 @@ def free_port() -> int:
 def ddp_results(tmp_path_factory):
     """Spawn the 2 ranks once; they train every backend x mode and save their parameters."""
     result_dir = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(
-        _worker, args=(free_port(), str(result_dir)), nprocs=WORLD_SIZE, start_method="spawn"
-    )
+    # The port is free when chosen but may be taken before rank 0 binds it (other tests, other
+    # xdist workers start processes too): on a failed start, try again on a new port.
+    for attempt in range(3):
+        try:
+            mp.start_processes(
+                _worker, args=(free_port(), str(result_dir)), nprocs=WORLD_SIZE,
+                start_method="spawn",
+            )  # fmt: skip
+            return result_dir
+        except mp.ProcessRaisedException:
+            if attempt == 2:
+                raise
     return result_dir
 
 
