@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from . import native
 
 
 class Timeline:
@@ -264,6 +265,17 @@ def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
 def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[tuple]:
     """The flat ``D * 5`` weight arguments of a layer Function back into ``D`` tuples."""
     return [tuple(flat[5 * d : 5 * d + 5]) for d in range(num_directions)]
+
+
+def remember(ctx, mode: str, num_directions: int, timeline: Timeline, tensors: Sequence) -> None:
+    """What every layer Function's backward needs besides its saved tensors: the layer's
+    configuration, its ``Timeline``, the number of differentiable inputs (``x, h0, c0`` and the
+    flat weights), and whether the forward ran the native loops (the backward takes the same
+    path: the two keep their buffers differently)."""
+    ctx.mode, ctx.num_directions, ctx.timeline = mode, num_directions, timeline
+    ctx.lengths = timeline.lengths
+    ctx.num_inputs = len(tensors)
+    ctx.native = native.usable(tensors[0]) is not None
 
 
 def reference_double_backward(ctx, mode: str, grads: Sequence[Tensor]) -> tuple:

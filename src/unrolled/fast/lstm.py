@@ -31,6 +31,7 @@ from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    remember,
     row_major,
     stack_directions,
     unbatched_flat_weights,
@@ -243,11 +244,7 @@ class LSTMLayer(torch.autograd.Function):
         output, h_n, c_n, buffers = lstm_layer_forward(
             mode, num_directions, timeline, x, h0, c0, flat, keep=True
         )
-        ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
-            mode, num_directions, lengths, timeline,
-        )  # fmt: skip
-        ctx.num_inputs = 3 + len(flat)
-        ctx.native = native.usable(x) is not None  # backward takes the same path
+        remember(ctx, mode, num_directions, timeline, (x, h0, c0, *flat))
         ctx.save_for_backward(x, h0, c0, *flat, *buffers)
         return output, h_n, c_n
 

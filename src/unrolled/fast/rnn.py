@@ -19,6 +19,7 @@ from .layer import (
     Timeline,
     project,
     reference_double_backward,
+    remember,
     row_major,
     stack_directions,
     unbatched_flat_weights,
@@ -84,11 +85,7 @@ class RNNLayer(torch.autograd.Function):
     def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
         timeline = Timeline(x.shape[0], lengths)
         output, h_n, hs = rnn_layer_forward(mode, num_directions, timeline, x, h0, c0, flat)
-        ctx.mode, ctx.num_directions, ctx.lengths, ctx.timeline = (
-            mode, num_directions, lengths, timeline,
-        )  # fmt: skip
-        ctx.num_inputs = 3 + len(flat)
-        ctx.native = native.usable(x) is not None  # backward takes the same path
+        remember(ctx, mode, num_directions, timeline, (x, h0, c0, *flat))
         ctx.save_for_backward(x, h0, c0, *flat, hs)
         return output, h_n
 
