@@ -147,14 +147,20 @@ def python_backward_loop(
     return factors.flatten(3), dh
 
 
-def hidden_side_grads(factors: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
+def hidden_side_grads(x_side: Tensor, n_h: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor]:
     """One direction's ``d_W_hh (3H, H)`` (torch's rows r, z, n) and the sums ``(4, H)`` of
     ``[n_x, r, z, n_h]`` over all steps and rows (the bias gradients), from its step-major
-    ``factors (T, B, 4H)`` and the states ``h_prev (T, B, H)`` the steps started from."""
+    gradients ``x_side (T, B, 3H)`` (``[n_x, r, z]``) and ``n_h (T, B, H)``, and the states
+    ``h_prev (T, B, H)`` the steps started from (any strides that flatten to rows)."""
     hidden = h_prev.shape[-1]
-    rows = factors.reshape(-1, 4 * hidden)  # (T*B, 4H)
-    d_w_hh = rows[:, hidden:].t() @ h_prev.reshape(-1, hidden)  # (3H, T*B) @ (T*B, H)
-    return d_w_hh, rows.sum(0).view(4, hidden)
+    rows = x_side.reshape(-1, 3 * hidden)  # (T*B, 3H)
+    a_rows = n_h.reshape(-1, hidden)  # (T*B, H)
+    prev = h_prev.reshape(-1, hidden)  # (T*B, H)
+    d_w_hh = h_prev.new_empty(3 * hidden, hidden)
+    torch.mm(rows[:, hidden:].t(), prev, out=d_w_hh[: 2 * hidden])  # (2H, T*B) @ (T*B, H)
+    torch.mm(a_rows.t(), prev, out=d_w_hh[2 * hidden :])  # (H, T*B) @ (T*B, H)
+    sums = torch.cat([rows.sum(0), a_rows.sum(0)]).view(4, hidden)  # [n_x, r, z, n_h]
+    return d_w_hh, sums
 
 
 class GRULayer(torch.autograd.Function):
@@ -184,31 +190,33 @@ class GRULayer(torch.autograd.Function):
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
         kernels = native.usable(x) if ctx.native else None
         if kernels is not None:  # the same loop in C++, W_hh per direction (no copy)
-            # One factor buffer per direction: each is freed as soon as its gradients are done.
-            factors = [hh.new_empty(num_steps, batch, 4 * hidden) for _ in range(num_directions)]
+            # Per direction, [n_x, r, z] (what W_ih saw) and n_h in buffers of their own: each
+            # is freed as soon as it is spent (n_h after d_W_hh, the rest after the input side).
+            shape = (num_steps, batch)
+            x_side = [hh.new_empty(*shape, 3 * hidden) for _ in range(num_directions)]
+            n_h = [hh.new_empty(*shape, hidden) for _ in range(num_directions)]
             dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
             w_hh = [w[1] for w in weights]  # D x (3H, H)
-            kernels.gru_backward(hh, n, hs, d_h, w_hh, factors, dh, timeline.live_rows)
+            kernels.gru_backward(hh, n, hs, d_h, w_hh, x_side, n_h, dh, timeline.live_rows)
         else:
             # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop,
             # so it is not there when the weight gradients set the peak).
             w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
-            stacked, dh = python_backward_loop(n, hh, hs, d_h, w_hh)
-            factors = list(stacked.unbind(0))  # views of one buffer
+            stacked, dh = python_backward_loop(n, hh, hs, d_h, w_hh)  # (D, T, B, 4H)
+            x_side = list(stacked[..., : 3 * hidden].unbind(0))  # views of one buffer
+            n_h = list(stacked[..., 3 * hidden :].unbind(0))
             del stacked
         del d_h, w_hh
-        # Per direction (T, B, 4H) as [n_x, r, z, n_h]: what W_ih saw is the first three blocks
-        # (rows n, r, z), what W_hh saw the last three (rows r, z, n, torch's order).
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
 
         grads = [None] * ctx.num_inputs
         grads[1] = dh
         if any(needs[3:]):  # W_hh and biases first: the factors are handed over to the input side
-            d_w_hh, d_sums = zip(*(hidden_side_grads(f, p) for f, p in zip(factors, h_prev)))
-        # Hand the W_ih-side views over with no other reference to the factors left here, so
-        # each direction's buffer is freed once its input-side gradients are done.
-        handed_over = [f[..., : 3 * hidden] for f in factors]  # D x (T, B, 3H)
-        del factors
+            d_w_hh, d_sums = zip(*map(hidden_side_grads, x_side, n_h, h_prev))
+        del n_h
+        # Hand [n_x, r, z] over with no other reference to them left here, so each direction's
+        # buffer is freed once its input-side gradients are done.
+        handed_over, x_side = x_side, None
         # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
             handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden

@@ -48,11 +48,12 @@ void forward_rows(const T* xw, T* hh, const T* b_hn, T* n_out, const T* h_prev, 
 //   d_pre_n = dh (1 - z)(1 - n^2)          (what x_n, W_in saw)
 //   d_pre_r = d_pre_n * a * r (1 - r)       d_pre_z = dh (h_prev - n) z (1 - z)
 //   d_a     = d_pre_n * r                   (what W_hn, b_hn saw)
-// into the (B, 4H) block [n_x, r, z, n_h]; and dh_prev_direct = dh * z (the lerp's own path),
+// into the (B, 3H) block [n_x, r, z] and the (B, H) block d_a (n_h); and dh_prev_direct =
+// dh * z (the lerp's own path),
 // added to `dh_prev` (the gradient already reaching h_{s-1} from the output).
 template <typename T>
 void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* factors,
-                   T* dh_prev, int64_t first, int64_t last, int64_t hidden) {
+                   T* d_a_out, T* dh_prev, int64_t first, int64_t last, int64_t hidden) {
   for (int64_t b = first; b < last; ++b) {
     const T* r = hh + b * 3 * hidden;
     const T* z = r + hidden;
@@ -60,10 +61,10 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* 
     const T* n = n_in + b * hidden;
     const T* h_prev_row = h_prev + b * hidden;
     const T* dh_row = dh + b * hidden;
-    T* d_n = factors + b * 4 * hidden;
+    T* d_n = factors + b * 3 * hidden;
     T* d_r = d_n + hidden;
     T* d_z = d_r + hidden;
-    T* d_a = d_z + hidden;
+    T* d_a = d_a_out + b * hidden;
     T* dh_prev_row = dh_prev + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
@@ -111,39 +112,46 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
 }
 
 // Backward. d_h (D, T, B, H) holds the gradient reaching each h_s (from the output and h_n)
-// and is updated in place; factors, D x (T, B, 4H) (one buffer per direction, so that each can
-// be freed on its own), gets [n_x, r, z, n_h] per step; d_h0 (D, B, H)
+// and is updated in place; factors, D x (T, B, 3H), gets [n_x, r, z] per step and d_a,
+// D x (T, B, H), n_h (separate buffers per direction and kind, so that each can be freed as
+// soon as it is spent: d_a after d_W_hh, the factors after the input side); d_h0 (D, B, H)
 // gets the gradient of h_0. w_hh: D x (3H, H), torch's rows (r, z, n) (a list: stacking
 // would copy the weights of two directions for the whole loop).
 template <typename T>
 void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor& d_h,
-                   at::TensorList w_hh, at::TensorList factors, Tensor& d_h0,
-                   at::IntArrayRef live) {
+                   at::TensorList w_hh, at::TensorList factors, at::TensorList d_a,
+                   Tensor& d_h0, at::IntArrayRef live) {
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gates = 3 * hidden, step = batch * hidden;
   const auto options = hh.options();
   for_directions(directions, batch * hidden * gates, [&](int64_t d) {
-    const Tensor& w = w_hh[d];  // (3H, H)
+    const Tensor w_rz = w_hh[d].narrow(0, 0, 2 * hidden);  // (2H, H)
+    const Tensor w_n = w_hh[d].narrow(0, 2 * hidden, hidden);  // (H, H)
     const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
     const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
     const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
     T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
-    T* f_base = factors[d].data_ptr<T>();  // (T, B, 4H)
+    T* f_base = factors[d].data_ptr<T>();  // (T, B, 3H): [n_x, r, z]
+    T* a_base = d_a[d].data_ptr<T>();  // (T, B, H): n_h
     T* dh0 = d_h0.select(0, d).data_ptr<T>();  // (B, H)
     std::memset(dh0, 0, step * sizeof(T));
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
-      T* f_s = f_base + s * batch * 4 * hidden;
+      T* f_s = f_base + s * batch * gates;
+      T* a_s = a_base + s * step;
       T* dh_prev = s > 0 ? dh_base + (s - 1) * step : dh0;
       for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
         backward_rows<T>(hh_base + s * batch * gates, n_base + s * step, h_base + s * step,
-                         dh_base + s * step, f_s, dh_prev, first, last, hidden);
+                         dh_base + s * step, f_s, a_s, dh_prev, first, last, hidden);
       });
-      zero_rows(f_s, rows, batch, 4 * hidden);
-      // dh_{s-1} += [d_pre_r, d_pre_z, d_a] @ W_hh: (rows, 3H) (row stride 4H) @ (3H, H)
+      zero_rows(f_s, rows, batch, gates);
+      zero_rows(a_s, rows, batch, hidden);
+      // dh_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) (row stride 3H) @
+      // (2H, H) and (rows, H) @ (H, H)
       Tensor target = matrix(dh_prev, rows, hidden, options);
-      Tensor grad = at::from_blob(f_s + hidden, {rows, gates}, {4 * hidden, 1}, options);
-      add_matmul_(target, grad, w);
+      Tensor grad_rz = at::from_blob(f_s + hidden, {rows, 2 * hidden}, {gates, 1}, options);
+      add_matmul_(target, grad_rz, w_rz);
+      add_matmul_(target, matrix(a_s, rows, hidden, options), w_n);
     }
   });
 }
@@ -159,7 +167,7 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor
 }
 
 void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor d_h,
-                  at::TensorList w_hh, at::TensorList factors, Tensor d_h0,
+                  at::TensorList w_hh, at::TensorList factors, at::TensorList d_a, Tensor d_h0,
                   at::IntArrayRef live) {
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
                   d_h.is_contiguous() && d_h0.is_contiguous(),
@@ -167,8 +175,11 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor d
   for (const Tensor& f : factors) {
     TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: factors must be contiguous");
   }
+  for (const Tensor& f : d_a) {
+    TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: d_a must be contiguous");
+  }
   AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
-    backward_loop<scalar_t>(hh, ns, hs, d_h, w_hh, factors, d_h0, live);
+    backward_loop<scalar_t>(hh, ns, hs, d_h, w_hh, factors, d_a, d_h0, live);
   });
 }
 
@@ -180,6 +191,6 @@ TORCH_LIBRARY_FRAGMENT(unrolled, m) {
         "Tensor b_hn, int[] live) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, "
-        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live) -> ()",
+        "Tensor(b!)[] factors, Tensor(c!)[] d_a, Tensor(d!) d_h0, int[] live) -> ()",
         &unrolled::gru_backward);
 }
