@@ -1,11 +1,12 @@
 """The fast backend: same contract and same numbers as :func:`unrolled.reference.run`, faster.
 
-Each layer runs both directions in lockstep (see :mod:`.layer`), with the input projection
-hoisted into one GEMM per direction and a hand-written backward per cell family
-(:mod:`.rnn`, :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer
-``l``'s output to layer ``l+1``, applies dropout between layers with ``stack``'s own function (the
-same random draws on the same rows, so the masks match torch's and the reference's), and stacks the
-final states in torch's row order ``l * D + d``.
+Each layer runs both directions over the same step-major buffers (see :mod:`.layer`), with the
+input projection hoisted into one GEMM per direction, the time loop in C++ where the native
+loops are built (:mod:`.native`; per-step torch ops otherwise) and a hand-written backward per
+cell family (:mod:`.rnn`, :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it
+feeds layer ``l``'s output to layer ``l+1``, applies dropout between layers with ``stack``'s own
+function (the same random draws on the same rows, so the masks match torch's and the
+reference's), and stacks the final states in torch's row order ``l * D + d``.
 
 Only float32 and float64 take the fast path; other dtypes (bfloat16, float16) run the reference
 backend, whose per-step cell math handles them, and so does code traced by ``torch.compile``.

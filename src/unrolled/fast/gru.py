@@ -9,10 +9,11 @@ r"""GRU layer in torch's formulation, both directions at once: forward loop and 
 so it rides with the per-step matmul and ``a`` is saved for the backward, which is also why
 ``b_hh``'s n-block gradient differs from ``b_ih``'s.
 
-The backward keeps per step one ``(D, B, 4, H)`` block ``[n_x, r, z, n_h]`` of pre-activation
-gradients: the first three are what ``W_ih`` saw (rows ``n, r, z``), the last three what
-``W_hh`` saw (rows ``r, z, n``, torch's order), so both weight gradients are one GEMM over a
-contiguous slice.
+The backward keeps per step the pre-activation gradients ``[n_x, r, z, n_h]``: the first three
+are what ``W_ih`` saw (rows ``n, r, z``), the last three what ``W_hh`` saw (rows ``r, z, n``,
+torch's order). The Python loop keeps them as one ``(D, T, B, 4H)`` block, so that both weight
+gradients are one GEMM over a contiguous slice; the native loop keeps ``[n_x, r, z]`` and
+``n_h`` in separate buffers per direction, so that each is freed as soon as it is spent.
 """
 
 from __future__ import annotations

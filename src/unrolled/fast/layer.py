@@ -1,7 +1,8 @@
 """What every cell family of the fast backend shares: one layer, both directions at once.
 
-The fast loops run both directions of a layer in lockstep, ``s = 0 .. T-1``, so that one batched
-matmul per step advances both. To make that possible every per-step buffer is *step-major*:
+The fast loops run both directions of a layer over the same steps ``s = 0 .. T-1``: the Python
+loops in lockstep, so that one batched matmul per step advances both; the native loops each
+direction on its own thread. To make that possible every per-step buffer is *step-major*:
 ``(D, T, B, *)`` where ``[0, s]`` is time ``t = s`` and ``[1, s]`` is the reverse direction's
 ``s``-th step. Without ``lengths`` that is time ``T-1-s``; with ``lengths`` each sequence is
 reversed inside its own length, ``t = lengths[b]-1-s`` (the reverse direction starts at the

@@ -264,7 +264,8 @@ class LSTMLayer(torch.autograd.Function):
         # torch's rolled by one block (`rolled` below puts gradients back in torch's order).
         order = None if kernels is not None else TO_OURS
         rolled = 0 if kernels is not None else hidden
-        w_hh = stack_directions([w[1] if order is None else reorder(w[1], order) for w in weights])
+        w_hh = [w[1] if order is None else reorder(w[1], order) for w in weights]
+        w_hh = stack_directions(w_hh)  # (D, 4H, P)
         w_hr = stack_directions([w[4] for w in weights]) if projected else None  # (D, P, H)
 
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)

@@ -3,9 +3,10 @@ r"""Elman RNN layer (tanh or ReLU), both directions at once: forward loop and ha
 .. math::  h_s = act(\underbrace{W_{ih} x_s + b_{ih} + b_{hh}}_{\text{hoisted: one GEMM}}
            + W_{hh} h_{s-1})
 
-Per step the forward does one batched matmul (both directions) and one in-place activation,
-writing straight into the step-major state buffer ``hs (D, T+1, B, H)`` that already holds the
-hoisted projection. The backward runs only the chain ``d_pre_s = dh_s * act'(.)``,
+Per step the forward does one matmul and one in-place activation (the Python loop both
+directions in one batched matmul, the native loop each direction on its own thread), writing
+straight into the step-major state buffer ``hs (D, T+1, B, H)`` that already holds the hoisted
+projection. The backward runs only the chain ``d_pre_s = dh_s * act'(.)``,
 ``dh_{s-1} = d_pre_s @ W_hh`` per step, then one GEMM per weight over all steps.
 """
 

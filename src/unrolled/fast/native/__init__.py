@@ -4,12 +4,14 @@ The per-step work of a recurrent layer is one small GEMM plus the cell's element
 Python that math is 6-8 separate torch kernels per step, each paying dispatch overhead and each
 re-reading the gate buffer; at small sizes that overhead, not arithmetic, is the step's time.
 The files here run the whole time loop in C++: the recurrent GEMM through ATen (the same BLAS
-torch uses) and the elementwise math as one vectorised pass per batch row. The buffers and
-equations are exactly the Python loops' (``unrolled/fast/lstm.py``), which stay the fallback
-and the readable specification of what the loops do.
+torch uses) and the elementwise math as one vectorised pass per batch row. The equations are
+the Python loops' (``unrolled/fast/lstm.py``, ``gru.py``, ``rnn.py``), which stay the fallback
+and the readable specification of what the loops do; each ``*.cpp`` file's header says which
+buffers it shares with them and where it lays them out differently (the LSTM loop keeps torch's
+gate order).
 
 The extension is built with :func:`torch.utils.cpp_extension.load` the first time a layer
-needs it (about 15 s; cached afterwards under torch's extension directory) and requires a C++
+needs it (about 20 s; cached afterwards under torch's extension directory) and requires a C++
 compiler. Without one, or with ``UNROLLED_NATIVE=0`` in the environment, the fast backend uses
 its Python loops: same numbers, slower at small sizes. :func:`status` says which is in use.
 """
