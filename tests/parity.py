@@ -27,8 +27,13 @@ def assert_close(name, got, expected, dtype):
     torch.testing.assert_close(got, expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
-def run_and_grad(module, inputs, hx, grad_seed=1234):
-    """Forward, then backward of a random projection of every output; return values and grads."""
+def run_and_grad(module, inputs, hx, grad_seed=1234, retain_graph=False):
+    """Forward, then backward of a random projection of every output; return values and grads.
+
+    With ``retain_graph``, the backward runs twice on the same graph, first keeping it (the
+    layers must leave their saved buffers intact), then releasing it (they may write over
+    them); both must give the same gradients (within the dtype's tolerance: a GEMM's last bits
+    may depend on its buffers' alignment), the second pass's are returned."""
     out = module(*inputs) if hx is None else module(*inputs, hx)
     values = leaves(out)
     gen = torch.Generator().manual_seed(grad_seed)
@@ -37,7 +42,14 @@ def run_and_grad(module, inputs, hx, grad_seed=1234):
     )
     grad_targets = [t for t in leaves(inputs) + (leaves(hx) if hx is not None else [])]
     params = list(module.parameters())
-    grads = torch.autograd.grad(loss, grad_targets + params, allow_unused=True)
+    targets = grad_targets + params
+    if retain_graph:
+        kept = torch.autograd.grad(loss, targets, allow_unused=True, retain_graph=True)
+    grads = torch.autograd.grad(loss, targets, allow_unused=True)
+    if retain_graph:
+        for k, (a, b) in enumerate(zip(kept, grads)):
+            if a is not None or b is not None:
+                assert_close(f"grad {k} (kept graph vs released)", a, b, b.dtype)
     names = [f"input[{i}]" for i in range(len(grad_targets))] + [
         n for n, _ in module.named_parameters()
     ]
@@ -62,12 +74,15 @@ def clone_structure(value):
     return tuple(clone_structure(v) for v in value)
 
 
-def compare(ours, theirs, inputs, hx=None, dtype=torch.float64):
-    """Assert unrolled ``ours`` equals torch ``theirs``: outputs, states, all gradients.
+def compare(ours, theirs, inputs, hx=None, dtype=torch.float64, retain_graph=False):
+    """Assert unrolled ``ours`` equals torch ``theirs``: outputs, states, all gradients
+    (``retain_graph``: of a backward that keeps the graph and of one that then releases it).
 
     Returns the largest absolute error seen (for the closing note's statistics).
     """
-    ours_values, ours_grads = run_and_grad(ours, clone_structure(inputs), clone_structure(hx))
+    ours_values, ours_grads = run_and_grad(
+        ours, clone_structure(inputs), clone_structure(hx), retain_graph=retain_graph
+    )
     their_values, their_grads = run_and_grad(theirs, clone_structure(inputs), clone_structure(hx))
     worst = 0.0
     assert len(ours_values) == len(their_values)

@@ -210,3 +210,64 @@ def test_large_lstm_weights_take_mkls_packed_gemm(bidirectional):
     ours = unrolled.from_torch(theirs, backend="fast")
     x = torch.randn(4, 2, 3, requires_grad=True)
     compare(ours, theirs, (x,), dtype=torch.float32)
+
+
+def test_graph_released_says_whether_the_backward_frees_the_graph():
+    """The layers write gradients over their saved buffers only when this is True."""
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(native.graph_released())
+            return grad * 2
+
+    x = torch.randn(3, requires_grad=True)
+    Probe.apply(x).sum().backward()
+    Probe.apply(x).sum().backward(retain_graph=True)
+    torch.autograd.grad(Probe.apply(x).sum(), x)
+    torch.autograd.grad(Probe.apply(x).sum(), x, retain_graph=True)
+    torch.autograd.grad(Probe.apply(x).sum(), x, create_graph=True)  # retains by default
+    released = native.ops() is not None  # without the native ops: always the safe False
+    assert seen == [released, False, released, False, False]
+    assert native.graph_released() is False  # outside any backward
+
+
+@needs_native
+@pytest.mark.parametrize("mode,bidirectional,proj,lengths,bias", CASES)
+def test_kept_and_released_graphs_both_equal_torch(mode, bidirectional, proj, lengths, bias):
+    """A backward that keeps the graph leaves the saved buffers as they were (the second
+    backward reads them); the one that releases it writes its gradients over them."""
+    torch.manual_seed(6)
+    ours, theirs = make_pair(mode, bidirectional, proj, bias)
+    compare(ours, theirs, make_input(lengths), retain_graph=True)
+
+
+@needs_native
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
+def test_released_backward_reuses_the_saved_buffers(mode):
+    """The released path is the one taken by default: the gradients land in the saved gate
+    buffers (LSTM, GRU) or the saved states take the reverse direction's gradient (RNN, two
+    directions), so those buffers differ after a plain backward and not after a kept one."""
+    torch.manual_seed(7)
+    ours, _ = make_pair(mode, True, 0, True, layers=1)
+    x = torch.randn(9, 6, 5, dtype=torch.float64, requires_grad=True)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    for retain, changes in ((True, False), (False, True)):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = ours(x)[0]
+        internal = saved[-3 if mode in ("LSTM", "GRU") else -1 :]  # the layer's own buffers
+        before = [t.clone() for t in internal]
+        out.sum().backward(retain_graph=retain)
+        changed = [not torch.equal(a, b) for a, b in zip(before, internal)]
+        assert any(changed) == changes, (retain, changed)

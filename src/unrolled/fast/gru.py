@@ -188,26 +188,33 @@ class GRULayer(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         num_steps, batch, _ = x.shape
         hidden = hs.shape[-1]
-        d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
         kernels = native.usable(x) if ctx.native else None
+        scratch = None  # where the input side may put the reverse direction in time order
         if kernels is not None:  # the same loop in C++, W_hh per direction (no copy)
             # Per direction, [n_x, r, z] (what W_ih saw) and n_h in buffers of their own: each
             # is freed as soon as it is spent (n_h after d_W_hh, the rest after the input side).
-            shape = (num_steps, batch)
-            x_side = [hh.new_empty(*shape, 3 * hidden) for _ in range(num_directions)]
-            n_h = [hh.new_empty(*shape, hidden) for _ in range(num_directions)]
+            # n_h takes the place of the step gradients it is computed from.
+            n_h = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
+            if native.graph_released():
+                # No one reads hh after this backward: [n_x, r, z] overwrite its [r, z, a] (same
+                # shape), and once direction 0 is spent its rows take the reverse direction.
+                x_side = list(hh.unbind(0))  # D x (T, B, 3H) views
+                scratch = x_side[0]
+            else:  # a later backward will read hh again
+                x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
             dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
             w_hh = [w[1] for w in weights]  # D x (3H, H)
-            kernels.gru_backward(hh, n, hs, d_h, w_hh, x_side, n_h, dh, timeline.live_rows)
+            kernels.gru_backward(hh, n, hs, n_h, w_hh, x_side, dh, timeline.live_rows)
         else:
+            d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
             # Stacked for one baddbmm per step (a copy when D = 2: freed right after the loop,
             # so it is not there when the weight gradients set the peak).
             w_hh = stack_directions([w[1] for w in weights])  # (D, 3H, H)
             stacked, dh = python_backward_loop(n, hh, hs, d_h, w_hh)  # (D, T, B, 4H)
             x_side = list(stacked[..., : 3 * hidden].unbind(0))  # views of one buffer
             n_h = list(stacked[..., 3 * hidden :].unbind(0))
-            del stacked
-        del d_h, w_hh
+            del stacked, d_h
+        del w_hh
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
 
         grads = [None] * ctx.num_inputs
@@ -215,12 +222,17 @@ class GRULayer(torch.autograd.Function):
         if any(needs[3:]):  # W_hh and biases first: the factors are handed over to the input side
             d_w_hh, d_sums = zip(*map(hidden_side_grads, x_side, n_h, h_prev))
         del n_h
-        # Hand [n_x, r, z] over with no other reference to them left here, so each direction's
-        # buffer is freed once its input-side gradients are done.
-        handed_over, x_side = x_side, None
-        # d_pre_x's (n, r, z) is torch's (r, z, n) rolled by one block.
+        # [n_x, r, z] are handed over (the list is emptied), so each direction's own buffer is
+        # freed once its input-side gradients are done. Their (n, r, z) is torch's (r, z, n)
+        # rolled by one block.
         grads[0], d_w_ih = timeline.input_side_grads(
-            handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=hidden
+            x_side,
+            x,
+            [w[0] for w in weights],
+            needs[0],
+            any(needs[3:]),
+            rolled=hidden,
+            scratch=scratch,
         )  # (T, B, I), D x (3H, I) in torch's order
         if any(needs[3:]):
             for d in range(num_directions):

@@ -113,19 +113,29 @@ class Timeline:
         index = self.lengths.view(1, 1, -1, 1).expand(states.shape[0], 1, -1, states.shape[-1])
         return states.gather(1, index).squeeze(1)  # (D, B, X)
 
-    def step_major_grad(self, d_output: Tensor, num_directions: int, d_final: Tensor) -> Tensor:
+    def step_major_grad(
+        self, d_output: Tensor, num_directions: int, d_final: Tensor, separate: bool = False
+    ) -> Tensor | list[Tensor]:
         """Output gradient ``(T, B, D*P)`` and final-state gradient ``(D, B, P)`` -> the
-        gradient arriving at each step's hidden state, step-major ``(D, T, B, P)``."""
+        gradient arriving at each step's hidden state, step-major ``(D, T, B, P)``; with
+        ``separate``, as ``D`` tensors ``(T, B, P)`` of their own storage (a loop that turns
+        them into per-direction gradients in place can then free each on its own)."""
         num_steps, batch, _ = d_output.shape
         per_direction = d_output.unflatten(2, (num_directions, -1))  # (T, B, D, P)
-        grad = d_output.new_empty(num_directions, num_steps, batch, d_final.shape[-1])
-        grad[0] = per_direction[:, :, 0]
+        shape = (num_steps, batch, d_final.shape[-1])
+        if separate:
+            grads = [d_output.new_empty(shape) for _ in range(num_directions)]  # D x (T, B, P)
+        else:
+            stacked = d_output.new_empty(num_directions, *shape)  # (D, T, B, P)
+            grads = list(stacked.unbind(0))
+        grads[0].copy_(per_direction[:, :, 0])
         if num_directions == 2:
-            self.reverse(per_direction[:, :, 1], out=grad[1])  # no (T, B, P) temporary
-        if self.padding is not None:
-            grad.masked_fill_(self.padding, 0)  # no gradient from padded outputs
-        self.add_at_final_step_(grad, d_final)
-        return grad
+            self.reverse(per_direction[:, :, 1], out=grads[1])  # no (T, B, P) temporary
+        for d, grad in enumerate(grads):
+            if self.padding is not None:
+                grad.masked_fill_(self.padding, 0)  # no gradient from padded outputs
+            self.add_at_final_step_(grad.unsqueeze(0), d_final[d : d + 1])
+        return grads if separate else stacked
 
     def add_at_final_step_(self, grad: Tensor, d_final: Tensor) -> None:
         """``grad (D, T, B, X)[:, lengths[b]-1, b] += d_final (D, B, X)``, in place."""
@@ -137,37 +147,37 @@ class Timeline:
 
     def input_side_grads(
         self,
-        d_pre: Tensor | list[Tensor],
+        d_pre: list[Tensor],
         x: Tensor,
         w_ih: Sequence[Tensor],
         need_input: bool,
         need_weights: bool,
         rolled: int = 0,
+        scratch: Tensor | None = None,
     ) -> tuple[Tensor | None, list[Tensor] | None]:
         """Gradients of the layer input and of each ``W_ih`` from the step-major gradient of the
         input projection, one GEMM (per gate-row block) each over all steps.
 
         Args:
-            d_pre: ``(D, T, B, G)`` gradient of ``x_d @ W_ih_d^T`` (any row stride), or a list
-                holding it as its only element, or a list of ``D`` per-direction ``(T, B, G)``
-                step-major gradients (each its own storage). From a list this function takes
-                the tensors out and, the caller holding no other reference to their storage,
-                frees each as soon as it is spent (with one stacked buffer: once direction 0 is
-                done, when only the reverse direction's time-major copy is still needed), so
+            d_pre: ``D`` step-major ``(T, B, G)`` gradients of ``x_d @ W_ih_d^T`` (rows of any
+                stride). This function takes them out of the list and, the caller holding no
+                other reference, frees each one that owns its storage as soon as it is spent, so
                 they never all live next to every weight gradient.
             x: the layer input ``(T, B, I)``, time-major.
             w_ih: ``D`` weights ``(G, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
-                rows first), as the LSTM and GRU loops keep them; 0 for torch's order. Handled
-                by splitting the GEMMs instead of copying (large) weights into another order.
+                rows first), as the Python LSTM and GRU loops keep them; 0 for torch's order.
+                Handled by splitting the GEMMs instead of copying (large) weights into another
+                order.
+            scratch: a contiguous ``(T, B, G)`` buffer that nobody reads any more, for the
+                reverse direction's gradient put back in time order: ``d_pre[0]`` when it is a
+                view of a buffer that stays alive anyway (it is spent before the copy is
+                made), or a saved buffer of the layer that the released graph drops after this
+                backward. None allocates one.
 
         Returns:
             ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
         """
-        owned = isinstance(d_pre, list)
-        separate = owned and d_pre[0].dim() == 3  # one buffer per direction
-        if owned and not separate:
-            d_pre = d_pre.pop()
         num_steps, batch, gates = d_pre[0].shape
         rows = num_steps * batch
         # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
@@ -195,25 +205,11 @@ class Timeline:
         # Direction 0 is already in time order. The reverse direction is put back in time order
         # once (T*B*G), after direction 0 is done; then both gradients use x as it is, and
         # neither x nor the input gradient is ever reversed.
-        if separate:  # free each direction's buffer once it is spent
-            buffers, d_pre = d_pre, None
-            buffers.reverse()
-            one_direction(buffers.pop(), w_ih[0])
-            if len(w_ih) == 2:
-                reverse_time_major = self.reverse(buffers.pop())  # (T, B, G); the step one freed
-                one_direction(reverse_time_major, w_ih[1])
-            if d_x is not None and self.padding is not None:
-                d_x.masked_fill_(self.padding, 0)
-            return d_x, d_w
-        one_direction(d_pre[0], w_ih[0])
+        buffers = d_pre[::-1]  # popped in direction order; the caller's list is emptied
+        d_pre.clear()
+        one_direction(buffers.pop(), w_ih[0])
         if len(w_ih) == 2:
-            if owned and x.shape[-1] < rows:
-                # Direction 0's rows are spent: reverse into them. Keeping d_pre alive for the
-                # reverse direction's d_W_ih (G*I) costs less than a new (T*B*G) copy then.
-                reverse_time_major = self.reverse(d_pre[1], out=d_pre[0])  # (T, B, G)
-            else:
-                reverse_time_major = self.reverse(d_pre[1])  # (T, B, G)
-                del d_pre  # frees the step-major buffer when the caller handed it over
+            reverse_time_major = self.reverse(buffers.pop(), out=scratch)  # (T, B, G)
             one_direction(reverse_time_major, w_ih[1])
         if d_x is not None and self.padding is not None:
             d_x.masked_fill_(self.padding, 0)

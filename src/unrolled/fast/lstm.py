@@ -279,7 +279,9 @@ class LSTMLayer(torch.autograd.Function):
         keep_r = projected and any(needs[3:])  # r = o tanh(c), what W_hr multiplied
         if kernels is not None:  # the same loop in C++, writing d_pre (and r)
             none = x.new_empty(0)
-            d_pre = torch.empty_like(gates)  # (D, T, B, 4H), our gate order
+            # No one reads the gates after this backward once the graph is released: d_pre
+            # overwrites them (same shape), else it is a buffer of its own.
+            d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D,T,B,4H)
             r = torch.empty_like(cs[:, 1:]) if keep_r else None  # (D, T, B, H)
             kernels.lstm_backward(
                 gates, cs, d_h, dc, none if dc_arrivals is None else dc_arrivals, w_hh,
@@ -298,16 +300,28 @@ class LSTMLayer(torch.autograd.Function):
             d_h0 = d_h0.unsqueeze(0) if one_direction else d_h0  # (D, B, P)
 
         grads = [None] * ctx.num_inputs
-        grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:]), rolled=rolled
-        )  # (T, B, I), D x (4H, I) in torch's order
-        grads[1], grads[2] = d_h0, dc
-        if any(needs[3:]):
+        if any(needs[3:]):  # W_hh, W_hr and biases first: d_pre is handed over to the input side
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
             d_bias = d_pre.sum((1, 2))  # (D, 4H)
             if projected:  # d_h holds every step's full dh now
                 d_w_hr = d_h.flatten(1, 2).transpose(1, 2).bmm(r.flatten(1, 2))  # (D, P, H)
+        del d_h, r
+        # Direction 0's rows are spent before the reverse direction is put back in time order:
+        # it goes there, no new buffer.
+        per_direction = list(d_pre.unbind(0))  # D x (T, B, 4H) views
+        del d_pre
+        grads[0], d_w_ih = timeline.input_side_grads(
+            per_direction,
+            x,
+            [w[0] for w in weights],
+            needs[0],
+            any(needs[3:]),
+            rolled=rolled,
+            scratch=per_direction[0] if num_directions == 2 else None,
+        )  # (T, B, I), D x (4H, I) in torch's order
+        grads[1], grads[2] = d_h0, dc
+        if any(needs[3:]):
             for d in range(num_directions):
                 base = 3 + 5 * d
                 d_b, d_w = d_bias[d], d_w_hh[d]

@@ -102,20 +102,21 @@ class RNNLayer(torch.autograd.Function):
         # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
         w_hh = [w[1] for w in weights]  # D x (H, H)
 
-        d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
         kernels = native.usable(x) if ctx.native else None
         if kernels is not None:  # the same loop in C++
-            # One buffer per direction: each is freed as soon as its gradients are done.
-            d_pre = [torch.empty_like(d_h[0]) for _ in range(num_directions)]  # D x (T, B, H)
-            kernels.rnn_backward(hs, d_h, w_hh, d_pre, ctx.mode == "RNN_RELU", timeline.live_rows)
+            # One buffer per direction, turned into d_pre in place: each is freed as soon as its
+            # gradients are done.
+            d_pre = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
+            kernels.rnn_backward(hs, d_pre, w_hh, ctx.mode == "RNN_RELU", timeline.live_rows)
         else:
+            d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
             d_pre = list(python_backward_loop(ctx.mode, hs, d_h, w_hh).unbind(0))  # views
-        d_h0 = d_h.new_empty(d_h.shape[:1] + d_h.shape[2:])  # (D, B, H)
+            # The chain is done: free the step gradients before the weight gradients are
+            # allocated (they would otherwise set the step's peak memory).
+            del d_h
+        d_h0 = hs.new_empty(num_directions, *hs.shape[2:])  # (D, B, H)
         for d in range(num_directions):
             torch.mm(d_pre[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
-        # The chain is done: free the step gradients before the weight gradients are allocated
-        # (they would otherwise set the step's peak memory).
-        del d_h
 
         grads = [None] * (ctx.num_inputs)
         grads[1] = d_h0 if needs[1] else None
@@ -125,11 +126,14 @@ class RNNLayer(torch.autograd.Function):
                 for step_grads, prev in zip(d_pre, hs[:, :num_steps])
             ]  # D x (H, T*B) @ (T*B, H)
             d_bias = [step_grads.sum((0, 1)) for step_grads in d_pre]  # D x (H,)
-        # Hand d_pre over (no reference kept here) so each direction's buffer is freed once its
-        # input-side gradients are done.
-        handed_over, d_pre = d_pre, None
+        # With two directions the output is a copy, so the saved states are the layer's own;
+        # once the graph is released they are dead here and hold the reverse direction's
+        # gradient in time order (no new buffer for it).
+        scratch = hs[1, 1:] if num_directions == 2 and native.graph_released() else None
+        # d_pre is handed over (the list is emptied), so each direction's buffer is freed once
+        # its input-side gradients are done.
         grads[0], d_w_ih = timeline.input_side_grads(
-            handed_over, x, [w[0] for w in weights], needs[0], any(needs[3:])
+            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:]), scratch=scratch
         )  # (T, B, I), D x (H, I)
         if any(needs[3:]):
             for d in range(num_directions):

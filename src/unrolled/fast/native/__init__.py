@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 SOURCES = [
-    Path(__file__).with_name(name) for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp")
+    Path(__file__).with_name(name)
+    for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp", "graph.cpp")
 ]
 
 _ops = None  # the torch.ops namespace once loaded
@@ -98,6 +99,16 @@ def usable(*tensors: torch.Tensor) -> object:
     if not all(t.device.type == "cpu" for t in tensors):
         return None
     return ops()
+
+
+def graph_released() -> bool:
+    """Inside a layer's backward: True when the running backward frees the saved tensors of
+    each node right after it (``retain_graph=False``), so that the layer may reuse its own
+    saved internal buffers as space for its gradients. False with ``retain_graph=True``,
+    outside a backward, without the native ops, or with a torch that does not export the
+    query (see ``graph.cpp``): the safe answer."""
+    kernels = ops()
+    return kernels is not None and bool(kernels.graph_released())
 
 
 def status() -> str:

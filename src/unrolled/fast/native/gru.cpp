@@ -49,8 +49,9 @@ void forward_rows(const T* xw, T* hh, const T* b_hn, T* n_out, const T* h_prev, 
 //   d_pre_r = d_pre_n * a * r (1 - r)       d_pre_z = dh (h_prev - n) z (1 - z)
 //   d_a     = d_pre_n * r                   (what W_hn, b_hn saw)
 // into the (B, 3H) block [n_x, r, z] and the (B, H) block d_a (n_h); and dh_prev_direct =
-// dh * z (the lerp's own path),
-// added to `dh_prev` (the gradient already reaching h_{s-1} from the output).
+// dh * z (the lerp's own path), added to `dh_prev` (the gradient already reaching h_{s-1}).
+// Every input of element j is read before any output is written, so the outputs may overwrite
+// the inputs: [n_x, r, z] the [r, z, a] block of hh, d_a the dh block.
 template <typename T>
 void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* factors,
                    T* d_a_out, T* dh_prev, int64_t first, int64_t last, int64_t hidden) {
@@ -68,12 +69,13 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* 
     T* dh_prev_row = dh_prev + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T d_pre_n = dh_row[j] * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+      const T r_j = r[j], z_j = z[j], a_j = a[j], n_j = n[j], dh_j = dh_row[j];
+      const T d_pre_n = dh_j * (T(1) - z_j) * (T(1) - n_j * n_j);
       d_n[j] = d_pre_n;
-      d_r[j] = d_pre_n * a[j] * r[j] * (T(1) - r[j]);
-      d_z[j] = dh_row[j] * (h_prev_row[j] - n[j]) * z[j] * (T(1) - z[j]);
-      d_a[j] = d_pre_n * r[j];
-      dh_prev_row[j] += dh_row[j] * z[j];
+      d_r[j] = d_pre_n * a_j * r_j * (T(1) - r_j);
+      d_z[j] = dh_j * (h_prev_row[j] - n_j) * z_j * (T(1) - z_j);
+      d_a[j] = d_pre_n * r_j;
+      dh_prev_row[j] += dh_j * z_j;
     }
   }
 }
@@ -111,16 +113,18 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
   });
 }
 
-// Backward. d_h (D, T, B, H) holds the gradient reaching each h_s (from the output and h_n)
-// and is updated in place; factors, D x (T, B, 3H), gets [n_x, r, z] per step and d_a,
-// D x (T, B, H), n_h (separate buffers per direction and kind, so that each can be freed as
-// soon as it is spent: d_a after d_W_hh, the factors after the input side); d_h0 (D, B, H)
-// gets the gradient of h_0. w_hh: D x (3H, H), torch's rows (r, z, n) (a list: stacking
-// would copy the weights of two directions for the whole loop).
+// Backward. grads, D x (T, B, H), holds the gradient reaching each h_s (from the output and
+// h_n) on entry and d_a (n_h: what W_hn, b_hn saw) on exit: step s turns its own dh_s into
+// d_a in place once the later steps have added to it. factors, D x (T, B, 3H), gets [n_x, r,
+// z] per step; it may be hh's own storage (hh[d]), overwritten step by step once read. One
+// buffer per direction and kind, so that each can be freed as soon as it is spent: d_a after
+// d_W_hh, the factors after the input side. d_h0 (D, B, H) gets the gradient of h_0. w_hh:
+// D x (3H, H), torch's rows (r, z, n) (a list: stacking would copy the weights of two
+// directions for the whole loop).
 template <typename T>
-void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor& d_h,
-                   at::TensorList w_hh, at::TensorList factors, at::TensorList d_a,
-                   Tensor& d_h0, at::IntArrayRef live) {
+void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
+                   at::TensorList w_hh, at::TensorList factors, Tensor& d_h0,
+                   at::IntArrayRef live) {
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gates = 3 * hidden, step = batch * hidden;
   const auto options = hh.options();
@@ -130,19 +134,18 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor&
     const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
     const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
     const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
+    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): dh_s in, d_a out
     T* f_base = factors[d].data_ptr<T>();  // (T, B, 3H): [n_x, r, z]
-    T* a_base = d_a[d].data_ptr<T>();  // (T, B, H): n_h
     T* dh0 = d_h0.select(0, d).data_ptr<T>();  // (B, H)
     std::memset(dh0, 0, step * sizeof(T));
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
       T* f_s = f_base + s * batch * gates;
-      T* a_s = a_base + s * step;
-      T* dh_prev = s > 0 ? dh_base + (s - 1) * step : dh0;
+      T* a_s = grad_base + s * step;
+      T* dh_prev = s > 0 ? a_s - step : dh0;
       for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-        backward_rows<T>(hh_base + s * batch * gates, n_base + s * step, h_base + s * step,
-                         dh_base + s * step, f_s, a_s, dh_prev, first, last, hidden);
+        backward_rows<T>(hh_base + s * batch * gates, n_base + s * step, h_base + s * step, a_s,
+                         f_s, a_s, dh_prev, first, last, hidden);
       });
       zero_rows(f_s, rows, batch, gates);
       zero_rows(a_s, rows, batch, hidden);
@@ -166,20 +169,20 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor
   });
 }
 
-void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, Tensor d_h,
-                  at::TensorList w_hh, at::TensorList factors, at::TensorList d_a, Tensor d_h0,
+void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
+                  at::TensorList w_hh, at::TensorList factors, Tensor d_h0,
                   at::IntArrayRef live) {
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
-                  d_h.is_contiguous() && d_h0.is_contiguous(),
+                  d_h0.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
+  for (const Tensor& t : grads) {
+    TORCH_CHECK(t.is_contiguous(), "unrolled native GRU: grads must be contiguous");
+  }
   for (const Tensor& f : factors) {
     TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: factors must be contiguous");
   }
-  for (const Tensor& f : d_a) {
-    TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: d_a must be contiguous");
-  }
   AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
-    backward_loop<scalar_t>(hh, ns, hs, d_h, w_hh, factors, d_a, d_h0, live);
+    backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, live);
   });
 }
 
@@ -190,7 +193,7 @@ TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
         "Tensor b_hn, int[] live) -> ()",
         &unrolled::gru_forward);
-  m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, "
-        "Tensor(b!)[] factors, Tensor(c!)[] d_a, Tensor(d!) d_h0, int[] live) -> ()",
+  m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, "
+        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live) -> ()",
         &unrolled::gru_backward);
 }

@@ -69,7 +69,8 @@ void forward_rows(T* gates, const T* extra, const T* bias, const T* c_prev, T* c
 //   d_pre_o = dr * tanh(c) * o (1 - o)      d_pre_i = dc * g * i (1 - i)
 //   d_pre_f = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
 //   dc_prev = dc * f
-// into d_pre in torch's gate order; `r` (nullable) gets o * tanh(c).
+// into d_pre in torch's gate order; `r` (nullable) gets o * tanh(c). Every input of element j
+// is read before any output is written, so d_pre may be the gates' own block.
 template <typename T>
 void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* dc,
                    const T* dc_arrival, T* d_pre, T* r, int64_t first_row, int64_t last_row,
@@ -89,22 +90,20 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
     const T* dr_row = dr + at;
     const T* arrival_row = dc_arrival == nullptr ? nullptr : dc_arrival + at;
     T* dc_row = dc + at;
+    T* r_row = r == nullptr ? nullptr : r + at;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
+      const T i_j = i[j], f_j = f[j], g_j = g[j], o_j = o[j];
       const T tanh_c = tanh(c_row[j]);
       const T d_r = dr_row[j];
       T d_c = dc_row[j] + (arrival_row == nullptr ? T(0) : arrival_row[j]);
-      d_c += d_r * o[j] * (T(1) - tanh_c * tanh_c);
-      d_o[j] = d_r * tanh_c * o[j] * (T(1) - o[j]);
-      d_i[j] = d_c * g[j] * i[j] * (T(1) - i[j]);
-      d_f[j] = d_c * c_prev_row[j] * f[j] * (T(1) - f[j]);
-      d_g[j] = d_c * i[j] * (T(1) - g[j] * g[j]);
-      dc_row[j] = d_c * f[j];
-    }
-    if (r != nullptr) {
-      T* r_row = r + at;
-      UNROLLED_VECTOR_LOOP
-      for (int64_t j = 0; j < hidden; ++j) r_row[j] = o[j] * tanh(c_row[j]);
+      d_c += d_r * o_j * (T(1) - tanh_c * tanh_c);
+      if (r_row != nullptr) r_row[j] = o_j * tanh_c;
+      d_o[j] = d_r * tanh_c * o_j * (T(1) - o_j);
+      d_i[j] = d_c * g_j * i_j * (T(1) - i_j);
+      d_f[j] = d_c * c_prev_row[j] * f_j * (T(1) - f_j);
+      d_g[j] = d_c * i_j * (T(1) - g_j * g_j);
+      dc_row[j] = d_c * f_j;
     }
   }
 }

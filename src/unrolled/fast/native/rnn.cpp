@@ -27,7 +27,8 @@ void activate_rows(T* h, int64_t first, int64_t last, int64_t hidden, bool relu)
   }
 }
 
-// d_pre = dh * act'(h): tanh' = 1 - h^2, relu' = [h > 0]. Rows [first, last).
+// d_pre = dh * act'(h): tanh' = 1 - h^2, relu' = [h > 0]. Rows [first, last). d_pre may be
+// dh itself (element k is read before it is written).
 template <typename T>
 void backward_rows(const T* h, const T* dh, T* d_pre, int64_t first, int64_t last,
                    int64_t hidden, bool relu) {
@@ -65,31 +66,30 @@ void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef li
 }
 
 // Backward: d_pre_s = dh_s * act'(h_s); dh_{s-1} += d_pre_s @ W_hh, with w_hh D x (H, H)
-// (a list: stacking would copy the weights of two directions for the whole loop) and d_pre
-// D x (T, B, H) (one buffer per direction, so that each can be freed on its own).
-// d_h (D, T, B, H) holds the gradient reaching each h_s and ends holding each full dh_s.
+// (a list: stacking would copy the weights of two directions for the whole loop). grads,
+// D x (T, B, H) (one buffer per direction, so that each can be freed on its own), holds the
+// gradient reaching each h_s on entry and d_pre_s on exit: step s turns its own dh_s into
+// d_pre_s in place once the later steps have added to it.
 template <typename T>
-void backward_loop(const Tensor& hs, Tensor& d_h, at::TensorList w_hh, at::TensorList d_pre,
-                   bool relu, at::IntArrayRef live) {
+void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, bool relu,
+                   at::IntArrayRef live) {
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), step = batch * hidden;
   const auto options = hs.options();
   for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
     const Tensor& w = w_hh[d];  // (H, H)
     const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
-    T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
-    T* d_pre_base = d_pre[d].data_ptr<T>();  // (T, B, H)
+    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): dh_s in, d_pre_s out
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
-      T* d_pre_s = d_pre_base + s * step;
-      const T* dh = dh_base + s * step;
+      T* grad_s = grad_base + s * step;
       for_rows(rows, hidden, [&](int64_t first, int64_t last) {
-        backward_rows<T>(h_base + s * step, dh, d_pre_s, first, last, hidden, relu);
+        backward_rows<T>(h_base + s * step, grad_s, grad_s, first, last, hidden, relu);
       });
-      zero_rows(d_pre_s, rows, batch, hidden);
+      zero_rows(grad_s, rows, batch, hidden);
       if (s > 0) {  // dh_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
-        Tensor dh_prev = matrix(dh_base + (s - 1) * step, rows, hidden, options);
-        add_matmul_(dh_prev, matrix(d_pre_s, rows, hidden, options), w);
+        Tensor dh_prev = matrix(grad_s - step, rows, hidden, options);
+        add_matmul_(dh_prev, matrix(grad_s, rows, hidden, options), w);
       }
     }
   });
@@ -102,15 +102,14 @@ void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live
   });
 }
 
-void rnn_backward(const Tensor& hs, Tensor d_h, at::TensorList w_hh, at::TensorList d_pre,
-                  bool relu, at::IntArrayRef live) {
-  TORCH_CHECK(hs.is_contiguous() && d_h.is_contiguous(),
-              "unrolled native RNN: hs and d_h must be contiguous");
-  for (const Tensor& t : d_pre) {
-    TORCH_CHECK(t.is_contiguous(), "unrolled native RNN: d_pre must be contiguous");
+void rnn_backward(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, bool relu,
+                  at::IntArrayRef live) {
+  TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
+  for (const Tensor& t : grads) {
+    TORCH_CHECK(t.is_contiguous(), "unrolled native RNN: grads must be contiguous");
   }
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
-    backward_loop<scalar_t>(hs, d_h, w_hh, d_pre, relu, live);
+    backward_loop<scalar_t>(hs, grads, w_hh, relu, live);
   });
 }
 
@@ -120,7 +119,6 @@ void rnn_backward(const Tensor& hs, Tensor d_h, at::TensorList w_hh, at::TensorL
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live) -> ()",
         &unrolled::rnn_forward);
-  m.def("rnn_backward(Tensor hs, Tensor(a!) d_h, Tensor[] w_hh, Tensor(b!)[] d_pre, bool relu, "
-        "int[] live) -> ()",
+  m.def("rnn_backward(Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, bool relu, int[] live) -> ()",
         &unrolled::rnn_backward);
 }
