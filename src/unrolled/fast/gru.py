@@ -13,7 +13,10 @@ The backward keeps per step the pre-activation gradients ``[n_x, r, z, n_h]``: t
 are what ``W_ih`` saw (rows ``n, r, z``), the last three what ``W_hh`` saw (rows ``r, z, n``,
 torch's order). The Python loop keeps them as one ``(D, T, B, 4H)`` block, so that both weight
 gradients are one GEMM over a contiguous slice; the native loop keeps ``[n_x, r, z]`` and
-``n_h`` in separate buffers per direction, so that each is freed as soon as it is spent.
+``n_h`` in separate buffers per direction, so that each is freed as soon as it is spent, and
+allocates neither when it can help it: ``n_h`` overwrites the step gradients it is computed
+from, and ``[n_x, r, z]`` the saved ``[r, z, a]`` when the backward releases the graph (no one
+reads them again; see ``native.graph_released``).
 """
 
 from __future__ import annotations
