@@ -38,7 +38,7 @@ def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]
     num_steps, batch = batch_sizes.numel(), int(batch_sizes[0])
     padded = data.new_zeros((num_steps, batch, *data.shape[1:]))  # (T, B, *)
     index = (time.to(data.device), slot.to(data.device))
-    padded = padded.index_put(index, data)
+    padded.index_put_(index, data)  # in place: no copy of the zeros (autograd records it)
     return padded, lengths_from_batch_sizes(batch_sizes).to(data.device)
 
 

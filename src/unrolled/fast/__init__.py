@@ -65,7 +65,8 @@ def run(
     function, plain_forward = LAYERS[mode]
     h0_all, c0_all = hx if mode == "LSTM" else (hx, None)
     timeline = Timeline(inputs.shape[0], lengths)
-    layer_input = inputs
+    # The layers need their input zero at padded steps (see .layer); their outputs are.
+    layer_input = timeline.zero_padding(inputs)
     finals_h, finals_c = [], []
     for layer in range(num_layers):
         rows = slice(layer * num_directions, (layer + 1) * num_directions)

@@ -73,7 +73,8 @@ def gru_layer_forward(
         )  # fmt: skip
     else:
         python_forward_loop(xw, hh, ns, hs, w_hh_t, h_bias if has_bias else None)
-    return timeline.output(hs[:, 1:]), timeline.final(hs), (ns, hh, hs)
+    zeroed = kernels is not None and bool(timeline.live_rows)  # native, sorted lengths
+    return timeline.output(hs[:, 1:], padding_zeroed=zeroed), timeline.final(hs), (ns, hh, hs)
 
 
 def python_forward_loop(

@@ -10,9 +10,11 @@ sequence's own last valid step), and the padding stays at the end.
 
 With that layout the two directions agree on everything that matters for ``lengths``: step ``s``
 of sequence ``b`` is valid iff ``s < lengths[b]`` and the final state of both directions is the
-state after step ``lengths[b]-1``. The loops therefore run every step without masking (padded
-input is zeroed first, so padded steps compute finite values that nobody reads), and
-``lengths`` is honoured outside the loop: outputs at padded steps are set to zero, the final
+state after step ``lengths[b]-1``. The loops therefore run every step without masking (the
+layer input must be zero at padded steps: ``fast.run`` zeroes the first layer's input once, and
+every layer's output is zero there, so padded steps compute finite values that nobody reads),
+and ``lengths`` is honoured outside the loop: outputs at padded steps are set to zero (the
+native loops on sorted lengths leave them zero already), the final
 state is gathered at ``lengths - 1``, and in backward the output gradient is zeroed at padded
 steps and the final state's gradient enters at step ``lengths - 1``. Padded steps then carry an
 exactly zero gradient, as in the reference's ``torch.where``.
@@ -83,26 +85,29 @@ class Timeline:
         return seq.gather(0, index) if out is None else torch.gather(seq, 0, index, out=out)
 
     def directions(self, seq: Tensor, num_directions: int) -> list[Tensor]:
-        """Time-major ``(T, B, X)`` -> the ``D`` step-major views of it, padding zeroed."""
-        seq = self.zero_padding(seq)
+        """Time-major ``(T, B, X)``, zero at padded steps -> its ``D`` step-major views (the
+        reverse maps padding to itself, so it stays zero there)."""
         return [seq, self.reverse(seq)] if num_directions == 2 else [seq]
 
-    def output(self, states: Tensor) -> Tensor:
-        """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``.
+    def output(self, states: Tensor, padding_zeroed: bool = False) -> Tensor:
+        """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``, zero
+        at padded steps (``padding_zeroed``: ``states`` already is, as the native loops leave it
+        on sorted lengths).
 
-        One direction without lengths: ``states[0]`` itself (a view, no copy). Autograd's
-        version counter still guards it: changing the output in place before backward raises
-        there, as it does for torch's own RNN outputs.
+        One direction without lengths, or with its padding zeroed: ``states[0]`` itself (a view,
+        no copy). Autograd's version counter still guards it: changing the output in place
+        before backward raises there, as it does for torch's own RNN outputs.
         """
         num_dirs, num_steps, batch, size = states.shape
-        if num_dirs == 1 and self.padding is None:
+        padding_zeroed = padding_zeroed or self.padding is None
+        if num_dirs == 1 and padding_zeroed:
             return states[0]
         out = states.new_empty(num_steps, batch, num_dirs, size)  # (T, B, D, P)
         out[:, :, 0] = states[0]
         if num_dirs == 2:
             out[:, :, 1] = self.reverse(states[1])
         out = out.view(num_steps, batch, num_dirs * size)  # (T, B, D*P)
-        if self.padding is not None:
+        if not padding_zeroed:
             out.masked_fill_(self.padding, 0)
         return out
 
@@ -163,7 +168,7 @@ class Timeline:
                 stride). This function takes them out of the list and, the caller holding no
                 other reference, frees each one that owns its storage as soon as it is spent, so
                 they never all live next to every weight gradient.
-            x: the layer input ``(T, B, I)``, time-major.
+            x: the layer input ``(T, B, I)``, time-major, zero at padded steps.
             w_ih: ``D`` weights ``(G, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
                 rows first), as the Python LSTM and GRU loops keep them; 0 for torch's order.
@@ -186,7 +191,7 @@ class Timeline:
             blocks = [(slice(0, rolled), slice(gates - rolled, gates)),
                       (slice(rolled, gates), slice(0, gates - rolled))]  # fmt: skip
         d_x = x.new_zeros(num_steps, batch, x.shape[-1]) if need_input else None  # (T, B, I)
-        x2d = self.zero_padding(x).reshape(rows, x.shape[-1]) if need_weights else None
+        x2d = x.reshape(rows, x.shape[-1]) if need_weights else None  # zero at padded steps
         d_w = [] if need_weights else None
 
         def one_direction(time_major: Tensor, w: Tensor) -> None:
