@@ -271,3 +271,35 @@ def test_released_backward_reuses_the_saved_buffers(mode):
         out.sum().backward(retain_graph=retain)
         changed = [not torch.equal(a, b) for a, b in zip(before, internal)]
         assert any(changed) == changes, (retain, changed)
+
+
+@needs_native
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
+@pytest.mark.parametrize("how", ["checkpoint", "reentrant checkpoint", "save_on_cpu"])
+def test_released_backward_under_saved_tensor_machinery(mode, how):
+    """Activation checkpointing (both kinds: recomputed saved tensors, a nested backward) and
+    save_on_cpu hand the backward other copies of its saved buffers; writing over those must
+    still give torch's gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(8)
+    ours, theirs = make_pair(mode, True, 0, True)
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+
+    def gradients(module, wrapped):
+        module.zero_grad()
+        leaf = x.clone().requires_grad_()
+        if not wrapped:
+            out = module(leaf)[0]
+        elif how == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu():
+                out = module(leaf)[0]
+        else:
+            reentrant = how == "reentrant checkpoint"
+            out = checkpoint(lambda t: module(t)[0], leaf, use_reentrant=reentrant)
+        weights = torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()
+        (out * weights).sum().backward()
+        return [leaf.grad] + [p.grad.clone() for p in module.parameters()]
+
+    for got, want in zip(gradients(ours, True), gradients(theirs, False)):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
