@@ -50,29 +50,31 @@ def gru_layer_forward(
     num_steps, batch, _ = x.shape
     hidden = h0.shape[-1]
     w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, H, 3H)
-    has_bias = weights[0][2] is not None
-    if has_bias:
-        zeros = weights[0][3].new_zeros(hidden)
-        x_bias = [w[2] + torch.cat([w[3][: 2 * hidden], zeros]) for w in weights]  # D x (3H,)
-        h_bias = torch.stack([torch.cat([zeros, zeros, w[3][2 * hidden :]]) for w in weights])
-        h_bias = h_bias.unsqueeze(1)  # (D, 1, 3H): only b_hn
-    else:
-        x_bias = [None] * num_directions
-
-    xw = project(timeline.directions(x, num_directions), [w[0] for w in weights], x_bias)
+    inputs = timeline.directions(x, num_directions)
+    w_ih = [w[0] for w in weights]
     hh = x.new_empty(num_directions, num_steps if keep else 1, batch, 3 * hidden)  # (D,T,B,3H)
+    ns = x.new_empty(num_directions, num_steps if keep else 1, batch, hidden)  # (D, T, B, H)
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
-
-    ns = x.new_empty(num_directions, num_steps if keep else 1, batch, hidden)  # (D, T, B, H)
     kernels = native.usable(x)
-    if kernels is not None:  # the same loop in C++ (b_hn added in its elementwise pass)
-        b_hn = h_bias[:, 0, 2 * hidden :] if has_bias else x.new_zeros(num_directions, hidden)
+    if kernels is not None:
+        # The same loop in C++. It adds torch's two biases as they are in its elementwise pass
+        # (free there), so the projection is a plain GEMM and no combined bias is built.
+        xw = project(inputs, w_ih, [None] * num_directions)  # (D, T, B, 3H)
+        biases = [b.contiguous() for w in weights for b in w[2:4] if b is not None]  # (3H,)
         kernels.gru_forward(
-            xw, hh, ns, hs, row_major(w_hh_t), b_hn.contiguous(), timeline.live_rows
-        )  # fmt: skip
+            xw, hh, ns, hs, row_major(w_hh_t, num_steps), biases, timeline.live_rows
+        )
     else:
-        python_forward_loop(xw, hh, ns, hs, w_hh_t, h_bias if has_bias else None)
+        h_bias = None
+        x_bias = [None] * num_directions
+        if weights[0][2] is not None:
+            zeros = weights[0][3].new_zeros(hidden)
+            x_bias = [w[2] + torch.cat([w[3][: 2 * hidden], zeros]) for w in weights]  # (3H,)
+            h_bias = torch.stack([torch.cat([zeros, zeros, w[3][2 * hidden :]]) for w in weights])
+            h_bias = h_bias.unsqueeze(1)  # (D, 1, 3H): only b_hn
+        xw = project(inputs, w_ih, x_bias)  # (D, T, B, 3H)
+        python_forward_loop(xw, hh, ns, hs, w_hh_t, h_bias)
     zeroed = kernels is not None and bool(timeline.live_rows)  # native, sorted lengths
     return timeline.output(hs[:, 1:], padding_zeroed=zeroed), timeline.final(hs), (ns, hh, hs)
 

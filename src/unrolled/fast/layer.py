@@ -251,11 +251,12 @@ def project(
     return out
 
 
-def row_major(w_t: Tensor) -> Tensor:
+def row_major(w_t: Tensor, num_steps: int) -> Tensor:
     """A transposed weight view as the native loop's GEMMs like it best: MKL runs small GEMMs
     up to twice as fast on a row-major copy, but copying a transposed matrix is slow (strided),
-    so large weights (over 2^20 elements, where the per-step gain is small) stay views."""
-    return w_t.contiguous() if w_t.numel() <= 1 << 20 else w_t
+    so large weights (over 2^20 elements, where the per-step gain is small) stay views, and so
+    does any weight for a single step (streaming through ``forward``: nothing to amortise)."""
+    return w_t.contiguous() if w_t.numel() <= 1 << 20 and num_steps > 1 else w_t
 
 
 def stack_directions(tensors: Sequence[Tensor]) -> Tensor:

@@ -89,10 +89,10 @@ def lstm_layer_forward(
         none = x.new_empty(0)
         bias = none if weights[0][2] is None else torch.stack([w[2] + w[3] for w in weights])
         w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, P, 4H)
+        w_proj = none if w_hr_t is None else row_major(w_hr_t, num_steps)  # (D, H, P)
         kernels.lstm_forward(
-            gates, bias, row_major(w_hh_t), none if w_hr_t is None else row_major(w_hr_t),
-            cs, hs, timeline.live_rows, keep,
-        )  # fmt: skip
+            gates, bias, row_major(w_hh_t, num_steps), w_proj, cs, hs, timeline.live_rows, keep
+        )
     else:
         w_hh_t = stack_directions([forward_rows(w[1]) for w in weights]).transpose(1, 2)
         bias = [None if w[2] is None else forward_rows(w[2] + w[3]) for w in weights]  # (4H,)

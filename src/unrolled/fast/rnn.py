@@ -41,7 +41,9 @@ def rnn_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0,
     project(timeline.directions(x, num_directions), [w[0] for w in weights], bias, out=hs[:, 1:])
     kernels = native.usable(x)
     if kernels is not None:  # the same loop in C++
-        kernels.rnn_forward(hs, row_major(w_hh_t), mode == "RNN_RELU", timeline.live_rows)
+        kernels.rnn_forward(
+            hs, row_major(w_hh_t, num_steps), mode == "RNN_RELU", timeline.live_rows
+        )
     else:
         activate = torch.Tensor.tanh_ if mode == "RNN_TANH" else torch.Tensor.relu_
         steps = hs.unbind(1)  # T+1 views (D, B, H)

@@ -1,7 +1,8 @@
 // The GRU recurrence of the fast backend (torch's formulation), forward and backward, one
 // layer, D directions. Buffers as `unrolled/fast/gru.py` documents them (step-major):
 //
-//   xw  (D, T, B, 3H)      the hoisted x W_ih^T + (b_ir + b_hr, b_iz + b_hz, b_in), rows r, z, n
+//   xw  (D, T, B, 3H)      the hoisted x W_ih^T, rows r, z, n (this loop adds torch's b_ih and
+//                          b_hh in its elementwise pass; the Python loop's xw has them folded in)
 //   hh  (D, T or 1, B, 3H) h_{s-1} W_hh^T, then (in place) r, z and a = h_{s-1} W_hn^T + b_hn
 //   ns  (D, T or 1, B, H)  n;  hs (D, T+1, B, H): slot 0 = h_0
 //
@@ -14,12 +15,19 @@
 namespace unrolled {
 namespace {
 
-// One step, rows [first, last):
-//   r = sigmoid(x_r + hh_r),  z = sigmoid(x_z + hh_z),  a = hh_n + b_hn
-//   n = tanh(x_n + r * a),    h = (1 - z) * n + z * h_prev = n + z * (h_prev - n)
+// One step, rows [first, last), with torch's biases b_ih, b_hh (3H each, rows r, z, n):
+//   r = sigmoid(x_r + b_ir + b_hr + hh_r),  z = sigmoid(x_z + b_iz + b_hz + hh_z)
+//   a = hh_n + b_hn,  n = tanh(x_n + b_in + r * a),  h = (1 - z) * n + z * h_prev
+//                                                     = n + z * (h_prev - n)
 template <typename T>
-void forward_rows(const T* xw, T* hh, const T* b_hn, T* n_out, const T* h_prev, T* h,
-                  int64_t first, int64_t last, int64_t hidden) {
+void forward_rows(const T* xw, T* hh, const T* b_ih, const T* b_hh, T* n_out, const T* h_prev,
+                  T* h, int64_t first, int64_t last, int64_t hidden) {
+  const T* b_ir = b_ih;
+  const T* b_iz = b_ih + hidden;
+  const T* b_in = b_ih + 2 * hidden;
+  const T* b_hr = b_hh;
+  const T* b_hz = b_hh + hidden;
+  const T* b_hn = b_hh + 2 * hidden;
   for (int64_t b = first; b < last; ++b) {
     const T* x_r = xw + b * 3 * hidden;
     const T* x_z = x_r + hidden;
@@ -32,9 +40,10 @@ void forward_rows(const T* xw, T* hh, const T* b_hn, T* n_out, const T* h_prev, 
     T* h_row = h + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T r_j = sigmoid(x_r[j] + r[j]), z_j = sigmoid(x_z[j] + z[j]);
+      const T r_j = sigmoid(x_r[j] + b_ir[j] + b_hr[j] + r[j]);
+      const T z_j = sigmoid(x_z[j] + b_iz[j] + b_hz[j] + z[j]);
       const T a_j = a[j] + b_hn[j];
-      const T n_j = tanh(x_n[j] + r_j * a_j);
+      const T n_j = tanh(x_n[j] + b_in[j] + r_j * a_j);
       r[j] = r_j;
       z[j] = z_j;
       a[j] = a_j;
@@ -80,21 +89,24 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* 
   }
 }
 
-// Forward, w_rec = W_hh^T (D, H, 3H) row-major or a transposed view; b_hn (D, H).
+// Forward, w_rec = W_hh^T (D, H, 3H) row-major or a transposed view; biases: D x (b_ih, b_hh),
+// each (3H,), or empty (bias=False).
 template <typename T>
 void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Tensor& w_rec,
-                  const Tensor& b_hn, at::IntArrayRef live) {
+                  at::TensorList biases, at::IntArrayRef live) {
   const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
   const int64_t hidden = hs.size(3), gates = 3 * hidden;
   const bool every_step = hh.size(1) > 1;  // kept for the backward, or one reused slot
   const auto options = xw.options();
+  const Tensor zeros = biases.empty() ? at::zeros({gates}, options) : Tensor();
   for_directions(directions, batch * hidden * gates, [&](int64_t d) {
     const Tensor w = w_rec.select(0, d);  // (H, 3H)
     const T* x_base = xw.select(0, d).data_ptr<T>();  // (T, B, 3H)
     T* hh_base = hh.select(0, d).data_ptr<T>();  // (T or 1, B, 3H)
     T* n_base = ns.select(0, d).data_ptr<T>();  // (T or 1, B, H)
     T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    const T* bias = b_hn.select(0, d).data_ptr<T>();  // (H,)
+    const T* b_ih = (biases.empty() ? zeros : biases[2 * d]).data_ptr<T>();  // (3H,)
+    const T* b_hh = (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>();  // (3H,)
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t rows = live_rows(live, s, batch);
       const int64_t slot = every_step ? s : 0;
@@ -105,8 +117,8 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
       Tensor hh_live = matrix(hh_s, rows, gates, options);
       matmul_into(hh_live, matrix(h_prev, rows, hidden, options), w);  // (rows,H) @ (H,3H)
       for_rows(rows, gates, [&](int64_t first, int64_t last) {
-        forward_rows<T>(x_base + s * batch * gates, hh_s, bias, n_s, h_prev, h, first, last,
-                        hidden);
+        forward_rows<T>(x_base + s * batch * gates, hh_s, b_ih, b_hh, n_s, h_prev, h, first,
+                        last, hidden);
       });
       zero_rows(h, rows, batch, hidden);
     }
@@ -160,12 +172,19 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
 }
 
 void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor& w_rec,
-                 const Tensor& b_hn, at::IntArrayRef live) {
+                 at::TensorList biases, at::IntArrayRef live) {
   TORCH_CHECK(xw.is_contiguous() && hh.is_contiguous() && ns.is_contiguous() &&
-                  hs.is_contiguous() && b_hn.is_contiguous(),
+                  hs.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
+  TORCH_CHECK(biases.empty() || static_cast<int64_t>(biases.size()) == 2 * xw.size(0),
+              "unrolled native GRU: biases must be empty or (b_ih, b_hh) per direction, got ",
+              biases.size(), " tensors for ", xw.size(0), " directions");
+  for (const Tensor& b : biases) {
+    TORCH_CHECK(b.is_contiguous() && b.numel() == 3 * hs.size(3),
+                "unrolled native GRU: each bias must be contiguous (3H,)");
+  }
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
-    forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, b_hn, live);
+    forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, live);
   });
 }
 
@@ -191,7 +210,7 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
-        "Tensor b_hn, int[] live) -> ()",
+        "Tensor[] biases, int[] live) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, "
         "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live) -> ()",
