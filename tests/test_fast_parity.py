@@ -228,3 +228,40 @@ def test_retained_graph_backward_twice():
         second = torch.autograd.grad(out, [x, *ours.parameters()])
         for a, b in zip(first, second):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", list(TORCH_MODES))
+@pytest.mark.parametrize("wanted", ["input", "initial state", "weights"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_only_some_inputs_require_grad(mode, wanted, packed):
+    """Frozen weights (fine-tuning the layers below), a frozen input, a learnt initial state:
+    the backward computes only what is asked for, and that equals torch's."""
+    torch.manual_seed(10)
+    ours, theirs = make_pair(mode, 5, 6, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+    h0 = torch.randn(4, 3, 6, dtype=torch.float64)
+
+    def gradients(module):
+        leaf_x = x.clone().requires_grad_(wanted == "input")
+        leaf_h = h0.clone().requires_grad_(wanted == "initial state")
+        for p in module.parameters():
+            p.requires_grad_(wanted == "weights")
+            p.grad = None
+        hx = (leaf_h, torch.zeros_like(leaf_h)) if mode == "LSTM" else leaf_h
+        inp = leaf_x
+        if packed:
+            lengths = torch.tensor([7, 3, 5])
+            inp = torch.nn.utils.rnn.pack_padded_sequence(leaf_x, lengths, enforce_sorted=False)
+        out = module(inp, hx)[0]
+        out = out.data if packed else out
+        (out * out.detach().sin()).sum().backward()
+        if wanted == "input":
+            return {"input": leaf_x.grad}
+        if wanted == "initial state":
+            return {"h0": leaf_h.grad}
+        return {name: p.grad for name, p in module.named_parameters()}
+
+    got, want = gradients(ours), gradients(theirs)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert_close(f"grad {name}", got[name], want[name], torch.float64)
