@@ -5,9 +5,10 @@ r"""GRU layer in torch's formulation, both directions at once: forward loop and 
     n &= \tanh(W_{in} x_s + b_{in} + r \odot a), \qquad a = W_{hn} h_{s-1} + b_{hn} \\
     h_s &= (1 - z) \odot n + z \odot h_{s-1} = \operatorname{lerp}(n, h_{s-1}, z)
 
-``b_hr, b_hz`` are hoisted with the input projection; ``b_hn`` cannot be (``r`` multiplies it),
-so it rides with the per-step matmul and ``a`` is saved for the backward, which is also why
-``b_hh``'s n-block gradient differs from ``b_ih``'s.
+In the Python loop ``b_hr, b_hz`` are hoisted with the input projection; ``b_hn`` cannot be
+(``r`` multiplies it), so it rides with the per-step matmul and ``a`` is saved for the backward,
+which is also why ``b_hh``'s n-block gradient differs from ``b_ih``'s. The native loop adds
+both of torch's biases as they are in its elementwise pass (free there) and saves the same ``a``.
 
 The backward keeps per step the pre-activation gradients ``[n_x, r, z, n_h]``: the first three
 are what ``W_ih`` saw (rows ``n, r, z``), the last three what ``W_hh`` saw (rows ``r, z, n``,
@@ -231,14 +232,9 @@ class GRULayer(torch.autograd.Function):
         # [n_x, r, z] are handed over (the list is emptied), so each direction's own buffer is
         # freed once its input-side gradients are done. Their (n, r, z) is torch's (r, z, n)
         # rolled by one block.
+        w_ih = [w[0] for w in weights]  # D x (3H, I)
         grads[0], d_w_ih = timeline.input_side_grads(
-            x_side,
-            x,
-            [w[0] for w in weights],
-            needs[0],
-            any(needs[3:]),
-            rolled=hidden,
-            scratch=scratch,
+            x_side, x, w_ih, needs[0], any(needs[3:]), rolled=hidden, scratch=scratch
         )  # (T, B, I), D x (3H, I) in torch's order
         if any(needs[3:]):
             for d in range(num_directions):

@@ -312,14 +312,10 @@ class LSTMLayer(torch.autograd.Function):
         # it goes there, no new buffer.
         per_direction = list(d_pre.unbind(0))  # D x (T, B, 4H) views
         del d_pre
+        w_ih = [w[0] for w in weights]  # D x (4H, I)
+        scratch = per_direction[0] if num_directions == 2 else None
         grads[0], d_w_ih = timeline.input_side_grads(
-            per_direction,
-            x,
-            [w[0] for w in weights],
-            needs[0],
-            any(needs[3:]),
-            rolled=rolled,
-            scratch=per_direction[0] if num_directions == 2 else None,
+            per_direction, x, w_ih, needs[0], any(needs[3:]), rolled=rolled, scratch=scratch
         )  # (T, B, I), D x (4H, I) in torch's order
         grads[1], grads[2] = d_h0, dc
         if any(needs[3:]):
