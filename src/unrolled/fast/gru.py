@@ -76,8 +76,8 @@ def gru_layer_forward(
             h_bias = h_bias.unsqueeze(1)  # (D, 1, 3H): only b_hn
         xw = project(inputs, w_ih, x_bias)  # (D, T, B, 3H)
         python_forward_loop(xw, hh, ns, hs, w_hh_t, h_bias)
-    zeroed = kernels is not None and bool(timeline.live_rows)  # native, sorted lengths
-    return timeline.output(hs[:, 1:], padding_zeroed=zeroed), timeline.final(hs), (ns, hh, hs)
+    output = timeline.output(hs[:, 1:], native=kernels is not None)
+    return output, timeline.final(hs), (ns, hh, hs)
 
 
 def python_forward_loop(

@@ -89,17 +89,17 @@ class Timeline:
         reverse maps padding to itself, so it stays zero there)."""
         return [seq, self.reverse(seq)] if num_directions == 2 else [seq]
 
-    def output(self, states: Tensor, padding_zeroed: bool = False) -> Tensor:
+    def output(self, states: Tensor, native: bool = False) -> Tensor:
         """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``, zero
-        at padded steps (``padding_zeroed``: ``states`` already is, as the native loops leave it
-        on sorted lengths).
+        at padded steps. ``native``: the states come from the native loops, which leave the
+        padded steps zero already when they shrink the batch (sorted lengths, :attr:`live_rows`).
 
-        One direction without lengths, or with its padding zeroed: ``states[0]`` itself (a view,
-        no copy). Autograd's version counter still guards it: changing the output in place
-        before backward raises there, as it does for torch's own RNN outputs.
+        One direction without lengths, or with its padding zero already: ``states[0]`` itself
+        (a view, no copy). Autograd's version counter still guards it: changing the output in
+        place before backward raises there, as it does for torch's own RNN outputs.
         """
         num_dirs, num_steps, batch, size = states.shape
-        padding_zeroed = padding_zeroed or self.padding is None
+        padding_zeroed = self.padding is None or (native and bool(self.live_rows))
         if num_dirs == 1 and padding_zeroed:
             return states[0]
         out = states.new_empty(num_steps, batch, num_dirs, size)  # (T, B, D, P)

@@ -99,8 +99,7 @@ def lstm_layer_forward(
         w_ih = [forward_rows(w[0]) for w in weights]  # D x (4H, I)
         projection = project(inputs, w_ih, bias)  # (D, T, B, 4H)
         gates = python_forward_loop(projection, w_hh_t, w_hr_t, cs, hs, keep)
-    zeroed = kernels is not None and bool(timeline.live_rows)  # native, sorted lengths
-    output = timeline.output(hs[:, 1:], padding_zeroed=zeroed)
+    output = timeline.output(hs[:, 1:], native=kernels is not None)
     c_n = timeline.final(cs) if every_cell else cs[:, 0]
     return output, timeline.final(hs), c_n, (gates, cs, hs)
 

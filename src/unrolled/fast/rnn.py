@@ -50,8 +50,8 @@ def rnn_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0,
         h = steps[0]
         for h_next in steps[1:]:
             h = activate(h_next.baddbmm_(h, w_hh_t))  # (D, B, H) @ (D, H, H) + x_s W_ih^T + b
-    zeroed = kernels is not None and bool(timeline.live_rows)  # native, sorted lengths
-    return timeline.output(hs[:, 1:], padding_zeroed=zeroed), timeline.final(hs), hs
+    output = timeline.output(hs[:, 1:], native=kernels is not None)
+    return output, timeline.final(hs), hs
 
 
 def python_backward_loop(mode: str, hs: Tensor, d_h: Tensor, w_hh: list[Tensor]) -> Tensor:
