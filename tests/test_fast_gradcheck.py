@@ -1,26 +1,42 @@
 """gradcheck / gradgradcheck of the fast backend's hand-written backward, in float64.
 
 The backend entry point is called directly, so every weight, the input and the initial states
-are leaves that gradcheck perturbs. The sweep covers every cell family and option; ``fast_mode``
-keeps it cheap (a random projection of the Jacobian), and a few cases run the full check.
+are leaves that gradcheck perturbs. The sweep covers every cell family and option, on both fast
+runners (the native loops and the Python loops); ``fast_mode`` keeps it cheap (a random
+projection of the Jacobian), and a few cases run the full check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from unrolled import fast
+from unrolled import backends
 from unrolled.cells import GATES
+from unrolled.fast import native
 
 INPUT, HIDDEN, PROJ = 3, 3, 2
 UNEVEN = [7, 5, 5, 2, 1, 1]  # unsorted on purpose below
 
 
-def make_case(mode, layers, bidir, proj, bias, lengths, seed=0):
+RUNNERS = ["native", "python"]
+
+
+def fast_run(runner, mode, x, hx, weights, **options):
+    """The fast backend on ``runner``'s loops: the plan made (and recorded) as a module does."""
+    if runner == "native" and native.ops() is None:
+        pytest.skip(f"native loops unavailable: {native.status()}")
+    with native.disabled() if runner == "python" else contextlib.nullcontext():
+        plan = backends.plan(mode, x, weights, lengths=options.get("lengths"))
+    assert plan.runner == f"{runner} loops", plan
+    return backends.run(plan, x, hx, weights, **options)
+
+
+def make_case(mode, layers, bidir, proj, bias, lengths, seed=0, runner="native"):
     """Leaves ``[x, h0, (c0), *weights]`` and a function of them that runs the fast backend."""
     gen = torch.Generator().manual_seed(seed)
     num_dirs = 2 if bidir else 1
@@ -55,8 +71,8 @@ def make_case(mode, layers, bidir, proj, bias, lengths, seed=0):
         flat = iter(rest[len(states) :])
         layer_weights = [tuple(next(flat) if there else None for there in row) for row in layout]
         torch.manual_seed(0)  # the same dropout mask at every evaluation
-        output, h_n = fast.run(
-            mode, x, hx, layer_weights, num_layers=layers, num_directions=num_dirs,
+        output, h_n = fast_run(
+            runner, mode, x, hx, layer_weights, num_layers=layers, num_directions=num_dirs,
             dropout=0.3 if layers > 1 else 0.0, training=True, lengths=length_tensor,
         )  # fmt: skip
         return (output, *h_n) if mode == "LSTM" else (output, h_n)
@@ -78,16 +94,18 @@ def _cases():
         )  # fmt: skip
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("mode,layers,bidir,proj,bias,lengths", list(_cases()))
-def test_gradcheck_sweep(mode, layers, bidir, proj, bias, lengths):
-    fn, inputs = make_case(mode, layers, bidir, proj, bias, lengths)
+def test_gradcheck_sweep(mode, layers, bidir, proj, bias, lengths, runner):
+    fn, inputs = make_case(mode, layers, bidir, proj, bias, lengths, runner=runner)
     assert gradcheck(fn, inputs, fast_mode=True)
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
-def test_gradcheck_full_jacobian(mode):
+def test_gradcheck_full_jacobian(mode, runner):
     """The slow, element-by-element check on one rich configuration per cell family."""
-    fn, inputs = make_case(mode, 1, True, PROJ if mode == "LSTM" else 0, True, True)
+    fn, inputs = make_case(mode, 1, True, PROJ if mode == "LSTM" else 0, True, True, runner=runner)
     assert gradcheck(fn, inputs)
 
 
@@ -99,14 +117,16 @@ def test_gradgradcheck(mode, lengths):
     assert gradgradcheck(fn, inputs, fast_mode=True)
 
 
-def test_relu_kink_gradient_is_torchs():
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_relu_kink_gradient_is_torchs(runner):
     """At pre-activation exactly 0 torch's relu passes no gradient; so must the fast backward."""
     x = torch.zeros(3, 2, 4, dtype=torch.float64, requires_grad=True)
     w_ih = torch.zeros(5, 4, dtype=torch.float64, requires_grad=True)
     w_hh = torch.zeros(5, 5, dtype=torch.float64, requires_grad=True)
     h0 = torch.zeros(1, 2, 5, dtype=torch.float64, requires_grad=True)
-    out, _ = fast.run(
-        "RNN_RELU", x, h0, [(w_ih, w_hh, None, None, None)], num_layers=1, num_directions=1
-    )
+    out, _ = fast_run(
+        runner, "RNN_RELU", x, h0, [(w_ih, w_hh, None, None, None)], num_layers=1,
+        num_directions=1,
+    )  # fmt: skip
     out.sum().backward()
     assert not w_ih.grad.abs().any() and not h0.grad.abs().any()

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -43,15 +44,25 @@ def test_switched_off_by_the_environment():
     env = {**os.environ, "UNROLLED_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "disabled by UNROLLED_NATIVE=0" in out.stdout
+    assert "switched off by UNROLLED_NATIVE=0" in out.stdout
+    assert "Warning" not in out.stderr  # asked for: no warning
 
 
-def test_disabled_context_runs_the_python_loops():
+def test_disabled_context_plans_the_python_loops_in_this_thread_only():
     before = native.status()
+    layer = unrolled.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
     with native.disabled():
-        assert native.ops() is None
-        assert native.status().startswith("off")
+        assert native.is_disabled()
+        assert native.status().startswith("Python loops (unrolled.fast.native.disabled()")
+        assert unrolled.plan(layer, x).runner == "python loops"
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(native.is_disabled()))
+        thread.start()
+        thread.join()
+        assert seen == [False]  # another thread is not affected
     assert native.status() == before  # restored on leaving the block
+    assert not native.is_disabled()
 
 
 # --- activations -------------------------------------------------------------------------------

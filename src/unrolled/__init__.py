@@ -6,7 +6,7 @@ Public names only; see ``docs/`` and ``design.md`` for the layering.
 from .cell import Cell
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .interop import from_torch
-from .modules import GRU, LSTM, RNN
+from .modules import GRU, LSTM, RNN, plan
 from .recurrent import Recurrent
 from .variants import IndRNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinGRUCell
 
@@ -18,6 +18,7 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "from_torch",
+    "plan",
     "Cell",
     "Recurrent",
     "IndRNN",

@@ -1,17 +1,164 @@
-"""The one place where the readable path and the fast path are switched.
+"""Which code runs a recurrent layer: decided in one place, once per call, with a reason.
 
-A backend is a function ``run(mode, inputs, hx, weights, *, num_layers, num_directions, dropout,
-training, lengths) -> (output, h_n | (h_n, c_n))``; see :func:`unrolled.reference.run`.
+Three runners can execute a layer call:
+
+- ``reference``: the readable loop over the cell functions (:mod:`unrolled.reference`),
+  differentiated by autograd; the executable specification;
+- ``python loops``: the fast backend (hoisted projection, hand-written BPTT) with its time loops
+  in torch ops (:mod:`unrolled.fast.loops`);
+- ``native loops``: the same fast backend with its time loops in C++
+  (:mod:`unrolled.fast.native`).
+
+:func:`plan` chooses one for a call, with the speed variants inside it, and says why. The
+forward stores the plan in each layer's autograd context and the backward runs the plan's loops
+(``plan.loops``) without asking again, so nothing that changes between the two (a build that
+finishes, ``native.disabled()`` entered or left in any thread) can make a backward run a loop
+its forward did not. :func:`run` executes a plan. ``unrolled.plan(module, input)`` asks the same
+question of a module, for users who want to know why a layer is slow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
 from . import fast, reference
+from .fast import loops as python_loops
+from .fast import native
 
-BACKENDS = {"reference": reference.run, "fast": fast.run}
+BACKENDS = ("fast", "reference")
+REFERENCE, PYTHON_LOOPS, NATIVE_LOOPS = "reference", "python loops", "native loops"
+FAST_DTYPES = (torch.float32, torch.float64)
+#: Variants of the native loops, by the number of elements of W_hh (measured: common.h, and
+#: benchmarks/README.md): MKL's packed GEMM from 2^20 on (LSTM, float32, full batch); a
+#: row-major copy of W_hh^T up to 2^17 for sequences longer than one step.
+PACKED_GEMM_FROM = 1 << 20
+ROW_MAJOR_UP_TO = 1 << 17
 
 
-def get_backend(name: str):
+@dataclass(frozen=True)
+class Plan:
+    """How one call of a layer runs, and why.
+
+    Attributes:
+        mode: ``RNN_TANH``, ``RNN_RELU``, ``LSTM`` or ``GRU``.
+        runner: ``reference``, ``python loops`` or ``native loops``.
+        reason: why this runner, in words.
+        loops: the fast runners' time loops, ``torch.ops.unrolled`` or
+            :mod:`unrolled.fast.loops` (same names, same buffers); None for the reference.
+        packed_gemm: the native LSTM loop multiplies by ``W_hh`` through MKL's packed GEMM.
+        row_major: the loops get a row-major copy of ``W_hh^T`` (and ``W_hr^T``) instead of a
+            transposed view (faster small GEMMs; not worth it for large weights or one step).
+    """
+
+    mode: str
+    runner: str
+    reason: str
+    loops: object = field(default=None, compare=False, repr=False)
+    packed_gemm: bool = False
+    row_major: bool = False
+
+    def arrange(self, transposed: Tensor) -> Tensor:
+        """A transposed weight view as the plan's loops take it: a row-major copy or the view."""
+        return transposed.contiguous() if self.row_major else transposed
+
+    def __str__(self) -> str:
+        """e.g. ``LSTM: native loops (C++, AVX512), W_hh by MKL's packed GEMM; reason: ...``."""
+        how = self.runner
+        if self.runner == NATIVE_LOOPS:
+            how += f" (C++, {native.instruction_set()})"
+        variants = []
+        if self.packed_gemm:
+            variants.append("W_hh by MKL's packed GEMM")
+        if self.row_major:
+            variants.append("row-major W_hh^T")
+        details = "".join(f", {variant}" for variant in variants)
+        return f"{self.mode}: {how}{details}; reason: {self.reason}"
+
+
+def plan(
+    mode: str,
+    inputs: Tensor,
+    weights: Sequence[reference.LayerWeights],
+    *,
+    backend: str = "fast",
+    lengths: Tensor | None = None,
+    custom_step: str = "",
+) -> Plan:
+    """Choose the runner for one call of a layer.
+
+    Args:
+        mode: ``RNN_TANH | RNN_RELU | LSTM | GRU``.
+        inputs: the time-major input ``(T, B, I)`` (its dtype, device and ``T`` matter).
+        weights: the layer's ``L*D`` weight tuples (``W_hh``'s size chooses variants).
+        backend: what the module asks for, ``"fast"`` or ``"reference"``.
+        lengths: ``(B,)`` valid steps per sequence, or None.
+        custom_step: non-empty when the step is not one of the hand-written cells (recurrent
+            dropout, zoneout): what it is, for the reason.
+    """
+    check_backend(backend)
+
+    def chose(runner: str, reason: str, **variants) -> Plan:
+        return Plan(mode, runner, reason, **variants)
+
+    if backend == "reference":
+        return chose(REFERENCE, "backend='reference': the cell functions step by step, autograd")
+    if custom_step:
+        return chose(REFERENCE, f"{custom_step} changes the step; only the reference loop runs it")
+    if inputs.dtype not in FAST_DTYPES:
+        return chose(REFERENCE, f"{inputs.dtype} input; the fast loops run float32 and float64")
+    if torch.compiler.is_compiling():
+        return chose(REFERENCE, "traced by torch.compile; the reference loop traces into one graph")
+    num_steps, w_hh = inputs.shape[0], weights[0][1]
+    row_major = w_hh.numel() <= ROW_MAJOR_UP_TO and num_steps > 1
+    if inputs.device.type != "cpu":
+        reason = f"{inputs.device.type} tensors; the native loops are CPU-only"
+        return chose(PYTHON_LOOPS, reason, loops=python_loops, row_major=row_major)
+    if native.is_disabled():
+        reason = "unrolled.fast.native.disabled() in this thread"
+        return chose(PYTHON_LOOPS, reason, loops=python_loops, row_major=row_major)
+    kernels = native.ops()
+    if kernels is None:
+        reason = native.unavailable_reason()
+        return chose(PYTHON_LOOPS, reason, loops=python_loops, row_major=row_major)
+    packed = (
+        mode == "LSTM"
+        and inputs.dtype == torch.float32
+        and lengths is None
+        and w_hh.numel() >= PACKED_GEMM_FROM
+        and native.packed_gemm_available()
+    )
+    reason = f"{str(inputs.dtype).removeprefix('torch.')} on CPU, native loops built here"
+    return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
+
+
+def run(
+    plan: Plan,
+    inputs: Tensor,
+    hx: Tensor | tuple[Tensor, Tensor],
+    weights: Sequence[reference.LayerWeights],
+    *,
+    num_layers: int,
+    num_directions: int,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+    layers: Sequence | None = None,
+) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """Run a layer call as ``plan`` says; the contract is :func:`unrolled.reference.run`'s
+    (``layers``: the custom step's ``stack`` layers, for the reference runner)."""
+    options = dict(
+        num_layers=num_layers, num_directions=num_directions, dropout=dropout,
+        training=training, lengths=lengths,
+    )  # fmt: skip
+    if plan.runner == REFERENCE:
+        return reference.run(plan.mode, inputs, hx, weights, layers=layers, **options)
+    return fast.run(plan, inputs, hx, weights, **options)
+
+
+def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got backend={name!r}")
-    return BACKENDS[name]

@@ -34,7 +34,6 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
-from unrolled.backends import get_backend
 from unrolled.fast import native
 
 IMPLEMENTATIONS = ("torch", "unrolled")
@@ -291,7 +290,9 @@ def run_point(point: Point, settings: Settings) -> dict:
         layer.train()
     train = time_interleaved({n: train_call(m, inputs) for n, m in layers.items()}, settings)
     record = point.to_dict()
-    record.update(config=point.config, parity=parity)
+    record.update(
+        config=point.config, parity=parity, plan=str(unrolled.plan(layers["unrolled"], inputs))
+    )
     for phase, timing in (("forward", forward), ("train", train)):
         record[phase] = {**timing, "ratio": ratio(timing)}
     record["noise"] = max(t[name]["noise"] for t in (forward, train) for name in IMPLEMENTATIONS)
@@ -349,12 +350,6 @@ def load_average() -> float | None:
         return None
 
 
-def backend_function(backend: str) -> str:
-    """Which function ``backend`` really runs, so a report says what it measured."""
-    function = get_backend(backend)
-    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
-
-
 def environment(threads: int) -> dict:
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -362,6 +357,7 @@ def environment(threads: int) -> dict:
         "unrolled": unrolled.__version__,
         "python": platform.python_version(),
         "cpu": cpu_model(),
+        "isa": native.instruction_set(),
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),

@@ -16,19 +16,15 @@ NOISY = 0.10
 def header(console: Console, report: dict) -> None:
     env, settings = report["environment"], report["settings"]
     console.print(
-        f"[bold]unrolled bench[/]: unrolled (backend [bold]{settings['backend']}[/], runs "
-        f"{settings['backend_function']}"
-        + (
-            f", {env['fast_loops']}"
-            if settings["backend"] == "fast" and "fast_loops" in env
-            else ""
-        )
-        + ") vs torch.nn, "
-        f"{'packed' if settings['packed'] else 'padded'} input, {settings['dtype']}"
+        f"[bold]unrolled bench[/]: unrolled (backend [bold]{settings['backend']}[/]) vs "
+        f"torch.nn, {'packed' if settings['packed'] else 'padded'} input, {settings['dtype']}"
     )
+    for line in plans(report["results"]):
+        console.print(f"  plan {line}")
     console.print(
         f"  {env['date']} | torch {env['torch']} | unrolled {env['unrolled']} | "
-        f"python {env['python']}\n  CPU {env['cpu']} | torch threads {env['threads']}"
+        f"python {env['python']}\n  CPU {env['cpu']} ({env.get('isa', '?')}) | torch threads "
+        f"{env['threads']}"
     )
     console.print(
         f"  median of {settings['repeats']} interleaved samples (each >= "
@@ -49,6 +45,11 @@ def header(console: Console, report: dict) -> None:
     if settings["quick"]:
         console.print("  [yellow]--quick[/]: T is a quarter of the grid's, 5 repeats, shapes "
                       "S, M, L unless --shapes says otherwise")  # fmt: skip
+
+
+def plans(records: list[dict]) -> list[str]:
+    """The distinct plans the points ran (``unrolled.plan``), each once, in order."""
+    return list(dict.fromkeys(r["plan"] for r in records if "plan" in r))
 
 
 def _ms(seconds: float) -> str:

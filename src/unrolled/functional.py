@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import cells
-from .backends import get_backend
+from . import backends, cells
 from .scan import scan
 
 
@@ -116,8 +115,9 @@ def rnn(
 ):
     """Functional form of the layers: time-major ``input (T, B, I)``, ``hx`` as the modules'
     backends take it, ``weights`` as ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``."""
-    return get_backend(backend)(
-        mode,
+    plan = backends.plan(mode, input, weights, backend=backend, lengths=lengths)
+    return backends.run(
+        plan,
         input,
         hx,
         weights,

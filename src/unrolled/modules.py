@@ -9,13 +9,11 @@ optional lengths, call the backend, and turn the result back.
 from __future__ import annotations
 
 import warnings
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from . import checks, regularizers
-from .backends import get_backend
+from . import backends, checks, regularizers
 from .cells import GATES
 from .init import uniform_by_hidden_size_
 from .inputs import to_time_major
@@ -46,7 +44,7 @@ class RNNBase(nn.Module):
             mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
             bidirectional, proj_size,
         )  # fmt: skip
-        get_backend(backend)
+        backends.check_backend(backend)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -189,22 +187,33 @@ class RNNBase(nn.Module):
             hx = layout.state_in(tuple(hx) if self.mode == "LSTM" else hx)  # (L*D, B, *) sorted
             self._check_state(hx, batch, inputs)
 
-        run = get_backend(self.backend)
-        if self._regularized():  # a different step: the reference path, whatever the backend
-            run = partial(regularizers.run, recurrent_dropout=self.recurrent_dropout,
-                          zoneout=self._zoneout_rates)  # fmt: skip
-        output, h_n = run(
-            self.mode,
+        weights = self.layer_weights()
+        layers = None
+        if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
+            layers = regularizers.make_layers(
+                self.mode, weights, batch, inputs, recurrent_dropout=self.recurrent_dropout,
+                zoneout=self._zoneout_rates, training=self.training,
+            )  # fmt: skip
+        output, h_n = backends.run(
+            self._plan(inputs, weights, lengths),
             inputs,
             hx,
-            self.layer_weights(),
+            weights,
             num_layers=self.num_layers,
             num_directions=self.num_directions,
             dropout=self.dropout,
             training=self.training,
             lengths=lengths,
+            layers=layers,
         )  # output (T, B, D*P)
         return layout.results_out(output, h_n)
+
+    def _plan(self, inputs: Tensor, weights, lengths: Tensor | None) -> backends.Plan:
+        """The one decision of which code runs this call (time-major ``inputs (T, B, I)``)."""
+        return backends.plan(
+            self.mode, inputs, weights, backend=self.backend, lengths=lengths,
+            custom_step=self._custom_step(),
+        )  # fmt: skip
 
     def step(self, x_t: Tensor, hx=None):
         """One time step of a unidirectional model through all layers (online inference).
@@ -231,10 +240,15 @@ class RNNBase(nn.Module):
         self._zoneout_rates = regularizers.check_zoneout(self.mode, zoneout)
         self.zoneout = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else float(zoneout)
 
-    def _regularized(self) -> bool:
-        """Whether the step differs from torch's: zoneout always (eval uses its expectation),
-        recurrent dropout in training mode only."""
-        return any(self._zoneout_rates) or (self.training and self.recurrent_dropout > 0)
+    def _custom_step(self) -> str:
+        """What makes this call's step differ from torch's, in words ("" when nothing does):
+        zoneout always (eval uses its expectation), recurrent dropout in training mode only."""
+        parts = []
+        if self.training and self.recurrent_dropout > 0:
+            parts.append(f"recurrent_dropout={self.recurrent_dropout}")
+        if any(self._zoneout_rates):
+            parts.append(f"zoneout={self.zoneout}")
+        return " and ".join(parts)
 
     @property
     def _name(self) -> str:
@@ -327,3 +341,33 @@ class GRU(RNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, backend=backend, **kwargs)
         self._set_regularizers(recurrent_dropout, zoneout)
+
+
+def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
+    """Which code a call ``module(input)`` runs, and why (the decision the call itself makes).
+
+    ``print(unrolled.plan(lstm, x))`` gives e.g. ``LSTM: native loops (C++, AVX2), row-major
+    W_hh^T; reason: float32 on CPU, native loops built here``. ``input`` (and ``lengths``) as
+    the module's ``forward`` takes them; only their dtype, device and shape matter.
+
+    Cells and custom :class:`~unrolled.Recurrent` stacks have one runner, the reference cell
+    math; their plan says so.
+    """
+    if isinstance(module, RNNBase):
+        inputs, lengths, _ = to_time_major(
+            input, batch_first=module.batch_first, lengths=lengths, module_name=module._name
+        )  # (T, B, I)
+        return module._plan(inputs, module.layer_weights(), lengths)
+    from .cell_modules import RNNCellBase
+    from .recurrent import Recurrent
+
+    if isinstance(module, RNNCellBase):
+        reason = "a cell is one step: the cell functions, differentiated by autograd"
+        return backends.Plan(module.mode, backends.REFERENCE, reason)
+    if isinstance(module, Recurrent):
+        reason = "custom cells run the reference loop (stack and scan), differentiated by autograd"
+        return backends.Plan(type(module).__name__, backends.REFERENCE, reason)
+    raise TypeError(
+        f"unrolled.plan: module must be one of unrolled's recurrent modules, got "
+        f"{type(module).__name__}"
+    )

@@ -167,29 +167,3 @@ def make_layers(
             mask = sample_recurrent_mask(batch, state_size, recurrent_dropout, like)  # (B, P)
         layers.append(RegularizedLayer(mode, w, mask, zoneout, training))
     return layers
-
-
-def run(
-    mode: str,
-    inputs: Tensor,
-    hx,
-    weights: Sequence[reference.LayerWeights],
-    *,
-    num_layers: int,
-    num_directions: int,
-    dropout: float = 0.0,
-    training: bool = False,
-    lengths: Tensor | None = None,
-    recurrent_dropout: float = 0.0,
-    zoneout: tuple[float, float] = (0.0, 0.0),
-):
-    """The reference backend's ``run`` with regularised layers; same arguments and results."""
-    layers = make_layers(
-        mode, weights, inputs.size(1), inputs,
-        recurrent_dropout=recurrent_dropout, zoneout=zoneout, training=training,
-    )  # fmt: skip
-    return reference.run(
-        mode, inputs, hx, weights,
-        num_layers=num_layers, num_directions=num_directions, dropout=dropout,
-        training=training, lengths=lengths, layers=layers,
-    )  # fmt: skip

@@ -81,7 +81,7 @@ def builtin_step(module, x_t: Tensor, hx=None):
         _check_step_state(module, hx, batch, x)
     initial = [(hx[0][k], hx[1][k]) for k in range(num_layers)] if lstm else hx.unbind(0)
 
-    if not module._regularized():
+    if not module._custom_step():
         step = _STEPS[module.mode]
         output, finals = x, []
         for layer in range(num_layers):

@@ -121,7 +121,6 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
         "environment": environment,
         "settings": {
             "backend": settings.backend,
-            "backend_function": benchmark.backend_function(settings.backend),
             "repeats": settings.repeats,
             "warmup": settings.warmup,
             "min_sample_s": settings.min_sample_s,

@@ -1,20 +1,19 @@
 """The fast backend: same contract and same numbers as :func:`unrolled.reference.run`, faster.
 
 Each layer runs both directions over the same step-major buffers (see :mod:`.layer`), with the
-input projection hoisted into one GEMM per direction, the time loop in C++ where the native
-loops are built (:mod:`.native`; per-step torch ops otherwise) and a hand-written backward per
-cell family (:mod:`.rnn`, :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it
-feeds layer ``l``'s output to layer ``l+1``, applies dropout between layers with ``stack``'s own
-function (the same random draws on the same rows, so the masks match torch's and the
-reference's), and stacks the final states in torch's row order ``l * D + d``.
-
-Only float32 and float64 take the fast path; other dtypes (bfloat16, float16) run the reference
-backend, whose per-step cell math handles them, and so does code traced by ``torch.compile``.
+input projection hoisted into one GEMM per direction, the time loop of the plan's runner (the
+native C++ loops of :mod:`.native` or the same loops in torch ops, :mod:`.loops`; chosen by
+:func:`unrolled.backends.plan`) and a hand-written backward per cell family (:mod:`.rnn`,
+:mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer ``l``'s output to
+layer ``l+1``, applies dropout between layers with ``stack``'s own function (the same random
+draws on the same rows, so the masks match torch's and the reference's), and stacks the final
+states in torch's row order ``l * D + d``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -26,7 +25,8 @@ from .layer import Timeline
 from .lstm import LSTMLayer, lstm_layer_forward
 from .rnn import RNNLayer, rnn_layer_forward
 
-FAST_DTYPES = (torch.float32, torch.float64)
+if TYPE_CHECKING:
+    from ..backends import Plan
 
 #: Per mode: the autograd Function (training) and the plain forward (nothing to differentiate).
 LAYERS = {
@@ -38,7 +38,7 @@ LAYERS = {
 
 
 def run(
-    mode: str,
+    plan: Plan,
     inputs: Tensor,
     hx: Tensor | tuple[Tensor, Tensor],
     weights: Sequence[reference.LayerWeights],
@@ -48,20 +48,11 @@ def run(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
-    layers: Sequence | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
-    """Backend entry point; the contract is :func:`unrolled.reference.run`'s.
-
-    Runs the reference backend instead for other dtypes, for custom ``layers`` (their step is
-    not one of the hand-written cells), and while ``torch.compile`` traces: dynamo breaks the
-    graph at the ``out=`` writes into strided views that the fast loops are built on, whereas
-    the reference loop traces into one graph that inductor fuses by itself.
-    """
-    if inputs.dtype not in FAST_DTYPES or layers is not None or torch.compiler.is_compiling():
-        return reference.run(
-            mode, inputs, hx, weights, num_layers=num_layers, num_directions=num_directions,
-            dropout=dropout, training=training, lengths=lengths, layers=layers,
-        )  # fmt: skip
+    """Run a layer call with ``plan``'s loops (the plan of :func:`unrolled.backends.plan`); the
+    contract is :func:`unrolled.reference.run`'s. Every layer's autograd Function records the
+    plan, and its backward runs the same loops."""
+    mode = plan.mode
     function, plain_forward = LAYERS[mode]
     h0_all, c0_all = hx if mode == "LSTM" else (hx, None)
     timeline = Timeline(inputs.shape[0], lengths)
@@ -75,9 +66,9 @@ def run(
         c0 = None if c0_all is None else c0_all[rows]  # (D, B, H)
         tensors = (layer_input, h0, c0, *flat)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            result = function.apply(mode, num_directions, lengths, *tensors)
+            result = function.apply(plan, num_directions, lengths, *tensors)
         else:
-            result = plain_forward(mode, num_directions, timeline, *tensors[:3], flat)[:-1]
+            result = plain_forward(plan, num_directions, timeline, *tensors[:3], flat)[:-1]
         layer_input = result[0]  # (T, B, D*P)
         finals_h.append(result[1])
         if mode == "LSTM":

@@ -1,8 +1,8 @@
 """What every cell family of the fast backend shares: one layer, both directions at once.
 
-The fast loops run both directions of a layer over the same steps ``s = 0 .. T-1``: the Python
-loops in lockstep, so that one batched matmul per step advances both; the native loops each
-direction on its own thread. To make that possible every per-step buffer is *step-major*:
+The fast loops run both directions of a layer over the same steps ``s = 0 .. T-1`` (the native
+loops each direction on its own thread). To make that possible every per-step buffer is
+*step-major*:
 ``(D, T, B, *)`` where ``[0, s]`` is time ``t = s`` and ``[1, s]`` is the reverse direction's
 ``s``-th step. Without ``lengths`` that is time ``T-1-s``; with ``lengths`` each sequence is
 reversed inside its own length, ``t = lengths[b]-1-s`` (the reverse direction starts at the
@@ -14,7 +14,7 @@ state after step ``lengths[b]-1``. The loops therefore run every step without ma
 layer input must be zero at padded steps: ``fast.run`` zeroes the first layer's input once, and
 every layer's output is zero there, so padded steps compute finite values that nobody reads),
 and ``lengths`` is honoured outside the loop: outputs at padded steps are set to zero (the
-native loops on sorted lengths leave them zero already), the final
+loops on sorted lengths shrink the batch and leave them zero already), the final
 state is gathered at ``lengths - 1``, and in backward the output gradient is zeroed at padded
 steps and the final state's gradient enters at step ``lengths - 1``. Padded steps then carry an
 exactly zero gradient, as in the reference's ``torch.where``.
@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from . import native
 
 
 class Timeline:
@@ -89,17 +88,17 @@ class Timeline:
         reverse maps padding to itself, so it stays zero there)."""
         return [seq, self.reverse(seq)] if num_directions == 2 else [seq]
 
-    def output(self, states: Tensor, native: bool = False) -> Tensor:
+    def output(self, states: Tensor) -> Tensor:
         """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``, zero
-        at padded steps. ``native``: the states come from the native loops, which leave the
-        padded steps zero already when they shrink the batch (sorted lengths, :attr:`live_rows`).
+        at padded steps (the loops leave them zero already when they shrink the batch: sorted
+        lengths, :attr:`live_rows`).
 
         One direction without lengths, or with its padding zero already: ``states[0]`` itself
         (a view, no copy). Autograd's version counter still guards it: changing the output in
         place before backward raises there, as it does for torch's own RNN outputs.
         """
         num_dirs, num_steps, batch, size = states.shape
-        padding_zeroed = self.padding is None or (native and bool(self.live_rows))
+        padding_zeroed = self.padding is None or bool(self.live_rows)
         if num_dirs == 1 and padding_zeroed:
             return states[0]
         out = states.new_empty(num_steps, batch, num_dirs, size)  # (T, B, D, P)
@@ -171,7 +170,7 @@ class Timeline:
             x: the layer input ``(T, B, I)``, time-major, zero at padded steps.
             w_ih: ``D`` weights ``(G, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
-                rows first), as the Python LSTM and GRU loops keep them; 0 for torch's order.
+                rows first), as the GRU's factors ``[n_x, r, z]`` are; 0 for torch's order.
                 Handled by splitting the GEMMs instead of copying (large) weights into another
                 order.
             scratch: a contiguous ``(T, B, G)`` buffer that nobody reads any more, for the
@@ -251,15 +250,6 @@ def project(
     return out
 
 
-def row_major(w_t: Tensor, num_steps: int) -> Tensor:
-    """A transposed weight view as the native loop's GEMMs like it best. MKL runs small GEMMs
-    faster on a row-major copy (measured in the full forward, copy against view: 5-17% at M
-    for RNN/GRU, up to 40% for LSTM at S), but from 2^17 elements on the view is as fast or
-    faster (L: GRU 3%, LSTM 8%) and the copy only costs; a single step (streaming through
-    ``forward``) has nothing to amortise it over either."""
-    return w_t.contiguous() if w_t.numel() <= 1 << 17 and num_steps > 1 else w_t
-
-
 def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
     """``D`` same-shaped tensors as one ``(D, *)`` batch for ``bmm``; a view when ``D = 1`` (at
     large H the weights outweigh the activations, so copying them shows in peak memory)."""
@@ -271,18 +261,16 @@ def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[tuple]:
     return [tuple(flat[5 * d : 5 * d + 5]) for d in range(num_directions)]
 
 
-def remember(ctx, mode: str, num_directions: int, timeline: Timeline, tensors: Sequence) -> None:
-    """What every layer Function's backward needs besides its saved tensors: the layer's
-    configuration, its ``Timeline``, the number of differentiable inputs (``x, h0, c0`` and the
-    flat weights), and whether the forward ran the native loops (the backward takes the same
-    path: the two keep their buffers differently)."""
-    ctx.mode, ctx.num_directions, ctx.timeline = mode, num_directions, timeline
-    ctx.lengths = timeline.lengths
+def remember(ctx, plan, num_directions: int, timeline: Timeline, tensors: Sequence) -> None:
+    """What every layer Function's backward needs besides its saved tensors: the forward's plan
+    (the backward runs the plan's loops, ``ctx.plan.loops``, and never asks again), the number
+    of directions, the ``Timeline`` and the number of differentiable inputs (``x, h0, c0`` and
+    the flat weights)."""
+    ctx.plan, ctx.num_directions, ctx.timeline = plan, num_directions, timeline
     ctx.num_inputs = len(tensors)
-    ctx.native = native.usable(tensors[0]) is not None
 
 
-def reference_double_backward(ctx, mode: str, grads: Sequence[Tensor]) -> tuple:
+def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
     """Backward with ``create_graph=True``: differentiate the reference path instead.
 
     The hand-written backward is not itself differentiable, so when a graph of the gradient is
@@ -290,13 +278,13 @@ def reference_double_backward(ctx, mode: str, grads: Sequence[Tensor]) -> tuple:
     autograd differentiate it (twice, if the caller wants).
     """
     x, h0, c0, *flat = ctx.saved_tensors[: ctx.num_inputs]
-    num_directions = ctx.num_directions
+    mode, num_directions = ctx.plan.mode, ctx.num_directions
     weights = unbatched_flat_weights(flat, num_directions)
     with torch.enable_grad():
         hx = (h0, c0) if mode == "LSTM" else h0
         output, h_n = reference.run(
             mode, x, hx, weights, num_layers=1, num_directions=num_directions,
-            lengths=ctx.lengths,
+            lengths=ctx.timeline.lengths,
         )  # fmt: skip
         outputs = [output, *h_n] if mode == "LSTM" else [output, h_n]
         targets = [x, h0, c0, *flat]

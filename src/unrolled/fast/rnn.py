@@ -1,19 +1,40 @@
-r"""Elman RNN layer (tanh or ReLU), both directions at once: forward loop and hand-written BPTT.
+r"""Elman RNN layer (tanh or ReLU), both directions: the buffers around the time loop, the
+hoisted input projection, and the weight gradients after BPTT.
 
 .. math::  h_s = act(\underbrace{W_{ih} x_s + b_{ih} + b_{hh}}_{\text{hoisted: one GEMM}}
            + W_{hh} h_{s-1})
 
-Per step the forward does one matmul and one in-place activation (the Python loop both
-directions in one batched matmul, the native loop each direction on its own thread), writing
-straight into the step-major state buffer ``hs (D, T+1, B, H)`` that already holds the hoisted
-projection. The backward runs only the chain ``d_pre_s = dh_s * act'(.)``,
-``dh_{s-1} = d_pre_s @ W_hh`` per step, then one GEMM per weight over all steps.
+Per step the forward does one matmul and one in-place activation, writing straight into the
+state buffer that already holds the hoisted projection; the backward runs only the chain
+``d_pre_s = dh_s * act'(.)``, ``dh_{s-1} += d_pre_s @ W_hh`` per step, then one GEMM per weight
+over all steps. The time loop is ``plan.loops.rnn_forward`` / ``rnn_backward``: the native C++
+loop (``native/rnn.cpp``) or the same loop in torch ops (``loops/rnn.py``), whichever the
+layer's plan chose in the forward; the backward runs the plan's loop, never another one.
+
+**The RNN buffer contract.** Step-major (see :mod:`.layer`), every buffer contiguous:
+
+==============  ================  ==========================================================
+buffer          shape             holds
+==============  ================  ==========================================================
+hs              (D, T+1, B, H)    slot 0 ``h_0``; slots ``1..T`` hold ``x_s W_ih^T + b_ih +
+                                  b_hh`` (the hoisted projection) on entry and the states
+                                  ``h_s`` on exit, activated in place
+w_rec           (D, H, H)         forward: ``W_hh^T`` (a view or a row-major copy)
+w_hh            D x (H, H)        backward: ``W_hh`` per direction
+grads           D x (T, B, H)     backward in: the gradient reaching each ``h_s``; out:
+                                  ``d_pre_s``, the gradient of step s's pre-activation
+relu            bool              ReLU instead of tanh; ``relu'`` is torch's: the gradient
+                                  passes wherever ``h <= 0`` does not hold (NaN included)
+live            [] or T ints      step ``s`` advances rows ``[0, live[s])``; rows past them
+                                  are zero in ``hs`` (forward) and ``grads`` (backward)
+==============  ================  ==========================================================
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import Tensor
 
 from . import native
 from .layer import (
@@ -21,82 +42,46 @@ from .layer import (
     project,
     reference_double_backward,
     remember,
-    row_major,
     stack_directions,
     unbatched_flat_weights,
 )
 
+if TYPE_CHECKING:
+    from ..backends import Plan
 
-def rnn_layer_forward(mode: str, num_directions: int, timeline: Timeline, x, h0, c0, flat):
+
+def rnn_layer_forward(plan: Plan, num_directions: int, timeline: Timeline, x, h0, c0, flat):
     """One layer, ``D`` directions. Returns ``(output (T, B, D*H), h_n (D, B, H), hs)``."""
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden = h0.shape[-1]
-    w_hh_t = stack_directions([w[1] for w in weights]).transpose(1, 2)  # (D, H, H): W_hh^T
     bias = [None if w[2] is None else w[2] + w[3] for w in weights]  # D x (H,)
-
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
     # Slots 1..T first hold the projection, then (in place) the states.
     project(timeline.directions(x, num_directions), [w[0] for w in weights], bias, out=hs[:, 1:])
-    kernels = native.usable(x)
-    if kernels is not None:  # the same loop in C++
-        kernels.rnn_forward(
-            hs, row_major(w_hh_t, num_steps), mode == "RNN_RELU", timeline.live_rows
-        )
-    else:
-        activate = torch.Tensor.tanh_ if mode == "RNN_TANH" else torch.Tensor.relu_
-        steps = hs.unbind(1)  # T+1 views (D, B, H)
-        h = steps[0]
-        for h_next in steps[1:]:
-            h = activate(h_next.baddbmm_(h, w_hh_t))  # (D, B, H) @ (D, H, H) + x_s W_ih^T + b
-    output = timeline.output(hs[:, 1:], native=kernels is not None)
+    w_rec = plan.arrange(stack_directions([w[1] for w in weights]).transpose(1, 2))  # (D, H, H)
+    plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", timeline.live_rows)
+    output = timeline.output(hs[:, 1:])
     return output, timeline.final(hs), hs
 
 
-def python_backward_loop(mode: str, hs: Tensor, d_h: Tensor, w_hh: list[Tensor]) -> Tensor:
-    """BPTT in per-step torch ops (the native loop's specification and fallback).
-
-    ``hs (D, T+1, B, H)`` from the forward; ``d_h (D, T, B, H)`` the gradient reaching each
-    ``h_s`` (updated in place to the full ``dh_s``); ``w_hh`` D x ``(H, H)``. Returns
-    ``d_pre (D, T, B, H)``, the gradient of each step's pre-activation.
-    """
-    num_steps = hs.shape[1] - 1
-    states = hs[:, 1:]  # (D, T, B, H)
-    if mode == "RNN_TANH":
-        d_pre = states.square().neg_().add_(1)  # tanh' = 1 - h^2, (D, T, B, H)
-    else:
-        d_pre = (states > 0).to(states.dtype)  # relu' = [h > 0]
-    d_pre_steps, d_h_steps = d_pre.unbind(1), d_h.unbind(1)  # T x (D, B, H)
-    d_pre_dir_steps = [d.unbind(0) for d in d_pre]  # D x T x (B, H)
-    d_h_dir_steps = [d.unbind(0) for d in d_h]
-    directions = list(zip(d_pre_dir_steps, d_h_dir_steps, w_hh))
-    dh = d_h_steps[num_steps - 1]
-    for s in range(num_steps - 1, 0, -1):
-        d_pre_steps[s].mul_(dh)  # d_pre = dh * act'
-        for d_pre_dir, d_h_dir, w in directions:
-            d_h_dir[s - 1].addmm_(d_pre_dir[s], w)  # (B, H) @ (H, H) + d_out
-        dh = d_h_steps[s - 1]
-    d_pre_steps[0].mul_(dh)
-    return d_pre
-
-
 class RNNLayer(torch.autograd.Function):
-    """``(mode, D, lengths, x (T, B, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh, None))
-    -> (output (T, B, D*H), h_n (D, B, H))``."""
+    """``(plan, D, lengths, x (T, B, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
+    None)) -> (output (T, B, D*H), h_n (D, B, H))``."""
 
     @staticmethod
-    def forward(ctx, mode, num_directions, lengths, x, h0, c0, *flat):
+    def forward(ctx, plan, num_directions, lengths, x, h0, c0, *flat):
         timeline = Timeline(x.shape[0], lengths)
-        output, h_n, hs = rnn_layer_forward(mode, num_directions, timeline, x, h0, c0, flat)
-        remember(ctx, mode, num_directions, timeline, (x, h0, c0, *flat))
+        output, h_n, hs = rnn_layer_forward(plan, num_directions, timeline, x, h0, c0, flat)
+        remember(ctx, plan, num_directions, timeline, (x, h0, c0, *flat))
         ctx.save_for_backward(x, h0, c0, *flat, hs)
         return output, h_n
 
     @staticmethod
     def backward(ctx, d_output, d_h_n):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
-            return (None,) * 3 + reference_double_backward(ctx, ctx.mode, (d_output, d_h_n))
+            return (None,) * 3 + reference_double_backward(ctx, (d_output, d_h_n))
         x, h0, c0, *flat, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline
         weights = unbatched_flat_weights(flat, num_directions)
@@ -104,19 +89,11 @@ class RNNLayer(torch.autograd.Function):
         num_steps = x.shape[0]
         # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
         w_hh = [w[1] for w in weights]  # D x (H, H)
-
-        kernels = native.usable(x) if ctx.native else None
-        if kernels is not None:  # the same loop in C++
-            # One buffer per direction, turned into d_pre in place: each is freed as soon as its
-            # gradients are done.
-            d_pre = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
-            kernels.rnn_backward(hs, d_pre, w_hh, ctx.mode == "RNN_RELU", timeline.live_rows)
-        else:
-            d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, H)
-            d_pre = list(python_backward_loop(ctx.mode, hs, d_h, w_hh).unbind(0))  # views
-            # The chain is done: free the step gradients before the weight gradients are
-            # allocated (they would otherwise set the step's peak memory).
-            del d_h
+        # One buffer per direction, turned into d_pre in place: each is freed as soon as its
+        # gradients are done.
+        d_pre = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
+        relu = ctx.plan.mode == "RNN_RELU"
+        ctx.plan.loops.rnn_backward(hs, d_pre, w_hh, relu, timeline.live_rows)
         d_h0 = hs.new_empty(num_directions, *hs.shape[2:])  # (D, B, H)
         for d in range(num_directions):
             torch.mm(d_pre[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)

@@ -4,128 +4,126 @@ The per-step work of a recurrent layer is one small GEMM plus the cell's element
 Python that math is 6-8 separate torch kernels per step, each paying dispatch overhead and each
 re-reading the gate buffer; at small sizes that overhead, not arithmetic, is the step's time.
 The files here run the whole time loop in C++: the recurrent GEMM through ATen (the same BLAS
-torch uses) and the elementwise math as one vectorised pass per batch row. The equations are
-the Python loops' (``unrolled/fast/lstm.py``, ``gru.py``, ``rnn.py``), which stay the fallback
-and the readable specification of what the loops do; each ``*.cpp`` file's header says which
-buffers it shares with them and where it lays them out differently (the LSTM loop keeps torch's
-gate order).
+torch uses) and the elementwise math as one vectorised pass per batch row. Each ``*.cpp`` file
+keeps its family's buffer contract (``unrolled/fast/<family>.py``), and
+``unrolled/fast/loops/`` is the same loops in torch ops, function for function: the fallback,
+and the readable specification of what these loops do.
 
-The extension is built with :func:`torch.utils.cpp_extension.load` the first time a layer
-needs it (about 20 s; cached afterwards under torch's extension directory) and requires a C++
-compiler. Without one, or with ``UNROLLED_NATIVE=0`` in the environment, the fast backend uses
-its Python loops: same numbers, slower at small sizes. :func:`status` says which is in use.
+The extension is built the first time a layer needs it, or ahead of time by ``unrolled build``
+(:mod:`.build`: where, what it prints, how a killed build is recovered). Without a C++
+compiler, with a build that fails, or with ``UNROLLED_NATIVE=0``, the fast backend runs its
+Python loops: the same numbers, slower at small sizes; each cause is one warning (none for
+``UNROLLED_NATIVE=0``, which is asked for). :func:`status` says which is in use.
+
+Which loops a layer runs is never decided here: :func:`unrolled.backends.plan` asks
+:func:`ops` and :func:`is_disabled` once per call and records its answer for the backward.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
-import shutil
+import threading
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import torch
 
-SOURCES = [
-    Path(__file__).with_name(name)
-    for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp", "graph.cpp")
-]
+from .build import BuildError, build
 
+_lock = threading.Lock()  # held by the one thread that builds
 _ops = None  # the torch.ops namespace once loaded
 _reason = ""  # why the native loops are not in use ("" while untried or in use)
-_tried = False
-_enabled = True
+_state = "untried"  # untried | ready | unavailable
+_local = threading.local()  # per thread: how deep inside disabled()
 
 
-def _compile_flags() -> list[str]:
-    """Optimise for this machine: the extension is built where it runs."""
-    flags = ["-O3", "-fno-math-errno"]  # no errno: lets the compiler vectorise nearbyint
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        flags.append("-march=native")
-    return flags
-
-
-def _build() -> None:
-    global _ops, _reason
-    if os.environ.get("UNROLLED_NATIVE", "1") == "0":
-        _reason = "disabled by UNROLLED_NATIVE=0"
-        return
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        _reason = "no C++ compiler found (c++ or $CXX)"
-        return
+def ops(progress: Callable[[int, int], None] | None = None):
+    """The native ops (``torch.ops.unrolled``), building them on the first call; None where
+    they are unavailable (see :func:`status`), and None at once, without waiting, while another
+    thread is building them. ``progress(finished, total)`` is told how a build advances."""
+    global _ops, _reason, _state
+    if _state != "untried" or not _lock.acquire(blocking=False):
+        return _ops
     try:
-        import ninja  # the PyPI build of ninja, a dependency; torch calls `ninja` on PATH
-
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    except ImportError:
-        pass
-    from torch.utils.cpp_extension import load
-
-    try:
-        load(
-            name="unrolled_native",
-            sources=[str(path) for path in SOURCES],
-            extra_cflags=_compile_flags(),
-            is_python_module=False,
-            verbose=os.environ.get("UNROLLED_NATIVE_VERBOSE") == "1",
-        )
-        _ops = torch.ops.unrolled
-    except Exception as error:  # a compiler or linker problem: fall back, say why once
-        _reason = f"build failed: {type(error).__name__}: {str(error).strip()[-300:]}"
-        warnings.warn(
-            f"unrolled: native recurrence loops unavailable ({_reason}); the fast backend "
-            "uses its Python loops (same results, slower at small sizes)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-def ops():
-    """The native ops (``torch.ops.unrolled``), building them on first call; None when they
-    are unavailable or switched off (see :func:`status`)."""
-    global _tried
-    if not _enabled:
-        return None
-    if not _tried:
-        _tried = True
-        _build()
+        if _state == "untried":
+            build(progress)
+            _ops, _state = torch.ops.unrolled, "ready"
+    except BuildError as error:
+        _reason, _state = str(error), "unavailable"
+        if error.cause != "switched off":
+            warnings.warn(
+                f"unrolled: the native loops are unavailable: {error}. The fast backend runs "
+                "its Python loops instead: the same numbers as torch.nn, several times slower "
+                "at small sizes",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    finally:
+        _lock.release()
     return _ops
 
 
-def usable(*tensors: torch.Tensor) -> object:
-    """The native ops if they can run on these tensors (CPU, float32/float64), else None."""
-    if not all(t.device.type == "cpu" for t in tensors):
-        return None
-    return ops()
+def unavailable_reason() -> str:
+    """Why :func:`ops` gives None now ("" once the native loops are loaded)."""
+    if _state == "untried":
+        return "the native loops are being built in another thread"
+    return _reason
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Layers called inside this block, in this thread, plan the Python loops (for tests and
+    comparisons). Other threads are not affected, and neither is any graph: a backward runs
+    the loops its forward's plan chose, wherever and whenever it runs."""
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+def is_disabled() -> bool:
+    """Whether this thread is inside :func:`disabled`."""
+    return getattr(_local, "depth", 0) > 0
 
 
 def graph_released() -> bool:
     """Inside a layer's backward: True when the running backward frees the saved tensors of
     each node right after it (``retain_graph=False``), so that the layer may reuse its own
     saved internal buffers as space for its gradients. False with ``retain_graph=True``,
-    outside a backward, without the native ops, or with a torch that does not export the
-    query (see ``graph.cpp``): the safe answer."""
-    kernels = ops()
-    return kernels is not None and bool(kernels.graph_released())
+    outside a backward, without the native ops loaded, or with a torch that does not export
+    the query (see ``graph.cpp``): the safe answer. Never builds anything."""
+    return _ops is not None and bool(_ops.graph_released())
+
+
+def packed_gemm_available() -> bool:
+    """Whether the loaded native ops can use MKL's packed GEMM (this torch build has it)."""
+    return _ops is not None and bool(_ops.packed_gemm_available())
+
+
+def instruction_set() -> str:
+    """The vector instruction set the native loops are compiled for on this CPU, as torch
+    names it (``AVX512``, ``AVX2``, ``DEFAULT``...)."""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def status() -> str:
-    """One line: whether the native loops are in use, and if not, why."""
-    if not _enabled:
-        return "off (unrolled.fast.native.disabled())"
+    """One line: whether this thread's layers run the native loops, and if not, why."""
+    if is_disabled():
+        return "Python loops (unrolled.fast.native.disabled() in this thread)"
     if ops() is not None:
         return "native C++ loops"
-    return f"Python loops ({_reason})"
+    return f"Python loops ({unavailable_reason()})"
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Run the fast backend's Python loops inside this block (for tests and comparisons)."""
-    global _enabled
-    previous, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = previous
+__all__ = [
+    "BuildError",
+    "disabled",
+    "graph_released",
+    "instruction_set",
+    "is_disabled",
+    "ops",
+    "packed_gemm_available",
+    "status",
+    "unavailable_reason",
+]

@@ -44,16 +44,18 @@ using at::Tensor;
 
 // e^x, written so that a loop over it vectorises (libm's exp does not). x = n ln2 + r with
 // |r| <= ln2/2 (ln2 split in two, Cody-Waite, so r is exact to the last bits), e^r by its
-// Taylor polynomial (degree 7 for float, 13 for double: truncation below half an ulp), and
-// 2^n built in the exponent bits. Measured max relative error: 1.4 ulp (float). x is clamped
-// to where 2^n is a normal number (e^-87 ~ 1.6e-38, e^-708 ~ 3e-308); NaN propagates.
+// Taylor polynomial (degree 7 for float, 13 for double: truncation below half an ulp), and 2^n
+// built in the exponent bits as 2^(n/2) 2^(n - n/2), two factors that are always normal
+// numbers, so that the result overflows to inf and underflows through the subnormals exactly
+// where libm's does. x is clamped to where that is already decided (e^-104 rounds to 0 in
+// float, e^89 to inf); NaN propagates.
 template <typename T>
 struct ExpConstants;
 
 template <>
 struct ExpConstants<float> {
   using Bits = int32_t;
-  static constexpr float low = -87.0f, high = 88.0f;
+  static constexpr float low = -104.0f, high = 89.0f;
   static constexpr float log2e = 1.44269504088896341f;
   static constexpr float ln2_high = 0.693359375f, ln2_low = -2.12194440e-4f;
   static constexpr int degree = 7;
@@ -63,7 +65,7 @@ struct ExpConstants<float> {
 template <>
 struct ExpConstants<double> {
   using Bits = int64_t;
-  static constexpr double low = -708.0, high = 709.0;
+  static constexpr double low = -746.0, high = 710.0;
   static constexpr double log2e = 1.4426950408889634074;
   static constexpr double ln2_high = 0.693145751953125, ln2_low = 1.42860682030941723212e-6;
   static constexpr int degree = 13;
@@ -88,29 +90,59 @@ UNROLLED_INLINE T taylor(T r) {
   }
 }
 
+// x = n ln2 + r: the reduced argument r and 2^n as two normal factors (see exp).
 template <typename T>
-UNROLLED_INLINE T exp(T x) {
+struct Reduced {
+  T r, scale_a, scale_b;  // 2^n = scale_a * scale_b
+};
+
+template <typename T>
+UNROLLED_INLINE Reduced<T> reduce(T x) {
   using C = ExpConstants<T>;
+  using Bits = typename C::Bits;
   x = x < C::low ? C::low : x;
   x = x > C::high ? C::high : x;
   const T n = std::nearbyint(x * C::log2e);
   const T r = std::fma(n, -C::ln2_low, std::fma(n, -C::ln2_high, x));
-  const T p = taylor<T, 0, C::degree>(r);
-  const auto bits = (static_cast<typename C::Bits>(n) + C::bias) << C::mantissa_bits;
-  return p * std::bit_cast<T>(bits);
+  const Bits whole = static_cast<Bits>(n), half = whole >> 1;
+  const T scale_a = std::bit_cast<T>((half + C::bias) << C::mantissa_bits);
+  const T scale_b = std::bit_cast<T>((whole - half + C::bias) << C::mantissa_bits);
+  return {r, scale_a, scale_b};
 }
 
-// sigmoid(x) = 1 / (1 + e^-x)
+// e^x, within 2 ulp wherever it is a normal number (measured: docs/numerics.md).
+template <typename T>
+UNROLLED_INLINE T exp(T x) {
+  const Reduced<T> q = reduce(x);
+  return taylor<T, 0, ExpConstants<T>::degree>(q.r) * q.scale_a * q.scale_b;
+}
+
+// e^x - 1, accurate relative to its own size near 0, where exp(x) - 1 would cancel:
+// e^x - 1 = 2^n (e^r - 1) + (2^n - 1), and e^r - 1 = r (1 + r/2! + r^2/3! + ...) keeps r's
+// relative accuracy (for |x| <= ln2/2, n = 0 and the result is that product alone).
+template <typename T>
+UNROLLED_INLINE T expm1(T x) {
+  const Reduced<T> q = reduce(x);
+  const T scale = q.scale_a * q.scale_b;
+  const T e_r_minus_1 = q.r * taylor<T, 1, ExpConstants<T>::degree>(q.r);
+  return std::fma(scale, e_r_minus_1, scale - T(1));
+}
+
+// sigmoid(x) = 1 / (1 + e^-x): relative accuracy wherever the result is a normal number; below
+// x ~ -88.7 (float) e^-x overflows and the result is 0, as torch's sigmoid gives there.
 template <typename T>
 UNROLLED_INLINE T sigmoid(T x) {
   return T(1) / (T(1) + exp(-x));
 }
 
-// tanh(x) = 2 sigmoid(2x) - 1: exact to an absolute half-ulp of 1 (not relative near 0),
-// which is what the fast backend's g gate has always used (see numerics.md).
+// tanh(x) = -m / (2 + m) with m = e^(-2|x|) - 1, and the sign of x. Through expm1 the result
+// keeps its relative accuracy near 0 (tanh(x) ~ x), where 2 sigmoid(2x) - 1 or
+// (1 - e^-2x) / (1 + e^-2x) would lose it to cancellation (a hidden state of 1e-5 then
+// carries a relative error of 1e-3 in float). Odd, so tanh(-0) = -0; NaN propagates.
 template <typename T>
 UNROLLED_INLINE T tanh(T x) {
-  return T(2) / (T(1) + exp(T(-2) * x)) - T(1);
+  const T m = expm1(T(-2) * std::abs(x));  // in (-1, 0]
+  return std::copysign(-m / (T(2) + m), x);
 }
 
 // Two directions of a layer run on two threads at once, each its own whole sequence (they
@@ -177,8 +209,8 @@ inline void zero_rows(T* block, int64_t rows, int64_t batch, int64_t width) {
 // same W_hh at every step; a plain GEMM repacks that operand each time, the packed one packs it
 // once per layer call. Measured on the bench's XL LSTM (B=32, H=1024, W_hh 4096 x 1024): forward
 // 1.2-1.3x -> 0.7-1.0x torch's; at L (W_hh 1024 x 256) no different from a plain GEMM on a
-// row-major copy, at M slower, so it is used for weights of 2^20 elements and more (float32,
-// full batch: the packing is for a fixed number of rows).
+// row-major copy, at M slower, so the plan (`unrolled.backends.plan`) asks for it for weights of
+// 2^20 elements and more (float32, full batch: the packing is for a fixed number of rows).
 struct PackedGemm {
   c10::TypedOperatorHandle<Tensor(const Tensor&, int64_t)> reorder;
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&,

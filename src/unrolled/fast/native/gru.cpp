@@ -1,13 +1,10 @@
 // The GRU recurrence of the fast backend (torch's formulation), forward and backward, one
-// layer, D directions. Buffers as `unrolled/fast/gru.py` documents them (step-major):
+// layer, D directions.
 //
-//   xw  (D, T, B, 3H)      the hoisted x W_ih^T, rows r, z, n (this loop adds torch's b_ih and
-//                          b_hh in its elementwise pass; the Python loop's xw has them folded in)
-//   hh  (D, T or 1, B, 3H) h_{s-1} W_hh^T, then (in place) r, z and a = h_{s-1} W_hn^T + b_hn
-//   ns  (D, T or 1, B, H)  n;  hs (D, T+1, B, H): slot 0 = h_0
-//
-// With `live` (batch sorted by length, longest first) step s advances only its first live[s]
-// rows; the rows past them are zero in hs (forward) and in the gradients (backward).
+// Buffers: the GRU buffer contract in `unrolled/fast/gru.py` (layout, what each buffer holds
+// after the forward, what the backward writes where). `unrolled/fast/loops/gru.py` is the same
+// loop in torch ops, function for function: forward_rows / backward_rows (one step's
+// elementwise math) and forward_loop / backward_loop (the time loop of each direction).
 #include <torch/library.h>
 
 #include "common.h"

@@ -1,16 +1,13 @@
 // The LSTM recurrence of the fast backend, forward and backward, one layer, D directions.
 //
-// Step-major buffers, in torch's gate order (i, f, g, o) and with torch's own weights (the
-// Python loops reorder and rescale rows for their per-step ops; this loop needs neither):
+// Buffers: the LSTM buffer contract in `unrolled/fast/lstm.py` (layout, gate order, what each
+// buffer holds after the forward, what the backward writes where). `unrolled/fast/loops/lstm.py`
+// is the same loop in torch ops, function for function: forward_rows / backward_rows (one step's
+// elementwise math), forward_direction / backward_direction (one direction's time loop),
+// forward_loop / backward_loop (the directions).
 //
-//   gates (D, T, B, 4H)  in: x W_ih^T (hoisted); out: i, f, g, o activated, in place
-//   bias  (D, 4H)        b_ih + b_hh, added in the elementwise pass
-//   cs    (D, T+1, B, H) c_s at slot s+1, slot 0 = c_0 (or (D, 1, B, H): one slot, reused)
-//   hs    (D, T+1, B, P) h_s at slot s+1, slot 0 = h_0
-//
-// With `live` (batch sorted by length, longest first) step s advances only its first live[s]
-// rows, as torch's packed kernels do; the rows past them are zero in hs/cs (forward) and in
-// d_pre (backward), so the weight-gradient GEMMs over all rows read zeros there.
+// One speed variant, chosen by the caller's plan (`unrolled.backends.plan`), never here:
+// `packed` runs the forward's recurrent product through MKL's packed GEMM (see PackedGemm).
 #include <torch/library.h>
 
 #include <type_traits>
@@ -112,7 +109,7 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
 template <typename T>
 void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tensor& w_rec,
                        const Tensor& w_proj, Tensor& cs, Tensor& hs, Tensor& r,
-                       at::IntArrayRef live, bool keep) {
+                       at::IntArrayRef live, bool keep, bool packed_product) {
   const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
   const int64_t out_size = hs.size(3);
   const bool projected = given(w_proj), every_cell = cs.size(1) > 1;
@@ -124,11 +121,10 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
   T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, P)
   T* r_ptr = projected ? r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
   const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
-  // Large W_hh: MKL's packed GEMM (packed once here) computes each step's product into a
-  // new (B, 4H) tensor that the elementwise pass adds; otherwise one addmm into the gates.
-  const PackedGemm* packed = std::is_same_v<T, float> && live.empty() && w.numel() >= (1 << 20)
-                                 ? packed_gemm()
-                                 : nullptr;
+  // The plan's packed variant: MKL's packed GEMM (packed once here) computes each step's
+  // product into a new (B, 4H) tensor that the elementwise pass adds; otherwise one addmm into
+  // the gates.
+  const PackedGemm* packed = packed_product ? packed_gemm() : nullptr;
   const Tensor w_rows = packed ? w.t().contiguous() : Tensor();  // W_hh (4H, P)
   const Tensor w_packed = packed ? packed->reorder.call(w_rows, batch) : Tensor();
   for (int64_t s = 0; s < steps; ++s) {
@@ -172,13 +168,13 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
 
 template <typename T>
 void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor& cs, Tensor& hs, at::IntArrayRef live, bool keep) {
+                  Tensor& cs, Tensor& hs, at::IntArrayRef live, bool keep, bool packed) {
   const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
   Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
   // No bias (bias=False): zeros, so the loop has one shape.
   const Tensor b = given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, gates.options());
   for_directions(directions, gates.size(2) * hs.size(3) * 4 * hidden, [&](int64_t d) {
-    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live, keep);
+    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live, keep, packed);
   });
 }
 
@@ -246,14 +242,23 @@ void check_contiguous(const Tensor& t, const char* name) {
 }
 
 void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor cs, Tensor hs, at::IntArrayRef live, bool keep) {
+                  Tensor cs, Tensor hs, at::IntArrayRef live, bool keep, bool packed) {
   check_contiguous(gates, "gates");
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
+  // The plan asks for the packed variant only where it exists and applies; a request that does
+  // not fit is a bug in the caller, never silently ignored.
+  TORCH_CHECK(!packed || (packed_gemm() != nullptr && gates.scalar_type() == at::kFloat &&
+                          live.empty()),
+              "unrolled native LSTM: packed=True needs MKL's packed GEMM (this torch has it: ",
+              packed_gemm() != nullptr, "), float32 (got ", gates.scalar_type(),
+              ") and the full batch at every step");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep);
+    forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep, packed);
   });
 }
+
+bool packed_gemm_available() { return packed_gemm() != nullptr; }
 
 void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
                    const Tensor& dc_arrivals, const Tensor& w_rec, const Tensor& w_proj,
@@ -273,10 +278,11 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
-        "Tensor(c!) hs, int[] live, bool keep) -> ()",
+        "Tensor(c!) hs, int[] live, bool keep, bool packed) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
         "Tensor dc_arrivals, Tensor w_rec, Tensor w_proj, Tensor(c!) d_pre, Tensor(d!) r, "
         "int[] live) -> ()",
         &unrolled::lstm_backward);
+  m.def("packed_gemm_available() -> bool", &unrolled::packed_gemm_available);
 }

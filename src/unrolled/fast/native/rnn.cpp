@@ -1,11 +1,9 @@
 // The Elman RNN recurrence (tanh or ReLU) of the fast backend, forward and backward, one layer,
-// D directions. Buffers as `unrolled/fast/rnn.py` documents them (step-major):
+// D directions.
 //
-//   hs  (D, T+1, B, H)  slot 0 = h_0; slots 1..T hold the hoisted x W_ih^T + b on entry and
-//                       the states h_s on exit (activated in place)
-//
-// With `live` (batch sorted by length, longest first) step s advances only its first live[s]
-// rows; the rows past them are zero in hs (forward) and in d_pre (backward).
+// Buffers: the RNN buffer contract in `unrolled/fast/rnn.py`. `unrolled/fast/loops/rnn.py` is
+// the same loop in torch ops, function for function: activate_rows / backward_rows (one step's
+// elementwise math) and forward_loop / backward_loop (the time loop of each direction).
 #include <torch/library.h>
 
 #include "common.h"
@@ -27,15 +25,16 @@ void activate_rows(T* h, int64_t first, int64_t last, int64_t hidden, bool relu)
   }
 }
 
-// d_pre = dh * act'(h): tanh' = 1 - h^2, relu' = [h > 0]. Rows [first, last). d_pre may be
-// dh itself (element k is read before it is written).
+// d_pre = dh * act'(h): tanh' = 1 - h^2; relu passes dh where h <= 0 does not hold (as torch's
+// threshold_backward: a NaN state passes its gradient on). Rows [first, last). d_pre may be dh
+// itself (element k is read before it is written).
 template <typename T>
 void backward_rows(const T* h, const T* dh, T* d_pre, int64_t first, int64_t last,
                    int64_t hidden, bool relu) {
   const int64_t begin = first * hidden, end = last * hidden;
   if (relu) {
     UNROLLED_VECTOR_LOOP
-    for (int64_t k = begin; k < end; ++k) d_pre[k] = h[k] > T(0) ? dh[k] : T(0);
+    for (int64_t k = begin; k < end; ++k) d_pre[k] = h[k] <= T(0) ? T(0) : dh[k];
   } else {
     UNROLLED_VECTOR_LOOP
     for (int64_t k = begin; k < end; ++k) d_pre[k] = dh[k] * (T(1) - h[k] * h[k]);
