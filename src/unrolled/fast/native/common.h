@@ -15,6 +15,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -117,14 +118,21 @@ UNROLLED_INLINE T exp(T x) {
   return taylor<T, 0, ExpConstants<T>::degree>(q.r) * q.scale_a * q.scale_b;
 }
 
-// e^x - 1, accurate relative to its own size near 0, where exp(x) - 1 would cancel:
+// e^x - 1 for x <= 0, accurate relative to its own size near 0, where exp(x) - 1 would cancel:
 // e^x - 1 = 2^n (e^r - 1) + (2^n - 1), and e^r - 1 = r (1 + r/2! + r^2/3! + ...) keeps r's
-// relative accuracy (for |x| <= ln2/2, n = 0 and the result is that product alone).
+// relative accuracy (for |x| <= ln2/2, n = 0 and the result is that product alone). Below
+// x = -87 (float; -708 double) the result is -1 to the last bit, so x is clamped there and 2^n
+// is one normal factor (cheaper than exp's two).
 template <typename T>
-UNROLLED_INLINE T expm1(T x) {
-  const Reduced<T> q = reduce(x);
-  const T scale = q.scale_a * q.scale_b;
-  const T e_r_minus_1 = q.r * taylor<T, 1, ExpConstants<T>::degree>(q.r);
+UNROLLED_INLINE T expm1_negative(T x) {
+  using C = ExpConstants<T>;
+  using Bits = typename C::Bits;
+  constexpr T low = std::is_same_v<T, float> ? T(-87) : T(-708);
+  x = x < low ? low : x;
+  const T n = std::nearbyint(x * C::log2e);
+  const T r = std::fma(n, -C::ln2_low, std::fma(n, -C::ln2_high, x));
+  const T scale = std::bit_cast<T>((static_cast<Bits>(n) + C::bias) << C::mantissa_bits);
+  const T e_r_minus_1 = r * taylor<T, 1, C::degree>(r);
   return std::fma(scale, e_r_minus_1, scale - T(1));
 }
 
@@ -141,7 +149,7 @@ UNROLLED_INLINE T sigmoid(T x) {
 // carries a relative error of 1e-3 in float). Odd, so tanh(-0) = -0; NaN propagates.
 template <typename T>
 UNROLLED_INLINE T tanh(T x) {
-  const T m = expm1(T(-2) * std::abs(x));  // in (-1, 0]
+  const T m = expm1_negative(T(-2) * std::abs(x));  // in [-1, 0]
   return std::copysign(-m / (T(2) + m), x);
 }
 

@@ -1,0 +1,316 @@
+"""One buffer contract per cell family: the native (C++) loops and the Python loops read and write
+the same buffers the same way.
+
+Two kinds of evidence:
+- each family's native op and its Python twin run on identical copies of the same buffers, and
+  every buffer they touch must come out the same (forward and backward, with and without
+  projection, bias, kept gates, batch shrinking on sorted lengths, two directions, and the
+  backward writing its gradients over the forward's own buffers);
+- every (forward loop, backward loop) combination, run through a layer, equals torch.nn: a
+  forward on one loop back-propagated by the other gives torch's gradients, which it could not
+  if the two laid out their buffers differently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import pytest
+import torch
+from parity import compare
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import unrolled
+from unrolled import backends
+from unrolled.fast import loops as python_loops
+from unrolled.fast import native
+
+pytestmark = pytest.mark.skipif(
+    native.ops() is None, reason=f"native loops unavailable: {native.status()}"
+)
+
+SORTED_LENGTHS = [6, 5, 5, 3, 1]
+
+
+def live_rows(lengths, steps):
+    """Per step, how many of the (sorted) sequences are still running."""
+    return [sum(length > s for length in lengths) for s in range(steps)] if lengths else []
+
+
+def rand(*shape, dtype=torch.float64, low=-1.0, high=1.0):
+    return torch.rand(*shape, dtype=dtype) * (high - low) + low
+
+
+def none(dtype=torch.float64):
+    return torch.empty(0, dtype=dtype)
+
+
+def run_both(name, make_args, mutated, alias=None):
+    """Run ``native.ops().<name>`` and ``python_loops.<name>`` on identical copies of the
+    arguments ``make_args()`` builds; return both sets of the ``mutated`` argument positions.
+    ``alias(args)`` may rewire arguments to share storage (the backward over saved buffers)."""
+    results = []
+    for loops in (native.ops(), python_loops):
+        torch.manual_seed(0)
+        args = make_args()
+        if alias is not None:
+            args = alias(args)
+        getattr(loops, name)(*args)
+        results.append([args[k] for k in mutated])
+    return results
+
+
+def assert_same_buffers(results, names, atol=1e-12):
+    ours_native, ours_python = results
+    for name, a, b in zip(names, ours_native, ours_python):
+        items = zip(a, b) if isinstance(a, (list, tuple)) else [(a, b)]
+        for k, (x, y) in enumerate(items):
+            torch.testing.assert_close(
+                x, y, atol=atol, rtol=1e-10, msg=lambda m: f"{name}[{k}]: {m}"
+            )
+
+
+STEPS, BATCH, INPUT = 6, 5, 3
+
+
+# --- LSTM ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "directions,proj,bias,lengths,keep",
+    list(itertools.product([1, 2], [0, 3], [True, False], [None, SORTED_LENGTHS], [True, False])),
+)
+def test_lstm_forward_buffers(directions, proj, bias, lengths, keep):
+    hidden = 4
+    out_size = proj or hidden
+    every_cell = keep or lengths is not None
+    live = live_rows(lengths, STEPS)
+
+    def make():
+        gates = rand(directions, STEPS, BATCH, 4 * hidden)
+        b = rand(directions, 4 * hidden) if bias else none()
+        w_rec = rand(directions, out_size, 4 * hidden)
+        w_proj = rand(directions, hidden, proj) if proj else none()
+        cs = rand(directions, STEPS + 1 if every_cell else 1, BATCH, hidden)
+        hs = rand(directions, STEPS + 1, BATCH, out_size)
+        return [gates, b, w_rec, w_proj, cs, hs, live, keep, False]
+
+    results = run_both("lstm_forward", make, [0, 4, 5])
+    names = ["gates", "cs", "hs"]
+    if not keep:  # the gates are scratch without keep: the contract says nothing of them
+        results = [r[1:] for r in results]
+        names = names[1:]
+    assert_same_buffers(results, names)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_forward_packed_gemm_computes_the_same(bidirectional):
+    """The packed variant (float32, W_hh of 2^20+ elements) is a speed choice only."""
+    if not native.packed_gemm_available():
+        pytest.skip("this torch build has no MKL packed GEMM")
+    directions, hidden, batch = 1 + bidirectional, 512, 3
+
+    def make():
+        gates = rand(directions, 2, batch, 4 * hidden, dtype=torch.float32)
+        b = rand(directions, 4 * hidden, dtype=torch.float32)
+        w_rec = rand(directions, hidden, 4 * hidden, dtype=torch.float32) / 20
+        cs = rand(directions, 3, batch, hidden, dtype=torch.float32)
+        hs = rand(directions, 3, batch, hidden, dtype=torch.float32)
+        return [gates, b, w_rec, none(torch.float32), cs, hs, [], True, True]
+
+    native_out, python_out = run_both("lstm_forward", make, [0, 4, 5])
+    assert_same_buffers([native_out, python_out], ["gates", "cs", "hs"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "directions,proj,lengths,keep_r,over_gates",
+    [
+        case
+        for case in itertools.product(
+            [1, 2], [0, 3], [None, SORTED_LENGTHS], [True, False], [False, True]
+        )
+        if case[1] or not case[3]  # r is only asked for with a projection
+    ],
+)
+def test_lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates):
+    hidden = 4
+    out_size = proj or hidden
+    live = live_rows(lengths, STEPS)
+
+    def make():
+        gates = rand(directions, STEPS, BATCH, 4 * hidden, low=0.0)  # activated: in (0, 1)
+        cs = rand(directions, STEPS + 1, BATCH, hidden)
+        d_h = rand(directions, STEPS, BATCH, out_size)
+        dc = rand(directions, BATCH, hidden)
+        arrivals = rand(directions, STEPS, BATCH, hidden) if lengths else none()
+        w_rec = rand(directions, 4 * hidden, out_size)
+        w_proj = rand(directions, out_size, hidden) if proj else none()
+        d_pre = torch.empty(directions, STEPS, BATCH, 4 * hidden, dtype=torch.float64)
+        r = torch.empty(directions, STEPS, BATCH, hidden, dtype=torch.float64) if keep_r else none()
+        return [gates, cs, d_h, dc, arrivals, w_rec, w_proj, d_pre, r, live]
+
+    def write_over_gates(args):  # a released graph: d_pre is the saved gates' own buffer
+        args[7] = args[0]
+        return args
+
+    alias = write_over_gates if over_gates else None
+    mutated = [2, 3, 7] + ([8] if keep_r else [])
+    results = run_both("lstm_backward", make, mutated, alias)
+    assert_same_buffers(results, ["d_h", "dc", "d_pre", "r"])
+
+
+# --- GRU -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "directions,bias,lengths,keep",
+    list(itertools.product([1, 2], [True, False], [None, SORTED_LENGTHS], [True, False])),
+)
+def test_gru_forward_buffers(directions, bias, lengths, keep):
+    hidden = 4
+    live = live_rows(lengths, STEPS)
+    slots = STEPS if keep else 1
+
+    def make():
+        xw = rand(directions, STEPS, BATCH, 3 * hidden)
+        hh = rand(directions, slots, BATCH, 3 * hidden)
+        ns = rand(directions, slots, BATCH, hidden)
+        hs = rand(directions, STEPS + 1, BATCH, hidden)
+        w_rec = rand(directions, hidden, 3 * hidden)
+        biases = [rand(3 * hidden) for _ in range(2 * directions)] if bias else []
+        return [xw, hh, ns, hs, w_rec, biases, live]
+
+    results = run_both("gru_forward", make, [1, 2, 3])
+    names = ["hh", "ns", "hs"]
+    if not keep:  # one reused slot: only the states are the forward's result
+        results = [r[2:] for r in results]
+        names = names[2:]
+    assert_same_buffers(results, names)
+
+
+@pytest.mark.parametrize(
+    "directions,lengths,over_saved",
+    list(itertools.product([1, 2], [None, SORTED_LENGTHS], [False, True])),
+)
+def test_gru_backward_buffers(directions, lengths, over_saved):
+    hidden = 4
+    live = live_rows(lengths, STEPS)
+
+    def make():
+        hh = rand(directions, STEPS, BATCH, 3 * hidden)
+        hh[..., : 2 * hidden].uniform_(0, 1)  # r, z are gates
+        ns = rand(directions, STEPS, BATCH, hidden)
+        hs = rand(directions, STEPS + 1, BATCH, hidden)
+        grads = [rand(STEPS, BATCH, hidden) for _ in range(directions)]
+        w_hh = [rand(3 * hidden, hidden) for _ in range(directions)]
+        factors = [torch.empty(STEPS, BATCH, 3 * hidden, dtype=torch.float64)] * directions
+        factors = [f.clone() for f in factors]
+        d_h0 = torch.empty(directions, BATCH, hidden, dtype=torch.float64)
+        return [hh, ns, hs, grads, w_hh, factors, d_h0, live]
+
+    def write_over_saved(args):  # a released graph: [n_x, r, z] overwrite hh's [r, z, a]
+        args[5] = list(args[0].unbind(0))
+        return args
+
+    alias = write_over_saved if over_saved else None
+    results = run_both("gru_backward", make, [3, 5, 6], alias)
+    assert_same_buffers(results, ["grads", "factors", "d_h0"])
+
+
+# --- RNN -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "directions,relu,lengths",
+    list(itertools.product([1, 2], [False, True], [None, SORTED_LENGTHS])),
+)
+def test_rnn_buffers(directions, relu, lengths):
+    hidden = 4
+    live = live_rows(lengths, STEPS)
+
+    def make_forward():
+        return [
+            rand(directions, STEPS + 1, BATCH, hidden),
+            rand(directions, hidden, hidden),
+            relu,
+            live,
+        ]
+
+    assert_same_buffers(run_both("rnn_forward", make_forward, [0]), ["hs"])
+
+    def make_backward():
+        hs = rand(directions, STEPS + 1, BATCH, hidden)
+        if relu:
+            hs.clamp_(min=0)  # relu states; a few exact zeros test the kink
+            hs[:, :, 0, 0] = 0
+        grads = [rand(STEPS, BATCH, hidden) for _ in range(directions)]
+        w_hh = [rand(hidden, hidden) for _ in range(directions)]
+        return [hs, grads, w_hh, relu, live]
+
+    assert_same_buffers(run_both("rnn_backward", make_backward, [1]), ["grads"])
+
+
+# --- every (forward loop, backward loop) combination equals torch.nn ------------------------------
+
+TORCH_MODES = {
+    "RNN_TANH": lambda *a, **k: torch.nn.RNN(*a, nonlinearity="tanh", **k),
+    "RNN_RELU": lambda *a, **k: torch.nn.RNN(*a, nonlinearity="relu", **k),
+    "LSTM": torch.nn.LSTM,
+    "GRU": torch.nn.GRU,
+}
+LOOPS = {"native": lambda: native.ops(), "python": lambda: python_loops}
+
+
+class MixedPlanModule(torch.nn.Module):
+    """Runs ``ours`` with a plan whose forward functions are one runner's and whose backward
+    functions are the other's (as a layer would if it switched loops in between)."""
+
+    def __init__(self, ours, forward_loops, backward_loops):
+        super().__init__()
+        self.ours = ours
+        family = {"RNN_TANH": "rnn", "RNN_RELU": "rnn"}.get(ours.mode, ours.mode.lower())
+        self.loops = types.SimpleNamespace(
+            **{f"{family}_forward": getattr(LOOPS[forward_loops](), f"{family}_forward"),
+               f"{family}_backward": getattr(LOOPS[backward_loops](), f"{family}_backward")}
+        )  # fmt: skip
+
+    def forward(self, x, hx=None):
+        ours = self.ours
+        real_plan = ours._plan
+
+        def mixed_plan(inputs, weights, lengths):
+            plan = real_plan(inputs, weights, lengths)
+            assert plan.runner != backends.REFERENCE
+            return backends.Plan(plan.mode, "mixed", "test", loops=self.loops)
+
+        ours._plan = mixed_plan
+        try:
+            return ours(x, hx)
+        finally:
+            del ours._plan
+
+
+@pytest.mark.parametrize("forward_loops,backward_loops", list(itertools.product(LOOPS, LOOPS)))
+@pytest.mark.parametrize(
+    "mode,bidirectional,proj,lengths",
+    [
+        (mode, bidirectional, proj, lengths)
+        for mode in TORCH_MODES
+        for bidirectional, proj, lengths in itertools.product(
+            [False, True], [0, 2] if mode == "LSTM" else [0], [False, True]
+        )
+    ],
+)
+def test_every_loop_combination_equals_torch(
+    mode, bidirectional, proj, lengths, forward_loops, backward_loops
+):
+    torch.manual_seed(11)
+    extra = {"proj_size": proj} if proj else {}
+    theirs = TORCH_MODES[mode](3, 4, num_layers=2, bidirectional=bidirectional, **extra).double()
+    ours = unrolled.from_torch(theirs)
+    mixed = MixedPlanModule(ours, forward_loops, backward_loops)
+    mixed.named_parameters, mixed.parameters = ours.named_parameters, ours.parameters
+    x = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
+    inputs = (pack_padded_sequence(x, torch.tensor([3, 6, 1, 5, 2]), enforce_sorted=False),)
+    compare(mixed, theirs, inputs if lengths else (x,))
