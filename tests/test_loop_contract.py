@@ -67,7 +67,7 @@ def assert_same_buffers(results, names, atol=1e-12):
         items = zip(a, b) if isinstance(a, (list, tuple)) else [(a, b)]
         for k, (x, y) in enumerate(items):
             torch.testing.assert_close(
-                x, y, atol=atol, rtol=1e-10, msg=lambda m: f"{name}[{k}]: {m}"
+                x, y, atol=atol, rtol=1e-10, msg=lambda m, label=f"{name}[{k}]": f"{label}: {m}"
             )
 
 
