@@ -162,3 +162,20 @@ def run(
 def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got backend={name!r}")
+
+
+def sample_plans(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> list[Plan]:
+    """The fast backend's plan for a small layer of each mode (H = 64, T = 8, B = 4) with
+    ``dtype`` input on ``device``: what the commands print as "how the fast backend runs here".
+    Makes the plans as a layer would (building the native loops if they are not built yet)."""
+    from .cells import GATES
+
+    hidden, steps, batch = 64, 8, 4
+    plans = []
+    for mode, gates in GATES.items():
+        inputs = torch.empty(steps, batch, hidden, device=device, dtype=dtype)
+        w_hh = torch.empty(gates * hidden, hidden, device=device, dtype=dtype)
+        plans.append(plan(mode, inputs, [(None, w_hh, None, None, None)]))
+    return plans

@@ -13,6 +13,7 @@ COMMANDS = {
     "verify": ("unrolled.commands.verify", "check unrolled against this machine's torch.nn"),
     "explain": ("unrolled.commands.explain", "step through a small RNN, equation by equation"),
     "bench": ("unrolled.commands.bench", "time unrolled against torch.nn, side by side"),
+    "build": ("unrolled.commands.build", "build the fast backend's native loops ahead of use"),
 }
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
+import torch
+
+import unrolled
 from unrolled import explain
 
 
@@ -63,7 +66,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
     result = explain.trace(config)
     print(explain.render(result, values=args.values))
+    print(f"\nthe fast backend runs this layer as: {fast_plan(config)}")
     if args.plot:
         diagram.draw(result, args.plot)
         print(f"wrote {args.plot}")
     return 0 if result.passed else 1
+
+
+def fast_plan(config: explain.Config) -> unrolled.backends.Plan:
+    """What ``backend='fast'`` would run for this configuration (float32, this machine)."""
+    twin = unrolled.from_torch(explain.torch_module(config), backend="fast")
+    x = torch.zeros(config.batch, config.steps, config.input_size)  # (B, T, I): batch_first
+    return unrolled.plan(twin, x)

@@ -11,11 +11,12 @@ import argparse
 import json
 import time
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from unrolled import conformance
+from unrolled import backends, conformance
 
 SHOWN_FAILURES = 20
 
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         f"unrolled verify: {len(cases)} cases on {device} "
         f"({args.sweep} fixed sweep + {args.cases} random configurations, seed {args.seed})"
     )
+    console.print("the fast backend's plans here (float64, as the cases):")
+    for plan in backends.sample_plans(device, torch.float64):
+        console.print(f"  {plan}", markup=False, soft_wrap=True)
 
     start = time.perf_counter()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

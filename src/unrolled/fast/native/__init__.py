@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .build import BuildError, build
+from .build import BuildError, load
 
 _lock = threading.Lock()  # held by the one thread that builds
 _ops = None  # the torch.ops namespace once loaded
@@ -46,7 +46,7 @@ def ops(progress: Callable[[int, int], None] | None = None):
         return _ops
     try:
         if _state == "untried":
-            build(progress)
+            load(progress)
             _ops, _state = torch.ops.unrolled, "ready"
     except BuildError as error:
         _reason, _state = str(error), "unavailable"

@@ -165,7 +165,7 @@ def watch(directory: Path, progress: Callable[[int, int], None], done: threading
         progress(sum(path.stat().st_mtime >= start for path in outputs), total)
 
 
-def build(progress: Callable[[int, int], None] | None = None) -> Path:
+def load(progress: Callable[[int, int], None] | None = None) -> Path:
     """Build (or find built) and load the native loops into this process; returns their
     folder. ``progress(finished, total)`` is called while a build runs. Raises
     :class:`BuildError` when they cannot be built or loaded here."""
@@ -190,7 +190,7 @@ def build(progress: Callable[[int, int], None] | None = None) -> Path:
             "UNROLLED_CACHE_DIR to a writable folder",
         ) from error
     _add_ninja_to_path()
-    from torch.utils.cpp_extension import load
+    from torch.utils import cpp_extension
 
     with exclusive(directory, wait_seconds()):
         if remove_stale_torch_lock(directory):
@@ -208,7 +208,7 @@ def build(progress: Callable[[int, int], None] | None = None) -> Path:
             watcher.start()
         start = time.monotonic()
         try:
-            load(
+            cpp_extension.load(
                 name=NAME,
                 sources=[str(path) for path in SOURCES],
                 extra_cflags=compile_flags(),
@@ -217,7 +217,9 @@ def build(progress: Callable[[int, int], None] | None = None) -> Path:
                 verbose=os.environ.get("UNROLLED_NATIVE_VERBOSE") == "1",
             )
         except Exception as error:  # a compiler or linker problem
-            detail = f"{type(error).__name__}: {str(error).strip()[-400:]}"
+            text = " ".join(str(error).split())  # one line: the compiler's last words
+            tail = text if len(text) <= 300 else "..." + text[-300:]
+            detail = f"{type(error).__name__}: {tail}"
             raise BuildError(
                 "failed",
                 f"the build failed ({detail}); UNROLLED_NATIVE_VERBOSE=1 shows the compiler's "
