@@ -1,5 +1,5 @@
-"""Odd sizes, T=1, B=1, B=0, non-contiguous input, long sequences, bfloat16, dropout, and a
-property-based sweep: all against torch.nn."""
+"""Odd sizes, T=1, B=1, B=0, non-contiguous input, bfloat16, dropout, and a property-based
+sweep: all against torch.nn (long float32 sequences: test_numerics.py)."""
 
 from __future__ import annotations
 
@@ -66,16 +66,6 @@ def test_non_contiguous_input_and_state(backend, mode):
     h.requires_grad_(True)
     hx = (h, torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)) if mode == "LSTM" else h
     compare(ours, theirs, (x,), hx)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
-def test_long_sequence_float32(backend, mode):
-    """T=2000 in float32: errors must not accumulate past the float32 tolerance."""
-    torch.manual_seed(2)
-    ours, theirs = _pair(mode, 8, 16, dtype=torch.float32, backend=backend)
-    x = torch.randn(2000, 2, 8, requires_grad=True)
-    compare(ours, theirs, (x,), None, torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
