@@ -74,6 +74,7 @@ def test_text_names_equations_shapes_and_where_h_n_comes_from(capsys):
     assert "output[:, t, 3:6] = layer 1 reverse's h' after reading t" in out
     assert "the reverse direction ENDS at t=0" in out
     assert out.rstrip().endswith("PASS")
+    assert "(the fast backend runs this layer as RNN_TANH: " in out  # its plan, with a reason
 
 
 def test_values_are_the_numbers_of_the_trace(capsys):

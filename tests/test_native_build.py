@@ -211,6 +211,7 @@ def test_the_build_folder_follows_the_cache_setting(tmp_path, monkeypatch):
 
 
 def test_quiet_silences_the_build_lines(capsys, monkeypatch):
+    monkeypatch.delenv("UNROLLED_QUIET", raising=False)
     build.say("hello")
     assert capsys.readouterr().err == "unrolled: hello\n"
     monkeypatch.setenv("UNROLLED_QUIET", "1")

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
     result = explain.trace(config)
+    print(f"(the fast backend runs this layer as {fast_plan(config)})\n")
     print(explain.render(result, values=args.values))
-    print(f"\nthe fast backend runs this layer as: {fast_plan(config)}")
     if args.plot:
         diagram.draw(result, args.plot)
         print(f"wrote {args.plot}")
