@@ -1,81 +1,66 @@
-r"""The GRU recurrence in torch ops: ``native/gru.cpp`` function for function.
+r"""The GRU recurrence in torch ops: ``native/gru.cpp``'s loops on the same buffers.
 
-Buffers: the GRU buffer contract in :mod:`unrolled.fast.gru`. The names, arguments, order of the
-work, the rows each step advances and the rows it zeroes are the C++ loop's; one step's
-elementwise math runs here as a few torch ops over a block of rows.
+Buffers: the GRU buffer contract in :mod:`unrolled.fast.gru`. As in ``loops/lstm.py``, each line
+of the C++ loop's elementwise math is a torch op over a whole block of rows, arranged for few
+ops per step: the forward advances the directions together and folds the biases into the
+hoisted projection (``b_ih`` and ``b_hr, b_hz``, once for all steps) and into the recurrent
+GEMM (``b_hn``, which ``r`` multiplies); the backward computes the step-independent factors of
+``backward_rows`` for all steps first (:func:`backward_factors`) and the C++ loop's own
+directions one after the other (their gradient buffers are separate).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .rows import live_rows
+from .rows import first_rows, live_rows, step_views
 
 
-def forward_rows(
-    xw: Tensor,
-    hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    n: Tensor,
-    h_prev: Tensor,
-    h: Tensor,
-) -> None:
-    r"""One step, a block of rows, with torch's biases ``b_ih, b_hh`` (3H each, rows r, z, n):
+class StepBlocks(NamedTuple):
+    """One step's views ``([D,] B, *)`` into ``hh`` (``all``, ``rz``, ``r``, ``z``, ``a``) and
+    into the hoisted projection (``x_rz``, ``x_n``)."""
+
+    all: Tensor
+    rz: Tensor
+    r: Tensor
+    z: Tensor
+    a: Tensor
+    x_rz: Tensor
+    x_n: Tensor
+
+    def first(self, rows: int) -> StepBlocks:
+        if rows == self.all.shape[-2]:
+            return self
+        return StepBlocks(*(first_rows(view, rows) for view in self))
+
+
+def step_blocks(hh: Tensor, x_pre: Tensor, one_direction: bool) -> list[StepBlocks]:
+    """``hh (D, T or 1, B, 3H)`` and ``x_pre (D, T, B, 3H)`` -> per step, its views."""
+    hidden = hh.shape[-1] // 3
+    if hh.shape[1] != x_pre.shape[1]:  # one reused slot
+        hh = hh.expand(-1, x_pre.shape[1], -1, -1)
+    blocks = (hh, hh[..., : 2 * hidden], *hh.split(hidden, dim=-1), *x_pre.split(2 * hidden, -1))
+    return [StepBlocks(*step) for step in zip(*(step_views(b, one_direction) for b in blocks))]
+
+
+def forward_rows(step: StepBlocks, n: Tensor, h_prev: Tensor, h: Tensor) -> None:
+    r"""One step, a block of rows:
 
     .. math::
         r = \sigma(x_r + b_{ir} + b_{hr} + hh_r), \quad z = \sigma(x_z + b_{iz} + b_{hz} + hh_z) \\
-        a = hh_n + b_{hn}, \quad n = \tanh(x_n + b_{in} + r \odot a), \quad
-        h = n + z \odot (h_{prev} - n)
+        n = \tanh(x_n + b_{in} + r \odot a), \quad h = n + z \odot (h_{prev} - n)
 
-    ``xw (rows, 3H)`` is the hoisted ``x W_ih^T``; ``hh (rows, 3H)`` holds ``h_prev W_hh^T`` on
-    entry and ``[r, z, a]`` on exit; ``n`` and ``h`` are ``(rows, H)``.
+    ``step.x_rz, step.x_n`` are the hoisted ``x W_ih^T`` with ``b_ih`` and ``b_hr, b_hz`` added;
+    ``step.all`` holds ``h_prev W_hh^T`` with ``a = W_hn h_prev + b_hn`` in its n block on entry,
+    and ``[r, z, a]`` on exit; ``n`` and ``h`` are ``([D,] rows, H)``.
     """
-    hidden = n.shape[1]
-    x_rz, x_n = xw[:, : 2 * hidden], xw[:, 2 * hidden :]
-    rz, a = hh[:, : 2 * hidden], hh[:, 2 * hidden :]
-    pre_rz = x_rz if b_ih is None else x_rz + b_ih[: 2 * hidden] + b_hh[: 2 * hidden]
-    torch.sigmoid(pre_rz + rz, out=rz)  # r, z
-    r, z = rz.split(hidden, dim=1)
-    if b_hh is not None:
-        a.add_(b_hh[2 * hidden :])  # a = hh_n + b_hn
-        x_n = x_n + b_ih[2 * hidden :]
-    torch.addcmul(x_n, r, a, out=n).tanh_()  # n = tanh(x_n + b_in + r * a)
-    torch.addcmul(n, z, h_prev - n, out=h)  # n + z (h_prev - n)
-
-
-def backward_rows(
-    hh: Tensor,
-    n: Tensor,
-    h_prev: Tensor,
-    dh: Tensor,
-    factors: Tensor,
-    d_a: Tensor,
-    dh_prev: Tensor,
-) -> None:
-    r"""One step backward, a block of rows, from ``dh`` (the full gradient reaching h_s):
-
-    .. math::
-        d\_pre_n &= dh (1 - z)(1 - n^2) \quad \text{(what } x_n, W_{in} \text{ saw)} \\
-        d\_pre_r &= d\_pre_n \, a \, r (1 - r), \quad
-        d\_pre_z = dh (h_{prev} - n) z (1 - z), \quad
-        d_a = d\_pre_n \, r \quad \text{(what } W_{hn}, b_{hn} \text{ saw)}
-
-    into ``factors (rows, 3H)`` as ``[n_x, r, z]`` and ``d_a (rows, H)``; and the lerp's own
-    path ``dh * z`` added to ``dh_prev``. Every input is read before an output is written, so
-    ``factors`` may be ``hh``'s own block and ``d_a`` may be ``dh``.
-    """
-    r, z, a = hh.split(n.shape[1], dim=1)  # 3 x (rows, H)
-    d_pre_n = dh * (1 - z) * (1 - n * n)
-    d_pre_r = d_pre_n * a * r * (1 - r)
-    d_pre_z = dh * (h_prev - n) * z * (1 - z)
-    d_pre_a = d_pre_n * r
-    dh_prev.addcmul_(dh, z)
-    torch.cat([d_pre_n, d_pre_r, d_pre_z], dim=1, out=factors)
-    d_a.copy_(d_pre_a)
+    step.rz.add_(step.x_rz).sigmoid_()  # r, z
+    torch.addcmul(step.x_n, step.r, step.a, out=n).tanh_()
+    torch.lerp(n, h_prev, step.z, out=h)  # n + z (h_prev - n)
 
 
 def gru_forward(
@@ -89,21 +74,77 @@ def gru_forward(
 ) -> None:
     """Forward (``forward_loop`` in C++): ``w_rec = W_hh^T (D, H, 3H)``; ``biases`` D x
     ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False)."""
-    directions, steps, batch = xw.shape[:3]
-    every_step = hh.shape[1] > 1  # kept for the backward, or one reused slot
-    for d in range(directions):
-        w = w_rec[d]  # (H, 3H)
-        b_ih, b_hh = (biases[2 * d], biases[2 * d + 1]) if len(biases) else (None, None)
-        for s in range(steps):
-            rows = live_rows(live, s, batch)
-            slot = s if every_step else 0
-            hh_s = hh[d, slot, :rows]  # (rows, 3H)
-            torch.mm(hs[d, s, :rows], w, out=hh_s)  # (rows, H) @ (H, 3H)
-            forward_rows(
-                xw[d, s, :rows], hh_s, b_ih, b_hh, ns[d, slot, :rows], hs[d, s, :rows],
-                hs[d, s + 1, :rows],
-            )  # fmt: skip
-            hs[d, s + 1, rows:] = 0
+    directions, steps, batch, gates = xw.shape
+    hidden = gates // 3
+    h_bias = None
+    if len(biases):
+        b_ih, b_hh = torch.stack(list(biases[0::2])), torch.stack(list(biases[1::2]))  # (D, 3H)
+        x_bias = b_ih.clone()
+        x_bias[:, : 2 * hidden] += b_hh[:, : 2 * hidden]
+        xw += x_bias.view(directions, 1, 1, gates)  # every step: x W_ih^T + b_ih + [b_hr, b_hz]
+        h_bias = torch.zeros_like(b_hh)
+        h_bias[:, 2 * hidden :] = b_hh[:, 2 * hidden :]  # (D, 3H): b_hn rides with W_hn h
+        h_bias = h_bias[0] if directions == 1 else h_bias[:, None]  # (3H,) or (D, 1, 3H)
+    one = directions == 1
+    w = w_rec[0] if one else w_rec  # ([D,] H, 3H)
+    blocks, h_steps = step_blocks(hh, xw, one), step_views(hs, one)
+    n_steps = step_views(ns.expand(-1, steps, -1, -1), one)  # one reused slot, or each step's
+    for s in range(steps):
+        rows = live_rows(live, s, batch)
+        step = blocks[s].first(rows)  # ([D,] rows, *)
+        h_prev = first_rows(h_steps[s], rows)  # ([D,] rows, H)
+        if h_bias is None:
+            (torch.mm if one else torch.bmm)(h_prev, w, out=step.all)  # ([D,] rows, H) @ (H, 3H)
+        elif one:
+            torch.addmm(h_bias, h_prev, w, out=step.all)  # (rows, H) @ (H, 3H) + b_hn
+        else:
+            torch.baddbmm(h_bias, h_prev, w, out=step.all)  # (D, rows, H) @ (D, H, 3H) + b_hn
+        forward_rows(step, first_rows(n_steps[s], rows), h_prev, first_rows(h_steps[s + 1], rows))
+        if rows < batch:
+            hs[:, s + 1, rows:] = 0
+
+
+def backward_factors(
+    hh: Tensor, n: Tensor, h_prev: Tensor, factors: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""The step-independent half of ``backward_rows`` for one direction, all steps at once:
+
+    .. math::
+        factors \leftarrow [\, (1 - z)(1 - n^2),\ a \, r (1 - r),\ (h_{prev} - n) z (1 - z) \,]
+
+    from ``hh (T, B, 3H)`` (``[r, z, a]``), ``n`` and ``h_prev`` ``(T, B, H)``, into ``factors
+    (T, B, 3H)``, which may be ``hh`` itself. Returns ``(r, z)`` for the loop (copies when
+    ``factors`` overwrites them).
+    """
+    hidden = n.shape[-1]
+    r, z, a = hh.split(hidden, dim=-1)
+    if factors.data_ptr() == hh.data_ptr():
+        r, z = r.clone(), z.clone()
+    to_n, to_r, to_z = factors.split(hidden, dim=-1)  # over hh's r, z, a blocks
+    torch.mul(r, 1 - r, out=to_r).mul_(a)  # a still intact: to_r is z's old block
+    torch.sub(h_prev, n, out=to_z).mul_(z * (1 - z))
+    torch.mul(1 - z, 1 - n * n, out=to_n)
+    return r, z
+
+
+def backward_rows(
+    n_x_z: Tensor, n_x: Tensor, d_r: Tensor, r: Tensor, z: Tensor, dh: Tensor, dh_prev: Tensor
+) -> None:
+    r"""One step backward, the half that depends on the recurrence, from ``dh`` (the full
+    gradient reaching h_s). The step's factors block ``[n_x, r, z] (rows, 3H)`` holds the
+    factors of :func:`backward_factors` on entry, as views: ``n_x_z (rows, 2, H)`` its n and z
+    blocks, ``n_x`` and ``d_r`` its n and r blocks:
+
+    .. math::
+        d\_pre_n = dh \cdot f_n, \quad d\_pre_z = dh \cdot f_z, \quad d\_pre_r = d\_pre_n f_r,
+        \quad d_a = d\_pre_n \, r, \quad dh_{prev} \mathrel{+}= dh \, z
+
+    leaving ``[n_x, r, z]`` in the factors block and ``d_a`` over ``dh``.
+    """
+    n_x_z.mul_(dh.unsqueeze(-2))  # d_pre_n, d_pre_z
+    d_r.mul_(n_x)  # d_pre_r
+    dh_prev.addcmul_(dh, z)
+    torch.mul(n_x, r, out=dh)  # d_a, over dh (read above)
 
 
 def gru_backward(
@@ -123,17 +164,27 @@ def gru_backward(
     hidden = hs.shape[3]
     for d in range(directions):
         w_rz, w_n = w_hh[d][: 2 * hidden], w_hh[d][2 * hidden :]  # (2H, H), (H, H)
+        r, z = backward_factors(hh[d], ns[d], hs[d, :steps], factors[d])
         d_h0[d].zero_()
+        # Per-step views, made once: the factors block, its (n, z) pair, n and r blocks.
+        factor_steps = factors[d].unbind(0)  # T x (B, 3H)
+        n_z_steps = factors[d].unflatten(-1, (3, hidden))[..., 0::2, :].unbind(0)  # (B, 2, H)
+        n_steps, r_block_steps = (factors[d][..., k * hidden : (k + 1) * hidden].unbind(0)
+                                  for k in (0, 1))  # fmt: skip
+        grad_steps, r_steps, z_steps = grads[d].unbind(0), r.unbind(0), z.unbind(0)
         for s in range(steps - 1, -1, -1):
             rows = live_rows(live, s, batch)
-            factors_s = factors[d][s, :rows]  # (rows, 3H)
-            a_s = grads[d][s, :rows]  # (rows, H): dh_s in, d_a out
-            dh_prev = grads[d][s - 1, :rows] if s > 0 else d_h0[d, :rows]
+            a_s = first_rows(grad_steps[s], rows)  # (rows, H): dh_s in, d_a out
+            dh_prev = first_rows(grad_steps[s - 1] if s > 0 else d_h0[d], rows)
             backward_rows(
-                hh[d, s, :rows], ns[d, s, :rows], hs[d, s, :rows], a_s, factors_s, a_s, dh_prev
-            )
-            factors[d][s, rows:] = 0
-            grads[d][s, rows:] = 0
+                first_rows(n_z_steps[s], rows, dim=-3), first_rows(n_steps[s], rows),
+                first_rows(r_block_steps[s], rows), first_rows(r_steps[s], rows),
+                first_rows(z_steps[s], rows), a_s, dh_prev,
+            )  # fmt: skip
+            if rows < batch:
+                factors[d][s, rows:] = 0
+                grads[d][s, rows:] = 0
             # dh_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) @ (2H, H) and
             # (rows, H) @ (H, H)
-            dh_prev.addmm_(factors_s[:, hidden:], w_rz).addmm_(a_s, w_n)
+            rz_grads = first_rows(factor_steps[s], rows)[:, hidden:]
+            dh_prev.addmm_(rz_grads, w_rz).addmm_(a_s, w_n)

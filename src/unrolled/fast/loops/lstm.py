@@ -1,115 +1,71 @@
-r"""The LSTM recurrence in torch ops: ``native/lstm.cpp`` function for function.
+r"""The LSTM recurrence in torch ops: ``native/lstm.cpp``'s loops on the same buffers.
 
-Buffers: the LSTM buffer contract in :mod:`unrolled.fast.lstm`. The names, arguments, order of
-the work, the rows each step advances and the rows it zeroes are the C++ loop's; one step's
-elementwise math runs here as a few torch ops over a block of rows instead of one vectorised
-pass element by element.
+Buffers: the LSTM buffer contract in :mod:`unrolled.fast.lstm`. The C++ loop runs one step's
+elementwise math element by element in one vectorised pass; here each line of that math is a
+torch op over a whole block of rows, and a torch op (or a view) costs microseconds however
+small its block. So the work is arranged for as few ops per step as the math allows, keeping
+the C++ loop's names, formulas and order:
+
+- the directions advance together, one batched matmul per step (``[D,] rows``-leading views;
+  the C++ loop runs each direction on its own thread);
+- every per-step view is made once, before the loop;
+- the bias is added to every step's pre-activations in one op before the loop;
+- the backward's ``backward_rows`` is split in two: :func:`backward_factors` computes, for all
+  steps at once, every factor that does not depend on the recurrence (``o (1 - tanh^2 c)``,
+  ``tanh(c) o (1 - o)``, ``g i (1 - i)``, ``c_prev f (1 - f)``, ``i (1 - g^2)``), and
+  :func:`backward_rows` multiplies them by the step's ``dr`` and ``dc``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .rows import given, live_rows
+from .rows import first_rows, given, live_rows, step_views
 
 
-def forward_rows(
-    gates: Tensor, bias: Tensor | None, c_prev: Tensor, c: Tensor, out: Tensor
-) -> None:
-    r"""One step, a block of rows, with ``a = gates + bias``:
+class GateBlocks(NamedTuple):
+    """One step's gates, views into the gates buffer: ``all ([D,] B, 4H)`` and each gate ``([D,]
+    B, H)`` in torch's order; ``i_f`` is ``i`` and ``f`` as one block (one sigmoid for both)."""
+
+    all: Tensor
+    i_f: Tensor
+    i: Tensor
+    f: Tensor
+    g: Tensor
+    o: Tensor
+
+    def first(self, rows: int) -> GateBlocks:
+        if rows == self.all.shape[-2]:
+            return self
+        return GateBlocks(*(first_rows(view, rows) for view in self))
+
+
+def gate_blocks(gates: Tensor, one_direction: bool) -> list[GateBlocks]:
+    """``gates (D, T, B, 4H)`` -> per step, its :class:`GateBlocks`."""
+    hidden = gates.shape[-1] // 4
+    blocks = (gates, gates[..., : 2 * hidden], *gates.split(hidden, dim=-1))  # all, i_f, i, f, g, o
+    return [GateBlocks(*step) for step in zip(*(step_views(b, one_direction) for b in blocks))]
+
+
+def forward_rows(gates: GateBlocks, c_prev: Tensor, c: Tensor, out: Tensor) -> None:
+    r"""One step, a block of rows, ``a = gates``:
 
     .. math::
         i, f, o = \sigma(a_i, a_f, a_o), \quad g = \tanh(a_g), \quad
         c = f \odot c_{prev} + i \odot g, \quad out = o \odot \tanh(c)
 
-    ``gates (rows, 4H)`` holds the pre-activations without the bias and gets the activated gates
-    (torch's order i, f, g, o), in place. ``out (rows, H)`` is h (no projection) or r, the input
-    of W_hr. ``c_prev`` may be ``c`` (one reused slot).
+    ``gates`` holds the pre-activations (bias included) and gets the activated gates, in place.
+    ``out`` is h (no projection) or r, the input of W_hr. ``c_prev`` may be ``c`` (one slot).
     """
-    hidden = c.shape[1]
-    if bias is not None:
-        gates.add_(bias)  # a: (rows, 4H)
-    i, f, g, o = gates.split(hidden, dim=1)  # 4 x (rows, H) views
-    gates[:, : 2 * hidden].sigmoid_()  # i, f
-    g.tanh_()
-    o.sigmoid_()
-    torch.addcmul(f * c_prev, i, g, out=c)  # f * c_prev + i * g
-    torch.mul(o, torch.tanh(c), out=out)
-
-
-def backward_rows(
-    gates: Tensor,
-    c_prev: Tensor,
-    c: Tensor,
-    dr: Tensor,
-    dc: Tensor,
-    dc_arrival: Tensor | None,
-    d_pre: Tensor,
-    r: Tensor | None,
-) -> None:
-    r"""One step backward, a block of rows. ``dr`` is the gradient reaching ``o * tanh(c)``
-    (dh, or dh @ W_hr); ``dc`` holds dc_s on entry (plus ``dc_arrival``, the c_n gradient
-    entering at this step) and dc_{s-1} on exit:
-
-    .. math::
-        dc &\mathrel{+}= dr \, o (1 - \tanh^2 c) \\
-        d\_pre_o &= dr \tanh(c) \, o (1 - o), \quad d\_pre_i = dc \, g \, i (1 - i) \\
-        d\_pre_f &= dc \, c_{prev} f (1 - f), \quad d\_pre_g = dc \, i (1 - g^2), \quad
-        dc_{prev} = dc \, f
-
-    into ``d_pre (rows, 4H)`` in torch's gate order; ``r`` (optional) gets ``o * tanh(c)``.
-    Every input is read before ``d_pre`` is written, so ``d_pre`` may be the gates' own block.
-    """
-    hidden = c.shape[1]
-    i, f, g, o = gates.split(hidden, dim=1)  # 4 x (rows, H)
-    tanh_c = torch.tanh(c)
-    if dc_arrival is not None:
-        dc.add_(dc_arrival)
-    dc.addcmul_(dr, o * (1 - tanh_c * tanh_c))
-    if r is not None:
-        torch.mul(o, tanh_c, out=r)
-    d_pre_o = dr * tanh_c * o * (1 - o)
-    d_pre_i = dc * g * i * (1 - i)
-    d_pre_f = dc * c_prev * f * (1 - f)
-    d_pre_g = dc * i * (1 - g * g)
-    dc.mul_(f)  # dc_prev
-    torch.cat([d_pre_i, d_pre_f, d_pre_g, d_pre_o], dim=1, out=d_pre)
-
-
-def forward_direction(
-    d: int,
-    gates: Tensor,
-    bias: Tensor,
-    w_rec: Tensor,
-    w_proj: Tensor,
-    cs: Tensor,
-    hs: Tensor,
-    r: Tensor | None,
-    live: Sequence[int],
-) -> None:
-    """The forward time loop of direction ``d``."""
-    steps, batch = gates.shape[1], gates.shape[2]
-    projected, every_cell = given(w_proj), cs.shape[1] > 1
-    w = w_rec[d]  # (P, 4H)
-    w_out = w_proj[d] if projected else None  # (H, P)
-    b = bias[d] if given(bias) else None  # (4H,)
-    for s in range(steps):
-        rows = live_rows(live, s, batch)
-        gate = gates[d, s, :rows]  # (rows, 4H)
-        h_prev = hs[d, s, :rows]  # (rows, P)
-        c_prev = cs[d, s if every_cell else 0, :rows]  # (rows, H)
-        c = cs[d, s + 1, :rows] if every_cell else c_prev  # slot s+1, or the same slot
-        out = r[d, :rows] if projected else hs[d, s + 1, :rows]
-        gate.addmm_(h_prev, w)  # += (rows, P) @ (P, 4H)
-        forward_rows(gate, b, c_prev, c, out)
-        if projected:
-            torch.mm(out, w_out, out=hs[d, s + 1, :rows])  # (rows, H) @ (H, P)
-        hs[d, s + 1, rows:] = 0
-        if every_cell:
-            cs[d, s + 1, rows:] = 0
+    gates.i_f.sigmoid_()
+    gates.g.tanh_()
+    gates.o.sigmoid_()
+    torch.mul(gates.f, c_prev, out=c).addcmul_(gates.i, gates.g)  # f * c_prev + i * g
+    torch.tanh(c, out=out).mul_(gates.o)
 
 
 def lstm_forward(
@@ -123,48 +79,97 @@ def lstm_forward(
     keep: bool,
     packed: bool,
 ) -> None:
-    """Forward over all directions (``forward_loop`` in C++). ``keep`` and ``packed`` are the
-    C++ loop's speed switches (store the activated gates only when a backward reads them; MKL's
-    packed GEMM for the recurrent product): here the gates are activated in place either way and
-    the product is a plain GEMM, which the contract allows."""
-    directions, _, batch, four_hidden = gates.shape
-    r = gates.new_empty(directions, batch, four_hidden // 4) if given(w_proj) else None
-    for d in range(directions):
-        forward_direction(d, gates, bias, w_rec, w_proj, cs, hs, r, live)
-
-
-def backward_direction(
-    d: int,
-    gates: Tensor,
-    cs: Tensor,
-    d_h: Tensor,
-    dc: Tensor,
-    dc_arrivals: Tensor,
-    w_rec: Tensor,
-    w_proj: Tensor,
-    d_pre: Tensor,
-    r: Tensor,
-    live: Sequence[int],
-) -> None:
-    """The backward time loop of direction ``d``."""
-    steps, batch = gates.shape[1], gates.shape[2]
-    projected, arrivals, keep_r = given(w_proj), given(dc_arrivals), given(r)
-    w = w_rec[d]  # (4H, P)
-    w_out = w_proj[d] if projected else None  # (P, H)
-    for s in range(steps - 1, -1, -1):
+    """Forward (``forward_loop`` in C++). ``keep`` and ``packed`` are the C++ loop's speed
+    switches (store the activated gates only when a backward reads them; MKL's packed GEMM for
+    the recurrent product): here the gates are activated in place either way and the product is
+    a plain GEMM, as the contract allows."""
+    directions, steps, batch, four_hidden = gates.shape
+    projected, every_cell = given(w_proj), cs.shape[1] > 1
+    if given(bias):
+        gates += bias.view(directions, 1, 1, four_hidden)  # a = x W_ih^T + b, every step
+    # One direction: 2-D views and addmm_ (it adds in place; baddbmm_ on a strided view copies).
+    one = directions == 1
+    add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
+    matmul = torch.mm if one else torch.bmm
+    w = w_rec[0] if one else w_rec  # ([D,] P, 4H)
+    w_out = (w_proj[0] if one else w_proj) if projected else None  # ([D,] H, P)
+    r = gates.new_empty(directions, batch, four_hidden // 4) if projected else None
+    r = r[0] if projected and one else r  # ([D,] B, H)
+    gate_steps, h_steps, c_steps = gate_blocks(gates, one), step_views(hs, one), step_views(cs, one)
+    if not every_cell:
+        c_steps *= steps + 1  # one reused slot
+    for s in range(steps):
         rows = live_rows(live, s, batch)
-        dh = d_h[d, s, :rows]  # (rows, P)
-        dr = torch.mm(dh, w_out) if projected else dh  # (rows, P) @ (P, H)
-        backward_rows(
-            gates[d, s, :rows], cs[d, s, :rows], cs[d, s + 1, :rows], dr, dc[d, :rows],
-            dc_arrivals[d, s, :rows] if arrivals else None, d_pre[d, s, :rows],
-            r[d, s, :rows] if keep_r else None,
-        )  # fmt: skip
-        d_pre[d, s, rows:] = 0
-        if keep_r:
-            r[d, s, rows:] = 0
-        if s > 0:  # dh_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
-            d_h[d, s - 1, :rows].addmm_(d_pre[d, s, :rows], w)
+        gate = gate_steps[s].first(rows)  # ([D,] rows, 4H or H)
+        c_prev, c = first_rows(c_steps[s], rows), first_rows(c_steps[s + 1], rows)
+        h_next = first_rows(h_steps[s + 1], rows)  # ([D,] rows, P)
+        out = first_rows(r, rows) if projected else h_next
+        add_matmul(gate.all, first_rows(h_steps[s], rows), w)  # += ([D,] rows, P) @ ([D,] P, 4H)
+        forward_rows(gate, c_prev, c, out)
+        if projected:
+            matmul(out, w_out, out=h_next)  # ([D,] rows, H) @ ([D,] H, P)
+        if rows < batch:
+            hs[:, s + 1, rows:] = 0
+            if every_cell:
+                cs[:, s + 1, rows:] = 0
+
+
+def backward_factors(gates: Tensor, cs: Tensor, d_pre: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The step-independent half of ``backward_rows``, for all steps at once:
+
+    .. math::
+        d\_pre &\leftarrow [\, g\, i (1 - i),\ c_{prev} f (1 - f),\ i (1 - g^2),\
+                             \tanh(c)\, o (1 - o) \,] \\
+        dc\_from\_dr &= o (1 - \tanh^2 c), \qquad r = o \tanh(c) \ \text{(if asked)}
+
+    written into ``d_pre (D, T, B, 4H)`` (which may be ``gates`` itself: every gate is read
+    before its block is written). Returns ``(dc_from_dr (D, T, B, H), f (D, T, B, H))``, ``f``
+    being a copy when ``d_pre`` overwrites the gates (the loop needs it for ``dc_prev = dc f``).
+    """
+    hidden = cs.shape[-1]
+    steps = gates.shape[1]
+    i, f, g, o = gates.split(hidden, dim=-1)  # 4 x (D, T, B, H)
+    d_i, d_f, d_g, d_o = d_pre.split(hidden, dim=-1)
+    c_prev, c = cs[:, :steps], cs[:, 1:]
+    tanh_c = torch.tanh(c)
+    dc_from_dr = torch.addcmul(o, o, tanh_c.square(), value=-1)  # o (1 - tanh^2 c)
+    if given(r):
+        torch.mul(o, tanh_c, out=r)
+    if d_pre.data_ptr() == gates.data_ptr():
+        f = f.clone()
+    torch.mul(o, 1 - o, out=d_o).mul_(tanh_c)
+    factor_g = i * (1 - g * g)  # read i and g before their blocks are written
+    torch.mul(i, 1 - i, out=d_i).mul_(g)
+    d_g.copy_(factor_g)
+    torch.mul(f, 1 - f, out=d_f).mul_(c_prev)
+    return dc_from_dr, f
+
+
+def backward_rows(
+    d_o: Tensor,
+    d_ifg: Tensor,
+    dc_from_dr: Tensor,
+    f: Tensor,
+    dr: Tensor,
+    dc: Tensor,
+    dc_arrival: Tensor | None,
+) -> None:
+    r"""One step backward, the half that depends on the recurrence. ``dr`` is the gradient
+    reaching ``o tanh(c)``; ``dc`` holds dc_s on entry (plus ``dc_arrival``, the c_n gradient
+    entering at this step) and dc_{s-1} on exit; ``d_o ([D,] rows, H)`` and ``d_ifg ([D,] rows,
+    3, H)``, this step's blocks of ``d_pre``, hold its factors (:func:`backward_factors`) on
+    entry and the pre-activation gradients on exit:
+
+    .. math::
+        dc \mathrel{+}= dr \cdot dc\_from\_dr, \quad
+        d\_pre_{i,f,g} \mathrel{*}= dc, \quad d\_pre_o \mathrel{*}= dr, \quad dc_{prev} = dc \, f
+    """
+    if dc_arrival is not None:
+        dc.add_(dc_arrival)
+    dc.addcmul_(dr, dc_from_dr)
+    d_o.mul_(dr)
+    d_ifg.mul_(dc.unsqueeze(-2))
+    dc.mul_(f)  # dc_prev
 
 
 def lstm_backward(
@@ -179,6 +184,35 @@ def lstm_backward(
     r: Tensor,
     live: Sequence[int],
 ) -> None:
-    """Backward over all directions (``backward_loop`` in C++)."""
-    for d in range(gates.shape[0]):
-        backward_direction(d, gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, live)
+    """Backward (``backward_loop`` in C++)."""
+    directions, steps, batch, four_hidden = gates.shape
+    hidden = four_hidden // 4
+    projected, arrivals = given(w_proj), given(dc_arrivals)
+    dc_from_dr, f = backward_factors(gates, cs, d_pre, r)
+    one = directions == 1
+    add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
+    matmul = torch.mm if one else torch.bmm
+    w = w_rec[0] if one else w_rec  # ([D,] 4H, P)
+    w_out = (w_proj[0] if one else w_proj) if projected else None  # ([D,] P, H)
+    dc_rows = dc[0] if one else dc  # ([D,] B, H): the loop updates dc in place
+    d_pre_steps, d_h_steps = step_views(d_pre, one), step_views(d_h, one)
+    d_o_steps = step_views(d_pre[..., 3 * hidden :], one)  # T x ([D,] B, H)
+    d_ifg_steps = step_views(d_pre[..., : 3 * hidden].unflatten(-1, (3, hidden)), one)
+    factor_steps, f_steps = step_views(dc_from_dr, one), step_views(f, one)
+    arrival_steps = step_views(dc_arrivals, one) if arrivals else None
+    for s in range(steps - 1, -1, -1):
+        rows = live_rows(live, s, batch)
+        dh = first_rows(d_h_steps[s], rows)  # ([D,] rows, P)
+        dr = matmul(dh, w_out) if projected else dh  # ([D,] rows, P) @ ([D,] P, H)
+        arrival = first_rows(arrival_steps[s], rows) if arrivals else None
+        backward_rows(
+            first_rows(d_o_steps[s], rows), first_rows(d_ifg_steps[s], rows, dim=-3),
+            first_rows(factor_steps[s], rows), first_rows(f_steps[s], rows), dr,
+            first_rows(dc_rows, rows), arrival,
+        )  # fmt: skip
+        if rows < batch:
+            d_pre[:, s, rows:] = 0
+            if given(r):
+                r[:, s, rows:] = 0
+        if s > 0:  # dh_{s-1} += d_pre_s @ W_hh: ([D,] rows, 4H) @ ([D,] 4H, P)
+            add_matmul(first_rows(d_h_steps[s - 1], rows), first_rows(d_pre_steps[s], rows), w)
