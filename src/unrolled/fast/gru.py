@@ -16,8 +16,8 @@ and torch's own weights and biases, every buffer contiguous:
 ==============  ===================  =======================================================
 buffer          shape                holds
 ==============  ===================  =======================================================
-xw              (D, T, B, 3H)        ``x_s W_ih^T``, rows r, z, n, without bias (the loop
-                                     adds ``b_ih`` and ``b_hh`` in its elementwise pass)
+xw              (D, T, B, 3H)        forward in: ``x_s W_ih^T``, rows r, z, n, without bias
+                                     (the loop adds ``b_ih`` and ``b_hh``); out: scratch
 hh              (D, T, B, 3H)        forward: ``h_{s-1} W_hh^T``, then ``[r, z, a]``, ``a =
                                      W_hn h_{s-1} + b_hn`` (``b_hn`` cannot be hoisted: r
                                      multiplies it); ``(D, 1, B, 3H)``, one reused slot,

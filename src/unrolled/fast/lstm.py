@@ -43,7 +43,7 @@ r               (D, T, B, H)      backward out, with projection: ``o tanh(c)``, 
                 or empty          multiplied
 live            [] or T ints      step ``s`` advances rows ``[0, live[s])`` (batch sorted by
                                   length); rows past them are zero in ``hs``, ``cs`` (forward)
-                                  and ``d_pre``, ``r`` (backward)
+                                  and ``d_pre``, ``r`` (backward), unspecified in ``gates``
 ==============  ================  ==========================================================
 
 ``packed`` (forward) asks the native loop for MKL's packed GEMM on ``W_hh`` (float32, full
