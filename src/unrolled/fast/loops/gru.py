@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import first_rows, live_rows, step_views
+from .rows import first_rows, first_rows_of, live_rows, step_views
 
 
 class StepBlocks(NamedTuple):
@@ -31,11 +31,6 @@ class StepBlocks(NamedTuple):
     a: Tensor
     x_rz: Tensor
     x_n: Tensor
-
-    def first(self, rows: int) -> StepBlocks:
-        if rows == self.all.shape[-2]:
-            return self
-        return StepBlocks(*(first_rows(view, rows) for view in self))
 
 
 def step_blocks(hh: Tensor, x_pre: Tensor, one_direction: bool) -> list[StepBlocks]:
@@ -91,7 +86,7 @@ def gru_forward(
     n_steps = step_views(ns.expand(-1, steps, -1, -1), one)  # one reused slot, or each step's
     for s in range(steps):
         rows = live_rows(live, s, batch)
-        step = blocks[s].first(rows)  # ([D,] rows, *)
+        step = first_rows_of(blocks[s], rows)  # ([D,] rows, *)
         h_prev = first_rows(h_steps[s], rows)  # ([D,] rows, H)
         if h_bias is None:
             (torch.mm if one else torch.bmm)(h_prev, w, out=step.all)  # ([D,] rows, H) @ (H, 3H)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import first_rows, given, live_rows, step_views
+from .rows import first_rows, first_rows_of, given, live_rows, step_views
 
 
 class GateBlocks(NamedTuple):
@@ -37,11 +37,6 @@ class GateBlocks(NamedTuple):
     f: Tensor
     g: Tensor
     o: Tensor
-
-    def first(self, rows: int) -> GateBlocks:
-        if rows == self.all.shape[-2]:
-            return self
-        return GateBlocks(*(first_rows(view, rows) for view in self))
 
 
 def gate_blocks(gates: Tensor, one_direction: bool) -> list[GateBlocks]:
@@ -100,7 +95,7 @@ def lstm_forward(
         c_steps *= steps + 1  # one reused slot
     for s in range(steps):
         rows = live_rows(live, s, batch)
-        gate = gate_steps[s].first(rows)  # ([D,] rows, 4H or H)
+        gate = first_rows_of(gate_steps[s], rows)  # ([D,] rows, 4H or H)
         c_prev, c = first_rows(c_steps[s], rows), first_rows(c_steps[s + 1], rows)
         h_next = first_rows(h_steps[s + 1], rows)  # ([D,] rows, P)
         out = first_rows(r, rows) if projected else h_next

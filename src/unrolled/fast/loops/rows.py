@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple, TypeVar
 
 from torch import Tensor
 
@@ -31,3 +32,14 @@ def first_rows(view: Tensor, rows: int, dim: int = -2) -> Tensor:
     """The first ``rows`` batch rows (dim ``dim``) of a step view ``([D,] B, X)`` (the view
     itself when that is all of them)."""
     return view if rows == view.shape[dim] else view.narrow(dim, 0, rows)
+
+
+Blocks = TypeVar("Blocks", bound=NamedTuple)
+
+
+def first_rows_of(blocks: Blocks, rows: int) -> Blocks:
+    """A step's named views ``([D,] B, X)`` each cut to its first ``rows`` batch rows (the views
+    themselves when that is all of them)."""
+    if rows == blocks[0].shape[-2]:
+        return blocks
+    return type(blocks)(*(first_rows(view, rows) for view in blocks))
