@@ -19,6 +19,7 @@ question of a module, for users who want to know why a layer is slow.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -101,8 +102,8 @@ def plan(
     """
     check_backend(backend)
 
-    def chose(runner: str, reason: str, **variants) -> Plan:
-        return Plan(mode, runner, reason, **variants)
+    def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False) -> Plan:
+        return _plan_of(mode, runner, reason, loops, packed_gemm, row_major)
 
     if backend == "reference":
         return chose(REFERENCE, "backend='reference': the cell functions step by step, autograd")
@@ -131,8 +132,14 @@ def plan(
         and w_hh.numel() >= PACKED_GEMM_FROM
         and native.packed_gemm_available()
     )
-    reason = f"{str(inputs.dtype).removeprefix('torch.')} on CPU, native loops built here"
+    reason = NATIVE_REASONS[inputs.dtype]
     return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
+
+
+NATIVE_REASONS = {dtype: f"{dtype} on CPU, native loops built here".removeprefix("torch.")
+                  for dtype in FAST_DTYPES}  # fmt: skip
+#: Plans are immutable, and a layer makes one per call: the few distinct ones are made once.
+_plan_of = functools.lru_cache(maxsize=1024)(Plan)
 
 
 def run(
