@@ -93,20 +93,20 @@ class Timeline:
         at padded steps (the loops leave them zero already when they shrink the batch: sorted
         lengths, :attr:`live_rows`).
 
-        One direction without lengths, or with its padding zero already: ``states[0]`` itself
-        (a view, no copy). Autograd's version counter still guards it: changing the output in
-        place before backward raises there, as it does for torch's own RNN outputs.
+        Always a tensor of its own, never a view of the states: a user may change the output
+        in place before the backward (``out += residual``, ``ReLU(inplace=True)``), as with
+        torch.nn, and the backward reads the saved states, which that must not touch (nor can
+        autograd allow in-place changes to a view made inside a custom Function).
         """
         num_dirs, num_steps, batch, size = states.shape
-        padding_zeroed = self.padding is None or bool(self.live_rows)
-        if num_dirs == 1 and padding_zeroed:
-            return states[0]
-        out = states.new_empty(num_steps, batch, num_dirs, size)  # (T, B, D, P)
-        out[:, :, 0] = states[0]
-        if num_dirs == 2:
-            out[:, :, 1] = self.reverse(states[1])
-        out = out.view(num_steps, batch, num_dirs * size)  # (T, B, D*P)
-        if not padding_zeroed:
+        out = states.new_empty(num_steps, batch, num_dirs * size)  # (T, B, D*P)
+        if num_dirs == 1:
+            out.copy_(states[0])
+        else:
+            per_direction = out.view(num_steps, batch, num_dirs, size)  # (T, B, D, P)
+            per_direction[:, :, 0] = states[0]
+            per_direction[:, :, 1] = self.reverse(states[1])
+        if self.padding is not None and not self.live_rows:
             out.masked_fill_(self.padding, 0)
         return out
 
