@@ -81,3 +81,98 @@ def test_the_output_can_be_changed_in_place_before_backward(
 
     for a, b in zip(run(ours, python_loops), run(theirs, False)):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+# --- torch.func, gradcheck's batched gradients, per-sample gradients ----------------------------
+
+
+def loss_of(module, x):
+    def loss(params, inputs):
+        return torch.func.functional_call(module, params, (inputs,))[0].pow(2).sum()
+
+    return loss
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("layer", list(TORCH_LAYERS))
+def test_torch_func_grad_and_jacrev(layer, runner):
+    torch.manual_seed(1)
+    theirs = TORCH_LAYERS[layer](3, 4, num_layers=2, bidirectional=True).double()
+    ours, python_loops = twin(theirs, runner)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for transform in ("grad", "jacrev"):
+        results = []
+        for module, loops in ((ours, python_loops), (theirs, False)):
+            params = dict(module.named_parameters())
+            if transform == "grad":
+                result = call(
+                    lambda p, i, m=module: torch.func.grad(loss_of(m, i))(p, i), loops, params, x
+                )
+                results.append([result[name] for name in params])
+            else:
+                jacobian = torch.func.jacrev(lambda t, m=module: m(t)[0])
+                result = call(jacobian, loops, x)
+                results.append([result])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    seen = []
+
+    def planned_loss(t):
+        seen.append(unrolled.plan(ours, t))
+        return ours(t)[0].sum()
+
+    torch.func.grad(planned_loss)(x)
+    if runner != "reference":  # inside a transform the plan says why the reference runs
+        assert seen[0].runner == "reference" and "torch.func" in seen[0].reason
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("layer", list(TORCH_LAYERS))
+def test_gradcheck_with_batched_gradients(layer, runner):
+    """torch's module tests run gradcheck(check_batched_grad=True): the backward under vmap."""
+    torch.manual_seed(2)
+    theirs = TORCH_LAYERS[layer](2, 3, bidirectional=True).double()
+    ours, python_loops = twin(theirs, runner)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    hx = (
+        (h0, torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True))
+        if layer == "LSTM"
+        else h0
+    )
+
+    def run(x, *state):
+        out, final = call(ours, python_loops, x, state if layer == "LSTM" else state[0])
+        return (out, *final) if layer == "LSTM" else (out, final)
+
+    states = hx if layer == "LSTM" else (hx,)
+    assert torch.autograd.gradcheck(run, (x, *states), check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(run, (x, *states), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize(
+    "layer,batch_first,stacked", list(itertools.product(TORCH_LAYERS, [True, False], [False, True]))
+)
+def test_per_sample_gradients_through_expanded_weights(layer, batch_first, stacked, runner):
+    """What differential-privacy training uses: one gradient per sample in ``grad_sample``."""
+    from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
+
+    torch.manual_seed(3)
+    options = {"num_layers": 2, "bidirectional": True} if stacked else {}
+    theirs = TORCH_LAYERS[layer](3, 4, batch_first=batch_first, **options).double()
+    ours, python_loops = twin(theirs, runner)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    samples = []
+    for module, loops in ((ours, python_loops), (theirs, False)):
+        for p in module.parameters():
+            p.grad_sample = None
+        out = call(
+            call_for_per_sample_grads(module, batch_size=2, batch_first=batch_first), loops, x
+        )
+        out[0].pow(2).sum().backward()
+        samples.append([p.grad_sample for p in module.parameters()])
+    for a, b in zip(*samples):
+        assert a.shape[0] == 2
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)

@@ -19,8 +19,8 @@ question of a module, for users who want to know why a layer is slow.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor
 from . import fast, reference
 from .fast import loops as python_loops
 from .fast import native
+from .fast.layer import transforms_active
 
 BACKENDS = ("fast", "reference")
 REFERENCE, PYTHON_LOOPS, NATIVE_LOOPS = "reference", "python loops", "native loops"
@@ -103,16 +104,27 @@ def plan(
     check_backend(backend)
 
     def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False) -> Plan:
-        return _plan_of(mode, runner, reason, loops, packed_gemm, row_major)
+        key = (mode, runner, reason, loops, packed_gemm, row_major)
+        made = _PLANS.get(key)
+        if made is None:
+            made = _PLANS[key] = Plan(*key)
+        return made
 
+    compiling = torch.compiler.is_compiling()
+    if not compiling and expanded_weights(weights):
+        return chose(REFERENCE, PER_SAMPLE_REASON)  # any backend: run() sets the batch dim
     if backend == "reference":
         return chose(REFERENCE, "backend='reference': the cell functions step by step, autograd")
     if custom_step:
         return chose(REFERENCE, f"{custom_step} changes the step; only the reference loop runs it")
     if inputs.dtype not in FAST_DTYPES:
         return chose(REFERENCE, f"{inputs.dtype} input; the fast loops run float32 and float64")
-    if torch.compiler.is_compiling():
+    if compiling:
         return chose(REFERENCE, "traced by torch.compile; the reference loop traces into one graph")
+    if transforms_active():
+        return chose(
+            REFERENCE, "inside a torch.func transform; every transform sees through the reference"
+        )
     num_steps, w_hh = inputs.shape[0], weights[0][1]
     row_major = w_hh.numel() <= ROW_MAJOR_UP_TO and num_steps > 1
     if inputs.device.type != "cpu":
@@ -136,10 +148,11 @@ def plan(
     return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
 
 
+PER_SAMPLE_REASON = "per-sample gradients (ExpandedWeight); the reference's F.linear has them"
 NATIVE_REASONS = {dtype: f"{dtype} on CPU, native loops built here".removeprefix("torch.")
                   for dtype in FAST_DTYPES}  # fmt: skip
 #: Plans are immutable, and a layer makes one per call: the few distinct ones are made once.
-_plan_of = functools.lru_cache(maxsize=1024)(Plan)
+_PLANS: dict[tuple, Plan] = {}
 
 
 def run(
@@ -161,9 +174,37 @@ def run(
         num_layers=num_layers, num_directions=num_directions, dropout=dropout,
         training=training, lengths=lengths,
     )  # fmt: skip
+    if plan.reason == PER_SAMPLE_REASON:
+        with per_step_batch_first(weights):
+            return reference.run(plan.mode, inputs, hx, weights, layers=layers, **options)
     if plan.runner == REFERENCE:
         return reference.run(plan.mode, inputs, hx, weights, layers=layers, **options)
     return fast.run(plan, inputs, hx, weights, **options)
+
+
+def expanded_weights(weights: Sequence[reference.LayerWeights]) -> list:
+    """The layer's weights that are torch's per-sample-gradient ``ExpandedWeight`` (what
+    ``torch.nn.utils._per_sample_grad.call_for_per_sample_grads`` swaps in), if any."""
+    try:
+        from torch.nn.utils._expanded_weights import ExpandedWeight
+    except ImportError:
+        return []
+    return [w for row in weights for w in row if isinstance(w, ExpandedWeight)]
+
+
+@contextlib.contextmanager
+def per_step_batch_first(weights: Sequence[reference.LayerWeights]) -> Iterator[None]:
+    """The reference applies each weight to one step at a time, ``(B, X)``: batch first,
+    whatever the layer's ``batch_first`` (ExpandedWeight needs to know where the batch is)."""
+    expanded = expanded_weights(weights)
+    before = [w.batch_first for w in expanded]
+    for w in expanded:
+        w.set_batch_first(True)
+    try:
+        yield
+    finally:
+        for w, value in zip(expanded, before):
+            w.set_batch_first(value)
 
 
 def check_backend(name: str) -> None:

@@ -12,13 +12,16 @@ step, the cell modules (``RNNCell`` ...) call them once, and the fast backend mu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``x @ weight.T + bias``, the affine map every gate is built from."""
-    out = x @ weight.T  # (B, in) @ (in, out) -> (B, out)
-    return out if bias is None else out + bias
+    """``x @ weight.T + bias``, the affine map every gate is built from: ``(B, in) -> (B, out)``.
+
+    ``F.linear`` computes exactly that; it is also the one op that tensor subclasses such as
+    torch's per-sample-gradient ``ExpandedWeight`` know how to differentiate per sample."""
+    return F.linear(x, weight, bias)
 
 
 def rnn_tanh(
@@ -97,7 +100,7 @@ def lstm(
     c_next = f * c + i * g
     h_next = o * torch.tanh(c_next)  # (B, H)
     if weight_hr is not None:
-        h_next = h_next @ weight_hr.T  # (B, H) @ (H, P) -> (B, P)
+        h_next = linear(h_next, weight_hr, None)  # (B, H) @ (H, P) -> (B, P)
     return h_next, c_next
 
 

@@ -56,6 +56,7 @@ from torch import Tensor
 from . import native
 from .layer import (
     Timeline,
+    differentiate_the_reference,
     project,
     reference_double_backward,
     remember,
@@ -124,7 +125,7 @@ class GRULayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_output, d_h_n):
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+        if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
             return (None,) * 3 + reference_double_backward(ctx, (d_output, d_h_n))
         x, h0, c0, *flat, n, hh, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline

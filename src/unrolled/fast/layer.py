@@ -270,12 +270,33 @@ def remember(ctx, plan, num_directions: int, timeline: Timeline, tensors: Sequen
     ctx.num_inputs = len(tensors)
 
 
-def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
-    """Backward with ``create_graph=True``: differentiate the reference path instead.
+def transforms_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running, here or around a
+    backward (gradcheck's batched gradients vmap the backward): the native ops and the
+    hand-written backward have no batching rules, the reference's torch ops all have."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # a torch without the query: assume none
+        return False
 
-    The hand-written backward is not itself differentiable, so when a graph of the gradient is
-    asked for we rebuild this layer with the reference backend from the saved inputs and let
-    autograd differentiate it (twice, if the caller wants).
+
+def differentiate_the_reference(grads: Sequence[Tensor]) -> bool:
+    """Whether a layer's backward must hand over to :func:`reference_double_backward`: a graph
+    of the gradient is asked for (``create_graph=True``), or the backward runs under a
+    torch.func transform, or its incoming gradients are batched (``torch.autograd.grad(...,
+    is_grads_batched=True)``, as gradcheck's batched-gradient check calls it)."""
+    if torch.is_grad_enabled() or transforms_active():
+        return True
+    batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+    return any(g is not None and batched(g) for g in grads)
+
+
+def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
+    """Backward with ``create_graph=True`` or under torch.func: differentiate the reference.
+
+    The hand-written backward is not itself differentiable, nor can vmap see through it, so
+    then we rebuild this layer with the reference backend from the saved inputs and let
+    autograd differentiate it (twice, if the caller wants; batched, under vmap).
     """
     x, h0, c0, *flat = ctx.saved_tensors[: ctx.num_inputs]
     mode, num_directions = ctx.plan.mode, ctx.num_directions

@@ -59,6 +59,7 @@ import torch
 from . import native
 from .layer import (
     Timeline,
+    differentiate_the_reference,
     project,
     reference_double_backward,
     remember,
@@ -121,7 +122,7 @@ class LSTMLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_output, d_h_n, d_c_n):
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference instead
+        if differentiate_the_reference((d_output, d_h_n, d_c_n)):  # create_graph, torch.func
             return (None,) * 3 + reference_double_backward(ctx, (d_output, d_h_n, d_c_n))
         x, h0, c0, *flat, gates, cs, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline
