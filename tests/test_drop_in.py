@@ -176,3 +176,45 @@ def test_per_sample_gradients_through_expanded_weights(layer, batch_first, stack
     for a, b in zip(*samples):
         assert a.shape[0] == 2
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+# --- autocast ----------------------------------------------------------------------------------
+
+TORCH_CELLS = {
+    "RNNCell": torch.nn.RNNCell,
+    "LSTMCell": torch.nn.LSTMCell,
+    "GRUCell": torch.nn.GRUCell,
+}
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16], ids=["f32-in", "bf16-in"])
+@pytest.mark.parametrize("name", list(TORCH_LAYERS) + list(TORCH_CELLS))
+def test_cpu_autocast_runs_in_torchs_dtype(name, input_dtype, backend):
+    """The usual bf16 pipeline: the layer's input comes from an autocast op (bfloat16) or not
+    (float32); each output has torch's dtype and its values within bfloat16's rounding, and the
+    float32 parameters get float32 gradients close to torch's."""
+    torch.manual_seed(4)
+    cell = name in TORCH_CELLS
+    theirs = (TORCH_CELLS if cell else TORCH_LAYERS)[name](3, 4)
+    ours = unrolled.from_torch(theirs, backend=backend)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    results = []
+    for module in (ours, theirs):
+        module.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x.to(input_dtype))
+        leaves = list(out) if isinstance(out, tuple) else [out]
+        leaves = [t for leaf in leaves for t in (leaf if isinstance(leaf, tuple) else (leaf,))]
+        sum(t.float().sum() for t in leaves).backward()
+        results.append((leaves, [p.grad for p in module.parameters()]))
+    (our_out, our_grads), (their_out, their_grads) = results
+    for a, b in zip(our_out, their_out):
+        assert a.dtype == b.dtype, (a.dtype, b.dtype)
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    for a, b in zip(our_grads, their_grads):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=5e-2 * b.abs().max().item() + 1e-3, rtol=5e-2)
+    if not cell and backend == "fast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert "autocast" in unrolled.plan(ours, x).reason

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import fast, reference
+from . import fast, precision, reference
 from .fast import loops as python_loops
 from .fast import native
 from .fast.layer import transforms_active
@@ -121,6 +121,8 @@ def plan(
         return chose(REFERENCE, f"{inputs.dtype} input; the fast loops run float32 and float64")
     if compiling:
         return chose(REFERENCE, "traced by torch.compile; the reference loop traces into one graph")
+    if precision.autocast_enabled(inputs.device.type):
+        return chose(REFERENCE, "under autocast; the reference's torch ops follow its casts")
     if transforms_active():
         return chose(
             REFERENCE, "inside a torch.func transform; every transform sees through the reference"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import cells, checks
+from . import cells, checks, precision
 from .init import uniform_by_hidden_size_
 
 
@@ -47,7 +47,21 @@ class RNNCellBase(nn.Module):
             s += f", nonlinearity={self.nonlinearity}"
         return s
 
-    def _prepare(self, input: Tensor, hx) -> tuple[Tensor, object, bool]:
+    def _step(self, input: Tensor, hx, step):
+        """Validate, run ``step(input (B, I), hx, *weights)`` (under autocast in the dtype
+        torch's own cell would run in), and drop the batch dim of unbatched input again."""
+        weights = self._weights()
+        if isinstance(input, Tensor):
+            dtype = precision.run_dtype(self.mode, True, input, weights[0])
+            if dtype is not None:  # under autocast: autocast casts the weights in F.linear
+                input, hx = precision.cast(input, dtype), precision.cast(hx, dtype)
+        input, hx, batched = self._prepare(input, hx, weights[0])
+        out = step(input, hx, *weights)
+        if batched:
+            return out
+        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
+
+    def _prepare(self, input: Tensor, hx, weight: Tensor) -> tuple[Tensor, object, bool]:
         """Validate, add the batch dim to unbatched input, and fill in a zero state."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
@@ -61,7 +75,7 @@ class RNNCellBase(nn.Module):
             input = input.unsqueeze(0)
             if hx is not None:
                 hx = tuple(s.unsqueeze(0) for s in hx) if self.mode == "LSTM" else hx.unsqueeze(0)
-        checks.check_dtype("input", input, self.weight_ih)
+        checks.check_dtype("input", input, weight)
         if input.size(1) != self.input_size:
             raise RuntimeError(
                 f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
@@ -108,9 +122,7 @@ class RNNCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 1, device, dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        input, hx, batched = self._prepare(input, hx)
-        h = cells.CELLS[self.mode](input, hx, *self._weights())  # (B, H)
-        return h if batched else h.squeeze(0)
+        return self._step(input, hx, cells.CELLS[self.mode])  # (B, H)
 
 
 class LSTMCell(RNNCellBase):
@@ -127,9 +139,7 @@ class LSTMCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
-        input, hx, batched = self._prepare(input, hx)
-        h, c = cells.lstm(input, hx, *self._weights())  # (B, H), (B, H)
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+        return self._step(input, hx, cells.lstm)  # (B, H), (B, H)
 
 
 class GRUCell(RNNCellBase):
@@ -146,6 +156,4 @@ class GRUCell(RNNCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        input, hx, batched = self._prepare(input, hx)
-        h = cells.gru(input, hx, *self._weights())  # (B, H)
-        return h if batched else h.squeeze(0)
+        return self._step(input, hx, cells.gru)  # (B, H)

@@ -11,6 +11,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from . import precision
+
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 
 
@@ -98,7 +100,7 @@ def check_nonlinearity(nonlinearity: str) -> str:
 
 
 def check_dtype(name: str, tensor: Tensor, weight: Tensor) -> None:
-    if tensor.dtype != weight.dtype and not torch.is_autocast_enabled():
+    if tensor.dtype != weight.dtype and not precision.autocast_enabled(tensor.device.type):
         raise ValueError(
             f"RNN {name} dtype ({tensor.dtype}) does not match weight dtype ({weight.dtype}). "
             f"Convert input: {name}.to({weight.dtype}), or convert model: model.to({tensor.dtype})"

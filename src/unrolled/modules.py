@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from . import backends, checks, regularizers
+from . import backends, checks, precision, regularizers
 from .cells import GATES
 from .init import uniform_by_hidden_size_
 from .inputs import to_time_major
@@ -174,11 +174,20 @@ class RNNBase(nn.Module):
         Returns:
             ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``, shaped like torch's.
         """
-        weight = getattr(self, self._flat_weights_names[0])
         inputs, lengths, layout = to_time_major(
             input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
         )  # (T, B, I)
-        checks.check_sequence_input(inputs, self.input_size, weight)
+        weights = self.layer_weights()
+        dtype = precision.run_dtype(self.mode, False, inputs, weights[0][0])
+        if dtype is not None:  # under autocast: in the dtype torch's own layer would run in
+            inputs, hx = precision.cast(inputs, dtype), precision.cast(hx, dtype)
+        output, h_n = self._run(inputs, hx, lengths, layout, weights)
+        return layout.results_out(output, h_n)
+
+    def _run(self, inputs: Tensor, hx, lengths: Tensor | None, layout, weights: list):
+        """``forward`` on time-major ``inputs (T, B, I)``: check, plan, run. Returns ``(output
+        (T, B, D*P), h_n)`` with ``h_n`` in the loop's (sorted) row order."""
+        checks.check_sequence_input(inputs, self.input_size, weights[0][0])
         batch = inputs.size(1)
         if hx is None:
             hx = self._zero_state(batch, inputs)
@@ -186,15 +195,13 @@ class RNNBase(nn.Module):
             checks.check_hx_structure(self.mode, hx, layout.state_dim)
             hx = layout.state_in(tuple(hx) if self.mode == "LSTM" else hx)  # (L*D, B, *) sorted
             self._check_state(hx, batch, inputs)
-
-        weights = self.layer_weights()
         layers = None
         if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
             layers = regularizers.make_layers(
                 self.mode, weights, batch, inputs, recurrent_dropout=self.recurrent_dropout,
                 zoneout=self._zoneout_rates, training=self.training,
             )  # fmt: skip
-        output, h_n = backends.run(
+        return backends.run(
             self._plan(inputs, weights, lengths),
             inputs,
             hx,
@@ -206,7 +213,6 @@ class RNNBase(nn.Module):
             lengths=lengths,
             layers=layers,
         )  # output (T, B, D*P)
-        return layout.results_out(output, h_n)
 
     def _plan(self, inputs: Tensor, weights, lengths: Tensor | None) -> backends.Plan:
         """The one decision of which code runs this call (time-major ``inputs (T, B, I)``)."""
