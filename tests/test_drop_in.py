@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from torch.nn.utils import prune
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
@@ -218,3 +219,56 @@ def test_cpu_autocast_runs_in_torchs_dtype(name, input_dtype, backend):
     if not cell and backend == "fast":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert "autocast" in unrolled.plan(ours, x).reason
+
+
+# --- parametrized, pruned and replaced weights -------------------------------------------------
+
+REWEIGHT = {
+    "weight_norm": lambda m, name: torch.nn.utils.parametrizations.weight_norm(m, name),
+    "spectral_norm": lambda m, name: torch.nn.utils.parametrizations.spectral_norm(m, name),
+    "prune": lambda m, name: prune.l1_unstructured(m, name, 0.5),
+    "plain tensor": None,  # replace_weight below
+}
+
+
+def replace_weight(module, name, how):
+    if how == "plain tensor":
+        value = getattr(module, name).detach().clone() * 0.5
+        delattr(module, name)
+        setattr(module, name, value)
+    else:
+        REWEIGHT[how](module, name)
+
+
+@pytest.mark.parametrize("how", list(REWEIGHT))
+@pytest.mark.parametrize("layer", list(TORCH_LAYERS))
+def test_step_and_twins_use_the_weights_the_module_computes_with(layer, how):
+    torch.manual_seed(5)
+    theirs = TORCH_LAYERS[layer](3, 4, num_layers=2).eval()
+    replace_weight(theirs, "weight_hh_l0", how)
+    x = torch.randn(6, 2, 3)
+    with torch.no_grad():
+        expected = theirs(x)[0]
+        ours = unrolled.from_torch(theirs)  # the weights the torch module computes with
+        torch.testing.assert_close(ours(x)[0], expected)
+        replace_weight(ours, "weight_hh_l1", how)  # and ours parametrized in turn
+        reference = ours(x)[0]
+        state = None
+        for t in range(6):
+            out, state = ours.step(x[t], state)
+        torch.testing.assert_close(out, reference[-1])
+        torch.testing.assert_close(ours.to_torch()(x)[0], reference)
+
+
+@pytest.mark.parametrize("how", ["weight_norm", "prune"])
+@pytest.mark.parametrize("name", list(TORCH_CELLS))
+def test_cells_from_and_to_torch_with_reweighted_weights(name, how):
+    torch.manual_seed(6)
+    theirs = TORCH_CELLS[name](3, 4)
+    replace_weight(theirs, "weight_hh", how)
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        ours = unrolled.from_torch(theirs)
+        torch.testing.assert_close(ours(x), theirs(x))
+        replace_weight(ours, "weight_ih", how)
+        torch.testing.assert_close(ours.to_torch()(x), ours(x))

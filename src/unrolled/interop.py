@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from . import cell_modules, modules
@@ -13,7 +14,10 @@ def from_torch(module: nn.Module, backend: str = "fast") -> nn.Module:
     The twin has the same configuration, dtype, device and training mode; ``backend`` applies
     to the sequence layers (cells have one step and no backend).
     """
-    weight = next(module.parameters())
+    weight = getattr(module, "weight_ih_l0", None)
+    weight = getattr(module, "weight_ih", None) if weight is None else weight
+    if not isinstance(weight, torch.Tensor):
+        weight = next(module.parameters())
     factory = {"device": weight.device, "dtype": weight.dtype}
     if isinstance(module, nn.RNNBase):
         kwargs = dict(
@@ -47,6 +51,23 @@ def from_torch(module: nn.Module, backend: str = "fast") -> nn.Module:
             "from_torch expects torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
             f"got {type(module).__name__}"
         )
-    twin.load_state_dict(module.state_dict(), strict=True)
+    copy_weights(module, twin)
     twin.train(module.training)
     return twin
+
+
+def copy_weights(source: nn.Module, target: nn.Module) -> None:
+    """Set every parameter of ``target`` to the weight ``source`` computes with under the same
+    name: its parameter, or what a parametrization (weight_norm, spectral_norm, ...) or pruning
+    mask makes of it, or a plain tensor put in its place. The parametrizations themselves are
+    not copied: the twin holds their result."""
+    with torch.no_grad():
+        for name, parameter in target.named_parameters():
+            value = getattr(source, name, None)
+            if not isinstance(value, torch.Tensor):
+                raise KeyError(f"{type(source).__name__} has no weight {name!r} to copy")
+            if value.shape != parameter.shape:
+                raise RuntimeError(
+                    f"{name}: expected shape {tuple(parameter.shape)}, got {tuple(value.shape)}"
+                )
+            parameter.copy_(value)

@@ -287,7 +287,9 @@ class RNNBase(nn.Module):
         else:
             nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
             twin = nn.RNN(self.input_size, self.hidden_size, nonlinearity=nonlinearity, **kwargs)
-        twin.load_state_dict(self.state_dict(), strict=True)
+        from .interop import copy_weights  # interop imports this module
+
+        copy_weights(self, twin)
         twin.train(self.training)
         return twin
 

@@ -2,11 +2,12 @@
 
 A unidirectional model's state after ``t`` steps is all it needs to continue, so feeding chunks
 (or single steps) with the returned state equals one call on the whole sequence. ``step`` is the
-low-overhead way to advance by one step: cheap shape checks only, the parameters read straight
-from the module's dict, no time loop, no input-form conversion, no backend dispatch, and the
-cell math below written with as few tensor ops as possible (``F.linear`` fuses the bias,
-``addcmul`` and ``lerp`` fuse the gating), because at batch 1 each op costs more in dispatch than
-in arithmetic. These are the equations of :mod:`unrolled.cells`, rearranged; the tests hold them
+low-overhead way to advance by one step: cheap shape checks only, the parameters read once per
+call through the module's attributes (so parametrized, pruned or replaced weights are the ones
+used), no time loop, no input-form conversion, no backend dispatch, and the cell math below
+written with as few tensor ops as possible (``F.linear`` fuses the bias, ``addcmul`` and
+``lerp`` fuse the gating), because at batch 1 each op costs more in dispatch than in
+arithmetic. These are the equations of :mod:`unrolled.cells`, rearranged; the tests hold them
 to the reference within 1e-9 in float64. With recurrent dropout or zoneout the step goes through
 :func:`unrolled.stack.step_layers` with the regularised layers instead.
 """
@@ -66,8 +67,10 @@ def builtin_step(module, x_t: Tensor, hx=None):
             f"x_t.size(-1) must be equal to input_size. Expected {module.input_size}, "
             f"got {x.size(1)}"
         )
-    params = module._parameters
-    weights = [[params.get(name) for name in names] for names in _step_weight_names(module)]
+    # Through the attributes: parametrized, pruned or replaced weights are what the module uses.
+    weights = [
+        [getattr(module, name, None) for name in names] for names in _step_weight_names(module)
+    ]
     if x.dtype != weights[0][0].dtype:
         raise ValueError(
             f"x_t dtype ({x.dtype}) does not match weight dtype ({weights[0][0].dtype})"
