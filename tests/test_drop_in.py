@@ -272,3 +272,70 @@ def test_cells_from_and_to_torch_with_reweighted_weights(name, how):
         torch.testing.assert_close(ours(x), theirs(x))
         replace_weight(ours, "weight_ih", how)
         torch.testing.assert_close(ours.to_torch()(x), ours(x))
+
+
+# --- whole-model checkpoints -------------------------------------------------------------------
+
+
+def public_modules():
+    return {
+        "RNN": unrolled.RNN(3, 4, nonlinearity="relu", num_layers=2),
+        "LSTM": unrolled.LSTM(3, 4, proj_size=2, bidirectional=True, zoneout=(0.1, 0.2)),
+        "GRU": unrolled.GRU(3, 4, batch_first=True, backend="reference"),
+        "RNNCell": unrolled.RNNCell(3, 4),
+        "LSTMCell": unrolled.LSTMCell(3, 4),
+        "GRUCell": unrolled.GRUCell(3, 4, bias=False),
+        "Recurrent": unrolled.Recurrent(lambda size: unrolled.IndRNN(size, 4), input_size=3),
+        "MinGRU": unrolled.MinGRU(3, 4),
+        "LayerNormLSTM": unrolled.Recurrent(
+            lambda size: unrolled.LayerNormLSTM(size, 4), input_size=3
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(public_modules()))
+def test_torch_save_and_a_plain_torch_load_round_trip(name, tmp_path):
+    """torch.load's default weights_only=True refuses unlisted classes: unrolled's are listed
+    when it is imported; torch's own (here only LayerNorm) are the user's to list, as always."""
+    torch.manual_seed(7)
+    module = public_modules()[name].eval()
+    x = torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
+    path = tmp_path / "model.pt"
+    torch.save(module, path)
+    if name == "LayerNormLSTM":
+        with pytest.raises(Exception, match="LayerNorm"):
+            torch.load(path)
+        with torch.serialization.safe_globals([torch.nn.LayerNorm]):
+            loaded = torch.load(path)
+    else:
+        loaded = torch.load(path)  # weights_only=True, nothing listed
+    assert type(loaded) is type(module)
+    with torch.no_grad():
+        for a, b in zip(
+            torch.utils._pytree.tree_leaves(loaded(x)), torch.utils._pytree.tree_leaves(module(x))
+        ):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_model_with_torch_classes_lists_only_those(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), unrolled.GRU(3, 4))
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    with torch.serialization.safe_globals([torch.nn.Sequential, torch.nn.Linear]):
+        loaded = torch.load(path)
+    assert isinstance(loaded[1], unrolled.GRU)
+    assert set(unrolled.SAFE_GLOBALS) >= {
+        unrolled.LSTM,
+        unrolled.GRU,
+        unrolled.RNN,
+        unrolled.LSTMCell,
+    }
+
+
+def test_unrolled_functional_comes_with_import_unrolled():
+    import subprocess
+    import sys
+
+    code = "import unrolled; print(unrolled.functional.rnn_forward.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "rnn_forward", out.stderr

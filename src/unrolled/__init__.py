@@ -3,11 +3,13 @@
 Public names only; see ``docs/`` and ``design.md`` for the layering.
 """
 
+from . import functional
 from .cell import Cell
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .interop import from_torch
 from .modules import GRU, LSTM, RNN, plan
 from .recurrent import Recurrent
+from .serialization import SAFE_GLOBALS, allow_unrolled_classes
 from .variants import IndRNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinGRUCell
 
 __all__ = [
@@ -26,5 +28,9 @@ __all__ = [
     "LayerNormLSTM",
     "MinGRU",
     "MinGRUCell",
+    "SAFE_GLOBALS",
+    "functional",
 ]
 __version__ = "0.1.0"
+
+allow_unrolled_classes()  # torch.load(model) with weights_only=True: see serialization.py

@@ -21,6 +21,12 @@ from .stack import Layer, stack, step_layers
 LayerChoice = Callable[[Tensor], Sequence[Layer]]
 
 
+class CellList(nn.ModuleList):
+    """``Recurrent.cells``: a ``torch.nn.ModuleList`` (same behaviour, same state_dict keys) of
+    unrolled's own, so that a saved ``Recurrent`` loads with ``torch.load``'s default
+    ``weights_only=True`` like unrolled's other classes (see :mod:`unrolled.serialization`)."""
+
+
 class Recurrent(nn.Module):
     """A multi-layer, optionally bidirectional RNN built from a user's :class:`Cell`.
 
@@ -76,7 +82,7 @@ class Recurrent(nn.Module):
                 _check_hidden_size(made, cells[0] if cells else None)
                 cells.append(made)
             layer_input_size = num_directions * cells[0].hidden_size
-        self.cells = nn.ModuleList(cells)
+        self.cells = CellList(cells)
         self.hidden_size = cells[0].hidden_size
 
     @property
