@@ -20,7 +20,7 @@ class RNNCellBase(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int,
                  device=None, dtype=None) -> None:  # fmt: skip
         super().__init__()
-        checks.check_cell_arguments(input_size, hidden_size, bias)
+        checks.check_torch_cell_sizes(input_size, hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias

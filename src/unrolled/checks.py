@@ -49,22 +49,17 @@ def check_layer_arguments(
     for name, value in (("bias", bias), ("batch_first", batch_first)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
-    if not isinstance(bidirectional, bool):
-        raise TypeError(
-            f"bidirectional should be of type bool, got: {type(bidirectional).__name__}"
-        )
-    for name, value in (
-        ("input_size", input_size),
-        ("hidden_size", hidden_size),
-        ("num_layers", num_layers),
-        ("proj_size", proj_size),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool):
+    # bidirectional: torch checks nothing and takes its truth (bidirectional=1 is two directions)
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, int):  # torch's test: bools pass, numpy integers do not
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if input_size <= 0:
-        raise ValueError(f"input_size must be greater than zero, got input_size={input_size}")
-    if hidden_size <= 0:
-        raise ValueError(f"hidden_size must be greater than zero, got hidden_size={hidden_size}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero, got {name}={value}")
+    # torch does not check these types, but range() and its shapes need integers: numpy
+    # integers pass, anything else is the TypeError torch would raise later
+    for name, value in (("num_layers", num_layers), ("proj_size", proj_size)):
+        if not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
     if num_layers <= 0:
         raise ValueError(f"num_layers must be greater than zero, got num_layers={num_layers}")
     if proj_size < 0:
@@ -82,6 +77,7 @@ def check_layer_arguments(
 
 
 def check_cell_arguments(input_size: int, hidden_size: int, bias: bool) -> None:
+    """The checks of unrolled's own cells (variants): positive integer sizes, a bool bias."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
@@ -89,6 +85,19 @@ def check_cell_arguments(input_size: int, hidden_size: int, bias: bool) -> None:
             raise ValueError(f"{name} must be greater than zero, got {name}={value}")
     if not isinstance(bias, bool):
         raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+
+
+def check_torch_cell_sizes(input_size: int, hidden_size: int) -> None:
+    """What ``torch.nn.RNNCell`` and friends accept: torch checks nothing itself, its weight
+    shapes do, so any integer (numpy's too, and 0: an empty weight) and a truthy ``bias``;
+    a negative size is the RuntimeError torch's ``torch.empty`` raises."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value < 0:
+            raise RuntimeError(
+                f"Trying to create tensor with negative dimension {value}: {name}={value}"
+            )
 
 
 def check_nonlinearity(nonlinearity: str) -> str:

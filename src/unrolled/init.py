@@ -11,7 +11,7 @@ from torch import Tensor, nn
 def uniform_by_hidden_size_(tensors: Iterable[Tensor | None], hidden_size: int) -> None:
     """Fill each tensor from U(-1/sqrt(H), 1/sqrt(H)) in order (None skipped), as torch's
     RNNs do: the same order of draws gives torch's exact initial weights for the same seed."""
-    bound = 1.0 / math.sqrt(hidden_size)
+    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0  # torch's, for H = 0
     for tensor in tensors:
         if tensor is not None:
             nn.init.uniform_(tensor, -bound, bound)
