@@ -34,8 +34,8 @@ import unrolled
         (lambda: unrolled.LSTM(3, 4, batch_first="yes"), TypeError, "batch_first should be of type bool"),
         (lambda: unrolled.LSTM(3, 4, backend="cuda"), ValueError, "backend must be one of"),
         (lambda: unrolled.RNNCell(3, 4, nonlinearity="x"), ValueError, "Unknown nonlinearity 'x'"),
-        (lambda: unrolled.GRUCell(3, 0), ValueError, "hidden_size must be greater than zero"),
-        (lambda: unrolled.LSTMCell(3, 4, bias="no"), TypeError, "bias should be of type bool"),
+        (lambda: unrolled.GRUCell(3, -1), RuntimeError, "negative dimension -1: hidden_size=-1"),
+        (lambda: unrolled.LSTMCell(3.5, 4), TypeError, "input_size should be of type int, got: float"),
     ],
 )  # fmt: skip
 def test_bad_constructor_arguments(factory, exc, fragment):
@@ -148,21 +148,34 @@ def test_cell_input_errors():
     cell = unrolled.RNNCell(10, 3)
     with pytest.raises(RuntimeError, match="input has inconsistent input_size: got 5 expected 10"):
         cell(torch.randn(2, 5))
-    with pytest.raises(RuntimeError, match=_escape("Expected hx size (2, 3), got [2, 4]")):
+    # torch's cells: their C++ checks' wording and types
+    with pytest.raises(
+        RuntimeError, match="hidden0 has inconsistent hidden_size: got 4, expected 3"
+    ):
         cell(torch.randn(2, 10), torch.randn(2, 4))
-    with pytest.raises(RuntimeError, match=_escape("Expected hx size (2, 3), got [3, 3]")):
+    with pytest.raises(RuntimeError, match="Input batch size 2 doesn't match hidden0 batch size 3"):
         cell(torch.randn(2, 10), torch.randn(3, 3))
+    with pytest.raises(ValueError, match="RNNCell: Expected hidden to be 1D or 2D, got 4D instead"):
+        cell(torch.randn(2, 10), torch.randn(2, 1, 1, 3))
     with pytest.raises(ValueError, match="RNNCell: Expected input to be 1D or 2D, got 3D"):
         cell(torch.randn(1, 2, 10))
     with pytest.raises(RuntimeError, match="For unbatched 1-D input, hx should also be 1-D"):
         cell(torch.randn(10), torch.randn(2, 3))
-    with pytest.raises(ValueError, match="input dtype"):
+    with pytest.raises(
+        RuntimeError, match="mat1 and mat2 must have the same dtype, but got Double and Float"
+    ):
         cell(torch.randn(2, 10, dtype=torch.float64))
     lstm = unrolled.LSTMCell(10, 3)
-    with pytest.raises(TypeError, match="LSTM expects hx to be a tuple"):
+    with pytest.raises(TypeError, match="LSTMCell expects hx to be a tuple"):
         lstm(torch.randn(2, 10), torch.randn(2, 3))
-    with pytest.raises(RuntimeError, match=_escape("Expected hx[1] size (2, 3), got [2, 4]")):
+    with pytest.raises(
+        RuntimeError, match="hidden1 has inconsistent hidden_size: got 4, expected 3"
+    ):
         lstm(torch.randn(2, 10), (torch.randn(2, 3), torch.randn(2, 4)))
+    with pytest.raises(
+        ValueError, match=_escape("LSTMCell: Expected hx[1] to be 1D or 2D, got 4D")
+    ):
+        lstm(torch.randn(2, 10), (torch.randn(2, 3), torch.randn(2, 1, 1, 3)))
 
 
 @pytest.mark.parametrize(

@@ -62,24 +62,21 @@ class RNNCellBase(nn.Module):
         return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
 
     def _prepare(self, input: Tensor, hx, weight: Tensor) -> tuple[Tensor, object, bool]:
-        """Validate, add the batch dim to unbatched input, and fill in a zero state."""
+        """Validate as torch's cells do (same exception types, torch's messages), add the batch
+        dim to unbatched input, and fill in a zero state."""
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        batched = input.dim() == 2
         if hx is not None:
-            checks.check_hx_structure(self.mode, hx, input.dim(), cell=True)
+            checks.check_cell_hx(name, self.mode, hx)
+        batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
             if hx is not None:
                 hx = tuple(s.unsqueeze(0) for s in hx) if self.mode == "LSTM" else hx.unsqueeze(0)
-        checks.check_dtype("input", input, weight)
-        if input.size(1) != self.input_size:
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
-            )
+        checks.check_cell_input(name, input, weight, self.input_size)
         batch = input.size(0)
         if hx is None:
             zeros = input.new_zeros(batch, self.hidden_size)
@@ -87,8 +84,7 @@ class RNNCellBase(nn.Module):
         else:
             states = hx if self.mode == "LSTM" else (hx,)
             for k, state in enumerate(states):
-                checks.check_state_tensor(f"hx[{k}]" if self.mode == "LSTM" else "hx", state,
-                                          (batch, self.hidden_size), input)  # fmt: skip
+                checks.check_cell_state(k, state, input, self.hidden_size, batched)
         return input, hx, batched
 
     def _weights(self) -> tuple:

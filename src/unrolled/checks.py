@@ -143,10 +143,10 @@ def check_state_tensor(name: str, state: Tensor, expected: tuple[int, ...], inpu
         )
 
 
-def check_hx_structure(mode: str, hx: object, input_dim: int, cell: bool = False) -> None:
-    """LSTM takes ``(h, c)``, the others one tensor; the state's rank must match the input's
-    (batched or unbatched). ``cell`` switches to the cells' ranks (2-D/1-D instead of 3-D/2-D)."""
-    batched = input_dim == (2 if cell else 3)
+def check_hx_structure(mode: str, hx: object, input_dim: int) -> None:
+    """A layer's ``hx``: LSTM takes ``(h, c)``, the others one tensor; the state's rank must
+    match the input's (batched or unbatched)."""
+    batched = input_dim == 3
     kind = f"{'batched' if batched else 'unbatched'} {input_dim}-D"
     if mode == "LSTM":
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -166,6 +166,78 @@ def check_hx_structure(mode: str, hx: object, input_dim: int, cell: bool = False
             raise RuntimeError(
                 f"For {kind} input, hx should also be {input_dim}-D but got {hx.dim()}-D tensor"
             )
+
+
+#: torch's C++ names of the dtypes, as its matmul errors print them
+_SCALAR_NAMES = {
+    torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+}  # fmt: skip
+
+
+def check_cell_hx(name: str, mode: str, hx: object) -> None:
+    """A cell's ``hx``: one tensor (an LSTMCell's: a pair), each 1-D or 2-D (torch's ValueError)."""
+    if mode == "LSTM":
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(
+                f"LSTMCell expects hx to be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}"
+            )
+        for k, state in enumerate(hx):
+            if not isinstance(state, Tensor):
+                raise TypeError(f"hx[{k}] must be a Tensor, got {type(state).__name__}")
+            if state.dim() not in (1, 2):
+                raise ValueError(
+                    f"{name}: Expected hx[{k}] to be 1D or 2D, got {state.dim()}D instead"
+                )
+    else:
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"{name} expects hx to be a Tensor, got {_describe(hx)}")
+        if hx.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+
+
+def check_cell_input(name: str, input: Tensor, weight: Tensor, input_size: int) -> None:
+    """A cell's batched input ``(B, I)``: the weights' dtype (torch's matmul RuntimeError) and
+    ``I``."""
+    if input.dtype != weight.dtype and not precision.autocast_enabled(input.device.type):
+        got, want = (_SCALAR_NAMES.get(d, str(d)) for d in (input.dtype, weight.dtype))
+        raise RuntimeError(
+            f"mat1 and mat2 must have the same dtype, but got {got} and {want}: the {name}'s "
+            f"input is {input.dtype}, its weights {weight.dtype}"
+        )
+    if input.size(1) != input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {input_size}"
+        )
+
+
+def check_cell_state(k: int, state: Tensor, input: Tensor, hidden_size: int, batched: bool) -> None:
+    """State ``k`` of a cell, ``(B, H)`` after the batch dim is added: torch's checks and
+    wording (``hidden0``, ``hidden1`` for an LSTMCell's h and c)."""
+    if state.dim() != 2:
+        kind = "batched 2-D" if batched else "unbatched 1-D"
+        raise RuntimeError(
+            f"For {kind} input, hx should also be {1 + batched}-D but got "
+            f"{state.dim() - (not batched)}-D tensor"
+        )
+    if state.size(0) != input.size(0):
+        raise RuntimeError(
+            f"Input batch size {input.size(0)} doesn't match hidden{k} batch size {state.size(0)}"
+        )
+    if state.size(1) != hidden_size:
+        raise RuntimeError(
+            f"hidden{k} has inconsistent hidden_size: got {state.size(1)}, expected {hidden_size}"
+        )
+    if state.dtype != input.dtype:
+        got, want = (_SCALAR_NAMES.get(d, str(d)) for d in (state.dtype, input.dtype))
+        raise RuntimeError(
+            f"mat1 and mat2 must have the same dtype, but got {got} and {want}: hidden{k} is "
+            f"{state.dtype}, the input {input.dtype}"
+        )
+    if state.device != input.device:
+        raise RuntimeError(
+            f"Expected hidden{k} on the input's device {input.device}, got {state.device}"
+        )
 
 
 def check_step_input(owner: str, bidirectional: bool, x_t: object) -> tuple[Tensor, bool]:
