@@ -339,3 +339,61 @@ def test_unrolled_functional_comes_with_import_unrolled():
     code = "import unrolled; print(unrolled.functional.rnn_forward.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "rnn_forward", out.stderr
+
+
+# --- tensor subclasses and __torch_function__ tensor-likes ---------------------------------------
+
+
+class TensorLike:
+    """Not a Tensor: holds one and implements __torch_function__, unwrapping the arguments of
+    every call and wrapping its tensor results (the protocol PyTorch's own overrides tests use)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        def unwrap(v):
+            if isinstance(v, (tuple, list)):
+                return type(v)(unwrap(x) for x in v)
+            return v.data if isinstance(v, TensorLike) else v
+
+        def wrap(v):
+            if isinstance(v, (tuple, list)):
+                return type(v)(wrap(x) for x in v)
+            return TensorLike(v) if isinstance(v, torch.Tensor) else v
+
+        return wrap(func(*unwrap(args), **{k: unwrap(v) for k, v in (kwargs or {}).items()}))
+
+
+class SubTensor(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["tensor-like", "subclass"])
+@pytest.mark.parametrize("name", list(TORCH_LAYERS) + list(TORCH_CELLS))
+def test_tensor_likes_and_subclasses_as_input(name, kind):
+    torch.manual_seed(8)
+    cell = name in TORCH_CELLS
+    theirs = (
+        (TORCH_CELLS if cell else TORCH_LAYERS)[name](3, 4, 2)
+        if not cell
+        else TORCH_CELLS[name](3, 4)
+    )
+    ours = unrolled.from_torch(theirs)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    wrapped = TensorLike(x) if kind == "tensor-like" else x.as_subclass(SubTensor)
+    got, expected = ours(wrapped), theirs(wrapped)
+    got_leaves = torch.utils._pytree.tree_leaves(got, is_leaf=lambda v: isinstance(v, TensorLike))
+    expected_leaves = torch.utils._pytree.tree_leaves(
+        expected, is_leaf=lambda v: isinstance(v, TensorLike)
+    )
+    for a, b in zip(got_leaves, expected_leaves):
+        assert type(a) is type(b)
+        unwrap = (
+            (lambda v: v.data) if kind == "tensor-like" else (lambda v: v.as_subclass(torch.Tensor))
+        )
+        torch.testing.assert_close(unwrap(a), unwrap(b))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import handle_torch_function
 
 from . import cells, checks, precision
 from .init import uniform_by_hidden_size_
+from .inputs import overridden_by
 
 
 class RNNCellBase(nn.Module):
@@ -50,6 +52,8 @@ class RNNCellBase(nn.Module):
     def _step(self, input: Tensor, hx, step):
         """Validate, run ``step(input (B, I), hx, *weights)`` (under autocast in the dtype
         torch's own cell would run in), and drop the batch dim of unbatched input again."""
+        if overridden_by(input, hx):  # a __torch_function__ tensor-like decides, as for torch's
+            return handle_torch_function(self.forward, (input, hx), input, hx)
         weights = self._weights()
         if isinstance(input, Tensor):
             dtype = precision.run_dtype(self.mode, True, input, weights[0])

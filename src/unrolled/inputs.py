@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
+from torch.overrides import has_torch_function
 
 from . import checks
 from .packed import packed_to_padded, padded_to_packed
@@ -99,3 +100,13 @@ def to_time_major(
         # Whatever the padding holds (even inf or nan) must not reach a gradient: zero it.
         inputs = inputs.masked_fill(~valid_steps(lengths, inputs.size(0)), 0.0)  # (T, B, I)
     return inputs, lengths, Layout(batch_first, batched)
+
+
+def overridden_by(*args) -> bool:
+    """Whether an argument is a tensor-like that is not a Tensor but implements
+    ``__torch_function__`` (a wrapper class): then the call goes through its protocol, as torch's
+    own ops do (the wrapper unwraps, runs the call on tensors, and wraps the results). Tensor
+    subclasses need nothing of the kind: they are Tensors."""
+    plain = [a for a in args if a is not None and not isinstance(a, (Tensor, PackedSequence))]
+    flat = [leaf for a in plain for leaf in (a if isinstance(a, (tuple, list)) else (a,))]
+    return bool(flat) and has_torch_function(flat)

@@ -12,11 +12,12 @@ import warnings
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import handle_torch_function
 
 from . import backends, checks, precision, regularizers
 from .cells import GATES
 from .init import uniform_by_hidden_size_
-from .inputs import to_time_major
+from .inputs import overridden_by, to_time_major
 from .streaming import builtin_step
 
 
@@ -174,6 +175,8 @@ class RNNBase(nn.Module):
         Returns:
             ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``, shaped like torch's.
         """
+        if overridden_by(input, hx):  # a __torch_function__ tensor-like: it decides, as for torch's
+            return handle_torch_function(self.forward, (input, hx), input, hx, lengths=lengths)
         inputs, lengths, layout = to_time_major(
             input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
         )  # (T, B, I)
