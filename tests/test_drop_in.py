@@ -397,3 +397,79 @@ def test_tensor_likes_and_subclasses_as_input(name, kind):
             (lambda v: v.data) if kind == "tensor-like" else (lambda v: v.as_subclass(torch.Tensor))
         )
         torch.testing.assert_close(unwrap(a), unwrap(b))
+
+
+# --- dynamic int8 quantization, TorchScript, unrolled.functional --------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("spec", ["unrolled classes", "torch classes", "default"])
+def test_quantize_dynamic_gives_torchs_quantized_model(spec):
+    """torch's quantize_dynamic picks modules by exact class; unrolled.quantize_dynamic (its call
+    shape) turns unrolled's layers into their twins first: the same int8 model as torch's."""
+    torch.manual_seed(9)
+    theirs = torch.nn.Sequential(
+        torch.nn.Linear(3, 3),
+        torch.nn.LSTM(3, 4, num_layers=2),
+    )
+    ours = torch.nn.Sequential(torch.nn.Linear(3, 3), unrolled.from_torch(theirs[1]))
+    ours[0].load_state_dict(theirs[0].state_dict())
+    gru_theirs = torch.nn.GRUCell(3, 4)
+    gru_ours = unrolled.from_torch(gru_theirs)
+    specs = {
+        "unrolled classes": ({unrolled.LSTM, unrolled.GRUCell, torch.nn.Linear},),
+        "torch classes": ({torch.nn.LSTM, torch.nn.GRUCell, torch.nn.Linear},),
+        "default": (None,),
+    }[spec]
+    torch_spec = {torch.nn.LSTM, torch.nn.GRUCell, torch.nn.Linear} if spec != "default" else None
+    x = torch.randn(5, 2, 3)
+    q_theirs = torch.ao.quantization.quantize_dynamic(theirs, torch_spec, dtype=torch.qint8)
+    q_ours = unrolled.quantize_dynamic(ours, *specs, dtype=torch.qint8)
+    assert type(q_ours[1]) is type(q_theirs[1])  # torch's DynamicQuantizedLSTM
+    torch.testing.assert_close(q_ours(x)[0], q_theirs(x)[0], atol=0, rtol=0)
+    q_cell = unrolled.quantize_dynamic(gru_ours, *specs)
+    torch.testing.assert_close(
+        q_cell(x[0]), torch.ao.quantization.quantize_dynamic(gru_theirs, torch_spec)(x[0])
+    )
+    assert isinstance(ours[1], unrolled.LSTM)  # not in place: the float model is untouched
+
+
+@pytest.mark.parametrize(
+    "module", [unrolled.LSTM(3, 4), unrolled.GRU(3, 4), unrolled.RNNCell(3, 4)], ids=str
+)
+def test_torchscript_fails_with_a_message_that_says_what_to_use(module):
+    with pytest.raises(RuntimeError, match="TorchScript.*torch.compile.*torch.export.*to_torch"):
+        torch.jit.script(module)
+
+
+@pytest.mark.parametrize(
+    "change,error,message",
+    [
+        ({"mode": "gru"}, ValueError, "mode must be one of"),
+        (
+            {"input": torch.randn(5, 3)},
+            ValueError,
+            r"input must be a time-major \(T, B, I\) tensor, got shape \(5, 3\)",
+        ),
+        ({"lengths": [5, 9]}, ValueError, "lengths must be <= the sequence length T=5"),
+        (
+            {"hx": torch.zeros(1, 3, 4)},
+            RuntimeError,
+            r"Expected hx size \(1, 2, 4\), got \[1, 3, 4\]",
+        ),
+        ({"weights": []}, ValueError, "weights must be num_layers \\* num_directions = 1 tuples"),
+    ],
+)
+def test_functional_rnn_checks_its_arguments(change, error, message):
+    torch.manual_seed(10)
+    theirs = torch.nn.GRU(3, 4)
+    weights = [
+        (theirs.weight_ih_l0, theirs.weight_hh_l0, theirs.bias_ih_l0, theirs.bias_hh_l0, None)
+    ]
+    x = torch.randn(5, 2, 3)
+    out, h_n = unrolled.functional.rnn("GRU", x, None, weights, lengths=[5, 3])  # the good call
+    torch.testing.assert_close(out[:, 0], theirs(x[:, :1])[0][:, 0])
+    arguments = {"mode": "GRU", "input": x, "hx": None, "weights": weights, **change}
+    positional = [arguments.pop(k) for k in ("mode", "input", "hx", "weights")]
+    with pytest.raises(error, match=message):
+        unrolled.functional.rnn(*positional, **arguments)

@@ -8,6 +8,7 @@ from .cell import Cell
 from .cell_modules import GRUCell, LSTMCell, RNNCell
 from .interop import from_torch
 from .modules import GRU, LSTM, RNN, plan
+from .quantization import quantize_dynamic
 from .recurrent import Recurrent
 from .serialization import SAFE_GLOBALS, allow_unrolled_classes
 from .variants import IndRNN, LayerNormGRU, LayerNormLSTM, MinGRU, MinGRUCell
@@ -30,6 +31,7 @@ __all__ = [
     "MinGRUCell",
     "SAFE_GLOBALS",
     "functional",
+    "quantize_dynamic",
 ]
 __version__ = "0.1.0"
 

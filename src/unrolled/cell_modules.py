@@ -94,6 +94,14 @@ class RNNCellBase(nn.Module):
     def _weights(self) -> tuple:
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` asks this first: say clearly that TorchScript is not supported."""
+        raise RuntimeError(
+            f"unrolled.{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script, "
+            "deprecated in this torch): use torch.compile(model) or torch.export.export(model, "
+            f"args), or to_torch() for a torch.nn.{type(self).__name__} that scripts"
+        )
+
     def to_torch(self) -> nn.Module:
         """A plain ``torch.nn`` cell with the same configuration and copied weights."""
         factory = {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import backends, cells
+from . import backends, cells, checks
 from .scan import scan
 
 
@@ -110,11 +110,54 @@ def rnn(
     bidirectional: bool = False,
     dropout: float = 0.0,
     training: bool = False,
-    lengths: Tensor | None = None,
+    lengths=None,
     backend: str = "fast",
 ):
-    """Functional form of the layers: time-major ``input (T, B, I)``, ``hx`` as the modules'
-    backends take it, ``weights`` as ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``."""
+    """Functional form of the layers.
+
+    Args:
+        mode: ``"RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU"``.
+        input: time-major ``(T, B, I)``.
+        hx: ``(L*D, B, P)`` (LSTM: ``(h (L*D, B, P), c (L*D, B, H))``), or None for zeros.
+        weights: ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, None where absent, row
+            ``l*D + d``, torch's shapes.
+        lengths: valid steps per sequence, ``(B,)`` (a list or an integer tensor), or None.
+        backend: ``"fast"`` or ``"reference"``.
+
+    Returns:
+        ``(output (T, B, D*P), h_n (L*D, B, P))``; for LSTM ``h_n`` is ``(h_n, c_n)``.
+    """
+    if mode not in cells.GATES:
+        raise ValueError(f"mode must be one of {sorted(cells.GATES)}, got mode={mode!r}")
+    if not isinstance(input, Tensor) or input.dim() != 3:
+        got = f"shape {tuple(input.shape)}" if isinstance(input, Tensor) else type(input).__name__
+        raise ValueError(f"input must be a time-major (T, B, I) tensor, got {got}")
+    num_directions = 2 if bidirectional else 1
+    weights = [tuple(w) for w in weights]
+    if len(weights) != num_layers * num_directions or any(len(w) != 5 for w in weights):
+        raise ValueError(
+            f"weights must be num_layers * num_directions = {num_layers * num_directions} "
+            "tuples (w_ih, w_hh, b_ih, b_hh, w_hr), got "
+            f"{len(weights)} of lengths {[len(w) for w in weights]}"
+        )
+    num_steps, batch, _ = input.shape
+    w_ih, w_hh = weights[0][0], weights[0][1]
+    hidden, out_size = w_ih.shape[0] // cells.GATES[mode], w_hh.shape[1]
+    rows = num_layers * num_directions
+    if hx is None:
+        h0 = input.new_zeros(rows, batch, out_size)
+        hx = (h0, input.new_zeros(rows, batch, hidden)) if mode == "LSTM" else h0
+    else:
+        checks.check_hx_structure(mode, hx, 3)
+        states = (
+            [("hx[0]", hx[0], out_size), ("hx[1]", hx[1], hidden)]
+            if mode == "LSTM"
+            else [("hx", hx, out_size)]
+        )
+        for name, state, size in states:
+            checks.check_state_tensor(name, state, (rows, batch, size), input)
+    if lengths is not None:
+        lengths = checks.check_lengths(lengths, batch, num_steps, input.device)
     plan = backends.plan(mode, input, weights, backend=backend, lengths=lengths)
     return backends.run(
         plan,
@@ -122,7 +165,7 @@ def rnn(
         hx,
         weights,
         num_layers=num_layers,
-        num_directions=2 if bidirectional else 1,
+        num_directions=num_directions,
         dropout=dropout,
         training=training,
         lengths=lengths,

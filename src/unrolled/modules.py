@@ -265,6 +265,14 @@ class RNNBase(nn.Module):
 
     # ---- interop -----------------------------------------------------------------------------
 
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` asks this first: say clearly that TorchScript is not supported."""
+        raise RuntimeError(
+            f"unrolled.{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script, "
+            "deprecated in this torch): use torch.compile(model) or torch.export.export(model, "
+            f"args), or to_torch() for a torch.nn.{type(self).__name__} that scripts"
+        )
+
     def to_torch(self) -> nn.RNNBase:
         """A plain ``torch.nn`` module with the same configuration and copied weights."""
         if self.recurrent_dropout or any(self._zoneout_rates):

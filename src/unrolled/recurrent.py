@@ -58,6 +58,10 @@ class Recurrent(nn.Module):
                 "cell must be a factory called as cell(layer_input_size) that returns a Cell, "
                 f"got {type(cell).__name__}"
             )
+        if not isinstance(bidirectional, bool):  # torch's layers take its truth; ours asks a bool
+            raise TypeError(
+                f"bidirectional should be of type bool, got: {type(bidirectional).__name__}"
+            )
         # The layer-level checks are torch's; the hidden size is the cells' business (checked
         # below), so a valid placeholder stands in for it here.
         checks.check_layer_arguments(

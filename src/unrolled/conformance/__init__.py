@@ -85,13 +85,16 @@ def run_campaign(
     results = []
     # cuDNN may use TF32 for float32 RNNs on Ampere+ GPUs (about 1e-3 relative error): that
     # would measure the GPU's arithmetic mode, not unrolled, so compare in full float32.
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    # cuDNN's flags through its context manager (the global ones may be frozen, as torch's own
+    # test utilities freeze them).
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for case in cases:
-            results.append(run_case(case, device))
-            if on_result is not None:
-                on_result(results[-1])
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            for case in cases:
+                results.append(run_case(case, device))
+                if on_result is not None:
+                    on_result(results[-1])
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32 = saved
     return results
