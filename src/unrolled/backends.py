@@ -3,7 +3,10 @@
 Three runners can execute a layer call:
 
 - ``reference``: the readable loop over the cell functions (:mod:`unrolled.reference`),
-  differentiated by autograd; the executable specification;
+  differentiated by autograd; the executable specification, and the runner wherever only plain
+  torch ops will do: a step the fast loops do not have (recurrent dropout, zoneout), dtypes
+  other than float32 and float64, autocast, ``torch.compile`` tracing, ``torch.func``
+  transforms, per-sample gradients (``ExpandedWeight``);
 - ``python loops``: the fast backend (hoisted projection, hand-written BPTT) with its time loops
   in torch ops (:mod:`unrolled.fast.loops`);
 - ``native loops``: the same fast backend with its time loops in C++
@@ -54,6 +57,8 @@ class Plan:
         packed_gemm: the native LSTM loop multiplies by ``W_hh`` through MKL's packed GEMM.
         row_major: the loops get a row-major copy of ``W_hh^T`` (and ``W_hr^T``) instead of a
             transposed view (faster small GEMMs; not worth it for large weights or one step).
+        per_sample: the weights are ``ExpandedWeight``: the reference runs with them told that
+            each step's input is batch-first.
     """
 
     mode: str
@@ -62,6 +67,7 @@ class Plan:
     loops: object = field(default=None, compare=False, repr=False)
     packed_gemm: bool = False
     row_major: bool = False
+    per_sample: bool = False
 
     def arrange(self, transposed: Tensor) -> Tensor:
         """A transposed weight view as the plan's loops take it: a row-major copy or the view."""
@@ -103,8 +109,9 @@ def plan(
     """
     check_backend(backend)
 
-    def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False) -> Plan:
-        key = (mode, runner, reason, loops, packed_gemm, row_major)
+    def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False,
+              per_sample=False) -> Plan:  # fmt: skip
+        key = (mode, runner, reason, loops, packed_gemm, row_major, per_sample)
         made = _PLANS.get(key)
         if made is None:
             made = _PLANS[key] = Plan(*key)
@@ -112,7 +119,8 @@ def plan(
 
     compiling = torch.compiler.is_compiling()
     if not compiling and expanded_weights(weights):
-        return chose(REFERENCE, PER_SAMPLE_REASON)  # any backend: run() sets the batch dim
+        reason = "per-sample gradients (ExpandedWeight); the reference's F.linear has them"
+        return chose(REFERENCE, reason, per_sample=True)  # any backend
     if backend == "reference":
         return chose(REFERENCE, "backend='reference': the cell functions step by step, autograd")
     if custom_step:
@@ -150,7 +158,6 @@ def plan(
     return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
 
 
-PER_SAMPLE_REASON = "per-sample gradients (ExpandedWeight); the reference's F.linear has them"
 NATIVE_REASONS = {dtype: f"{dtype} on CPU, native loops built here".removeprefix("torch.")
                   for dtype in FAST_DTYPES}  # fmt: skip
 #: Plans are immutable, and a layer makes one per call: the few distinct ones are made once.
@@ -176,7 +183,7 @@ def run(
         num_layers=num_layers, num_directions=num_directions, dropout=dropout,
         training=training, lengths=lengths,
     )  # fmt: skip
-    if plan.reason == PER_SAMPLE_REASON:
+    if plan.per_sample:
         with per_step_batch_first(weights):
             return reference.run(plan.mode, inputs, hx, weights, layers=layers, **options)
     if plan.runner == REFERENCE:
