@@ -129,10 +129,13 @@ ERRORS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("info,backend", ERRORS)
-def test_error_inputs_raise_torchs_errors(info, backend):
+def test_error_inputs_raise_torchs_errors(info, backend, dtype):
+    """As torch's test_errors: the module built with its float32 default, the inputs in
+    ``dtype`` (in float64 a size error must still win over the dtype mismatch, as in torch)."""
     errors = info.module_error_inputs_func(
-        info, device="cpu", dtype=torch.float32, requires_grad=False, training=True
+        info, device="cpu", dtype=dtype, requires_grad=False, training=True
     )
     assert errors, info.name
     for error in errors:

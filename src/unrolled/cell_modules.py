@@ -80,7 +80,7 @@ class RNNCellBase(nn.Module):
             input = input.unsqueeze(0)
             if hx is not None:
                 hx = tuple(s.unsqueeze(0) for s in hx) if self.mode == "LSTM" else hx.unsqueeze(0)
-        checks.check_cell_input(name, input, weight, self.input_size)
+        checks.check_cell_input(input, self.input_size)
         batch = input.size(0)
         if hx is None:
             zeros = input.new_zeros(batch, self.hidden_size)
@@ -89,6 +89,7 @@ class RNNCellBase(nn.Module):
             states = hx if self.mode == "LSTM" else (hx,)
             for k, state in enumerate(states):
                 checks.check_cell_state(k, state, input, self.hidden_size, batched)
+        checks.check_cell_dtype(name, input, weight, hx if self.mode == "LSTM" else (hx,))
         return input, hx, batched
 
     def _weights(self) -> tuple:

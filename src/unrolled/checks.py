@@ -196,19 +196,34 @@ def check_cell_hx(name: str, mode: str, hx: object) -> None:
             raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
 
 
-def check_cell_input(name: str, input: Tensor, weight: Tensor, input_size: int) -> None:
-    """A cell's batched input ``(B, I)``: the weights' dtype (torch's matmul RuntimeError) and
-    ``I``."""
+def check_cell_input(input: Tensor, input_size: int) -> None:
+    """A cell's batched input ``(B, I)``: its size, checked first, as torch's C++ does."""
+    if input.size(1) != input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {input_size}"
+        )
+
+
+def check_cell_dtype(name: str, input: Tensor, weight: Tensor, states: tuple) -> None:
+    """A cell's input against its weights' dtype, and its states against the input's dtype and
+    device: checked after every size, where torch's matmul raises its RuntimeError."""
     if input.dtype != weight.dtype and not precision.autocast_enabled(input.device.type):
         got, want = (_SCALAR_NAMES.get(d, str(d)) for d in (input.dtype, weight.dtype))
         raise RuntimeError(
             f"mat1 and mat2 must have the same dtype, but got {got} and {want}: the {name}'s "
             f"input is {input.dtype}, its weights {weight.dtype}"
         )
-    if input.size(1) != input_size:
-        raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {input_size}"
-        )
+    for k, state in enumerate(states):
+        if state.dtype != input.dtype:
+            got, want = (_SCALAR_NAMES.get(d, str(d)) for d in (state.dtype, input.dtype))
+            raise RuntimeError(
+                f"mat1 and mat2 must have the same dtype, but got {got} and {want}: hidden{k} "
+                f"is {state.dtype}, the input {input.dtype}"
+            )
+        if state.device != input.device:
+            raise RuntimeError(
+                f"Expected hidden{k} on the input's device {input.device}, got {state.device}"
+            )
 
 
 def check_cell_state(k: int, state: Tensor, input: Tensor, hidden_size: int, batched: bool) -> None:
@@ -227,16 +242,6 @@ def check_cell_state(k: int, state: Tensor, input: Tensor, hidden_size: int, bat
     if state.size(1) != hidden_size:
         raise RuntimeError(
             f"hidden{k} has inconsistent hidden_size: got {state.size(1)}, expected {hidden_size}"
-        )
-    if state.dtype != input.dtype:
-        got, want = (_SCALAR_NAMES.get(d, str(d)) for d in (state.dtype, input.dtype))
-        raise RuntimeError(
-            f"mat1 and mat2 must have the same dtype, but got {got} and {want}: hidden{k} is "
-            f"{state.dtype}, the input {input.dtype}"
-        )
-    if state.device != input.device:
-        raise RuntimeError(
-            f"Expected hidden{k} on the input's device {input.device}, got {state.device}"
         )
 
 
