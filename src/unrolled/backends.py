@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import fast, precision, reference
+from . import fast, modes, precision, reference
 from .fast import loops as python_loops
 from .fast import native
 from .fast.layer import transforms_active
@@ -227,12 +227,11 @@ def sample_plans(
     """The fast backend's plan for a small layer of each mode (H = 64, T = 8, B = 4) with
     ``dtype`` input on ``device``: what the commands print as "how the fast backend runs here".
     Makes the plans as a layer would (building the native loops if they are not built yet)."""
-    from .cells import GATES
-
     hidden, steps, batch = 64, 8, 4
     plans = []
-    for mode, gates in GATES.items():
+    for mode in modes.MODES.values():
+        gates = mode.num_gates
         inputs = torch.empty(steps, batch, hidden, device=device, dtype=dtype)
         w_hh = torch.empty(gates * hidden, hidden, device=device, dtype=dtype)
-        plans.append(plan(mode, inputs, [(None, w_hh, None, None, None)]))
+        plans.append(plan(mode.name, inputs, [(None, w_hh, None, None, None)]))
     return plans

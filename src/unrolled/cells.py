@@ -137,6 +137,3 @@ def gru(
 
 #: The step function of each mode, keyed by torch's mode names.
 CELLS = {"RNN_TANH": rnn_tanh, "RNN_RELU": rnn_relu, "LSTM": lstm, "GRU": gru}
-
-#: Rows of ``weight_ih`` per hidden unit: the number of gates.
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}

@@ -11,9 +11,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import precision
-
-MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+from . import modes, precision
 
 
 def check_layer_arguments(
@@ -28,8 +26,7 @@ def check_layer_arguments(
     proj_size: int,
 ) -> None:
     """The constructor checks of ``torch.nn.RNNBase``, same types and wording."""
-    if mode not in MODES:
-        raise ValueError(f"Unrecognized RNN mode: {mode!r}; expected one of {MODES}")
+    modes.of(mode)  # ValueError for an unknown mode
     if (
         not isinstance(dropout, numbers.Number)
         or isinstance(dropout, bool)
@@ -102,10 +99,7 @@ def check_torch_cell_sizes(input_size: int, hidden_size: int) -> None:
 
 def check_nonlinearity(nonlinearity: str) -> str:
     """Map ``"tanh" | "relu"`` to torch's mode name."""
-    modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
-    if nonlinearity not in modes:
-        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    return modes[nonlinearity]
+    return modes.from_nonlinearity(nonlinearity)
 
 
 def check_dtype(name: str, tensor: Tensor, weight: Tensor) -> None:
@@ -298,7 +292,7 @@ def check_lengths(lengths: object, batch_size: int, num_steps: int, device: torc
 
 
 def _mode_name(mode: str) -> str:
-    return {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+    return modes.of(mode).torch_class
 
 
 def _describe(value: object) -> str:

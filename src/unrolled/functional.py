@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import backends, cells, checks
+from . import backends, cells, checks, modes
 from .scan import scan
 
 
@@ -127,8 +127,8 @@ def rnn(
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P))``; for LSTM ``h_n`` is ``(h_n, c_n)``.
     """
-    if mode not in cells.GATES:
-        raise ValueError(f"mode must be one of {sorted(cells.GATES)}, got mode={mode!r}")
+    if mode not in modes.MODES:
+        raise ValueError(f"mode must be one of {sorted(modes.NAMES)}, got mode={mode!r}")
     if not isinstance(input, Tensor) or input.dim() != 3:
         got = f"shape {tuple(input.shape)}" if isinstance(input, Tensor) else type(input).__name__
         raise ValueError(f"input must be a time-major (T, B, I) tensor, got {got}")
@@ -142,7 +142,7 @@ def rnn(
         )
     num_steps, batch, _ = input.shape
     w_ih, w_hh = weights[0][0], weights[0][1]
-    hidden, out_size = w_ih.shape[0] // cells.GATES[mode], w_hh.shape[1]
+    hidden, out_size = w_ih.shape[0] // modes.of(mode).num_gates, w_hh.shape[1]
     rows = num_layers * num_directions
     if hx is None:
         h0 = input.new_zeros(rows, batch, out_size)

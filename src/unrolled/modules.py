@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import handle_torch_function
 
-from . import backends, checks, precision, regularizers
-from .cells import GATES
+from . import backends, checks, modes, precision, regularizers
 from .init import uniform_by_hidden_size_
 from .inputs import overridden_by, to_time_major
 from .streaming import builtin_step
+from .weights import LayerWeights, parameter_names
 
 
 class RNNBase(nn.Module):
@@ -58,7 +58,7 @@ class RNNBase(nn.Module):
         self.backend = backend
 
         factory = {"device": device, "dtype": dtype}
-        gate_size = GATES[mode] * hidden_size
+        gate_size = modes.of(mode).num_gates * hidden_size
         out_size = proj_size or hidden_size  # P: what each direction emits per step
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
@@ -127,19 +127,13 @@ class RNNBase(nn.Module):
             s += f", zoneout={self.zoneout}"
         return s
 
-    def layer_weights(self) -> list[tuple]:
-        """``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, None where absent, row ``l*D + d``."""
-        weights = []
-        for layer in range(self.num_layers):
-            for direction in range(self.num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                weights.append(
-                    tuple(
-                        getattr(self, name + suffix, None)
-                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-                    )
-                )
-        return weights
+    def layer_weights(self) -> list[LayerWeights]:
+        """``L*D`` :class:`LayerWeights`, None where absent, row ``l*D + d``."""
+        return [
+            LayerWeights(*(getattr(self, name, None) for name in parameter_names(layer, direction)))
+            for layer in range(self.num_layers)
+            for direction in range(self.num_directions)
+        ]
 
     # ---- forward -----------------------------------------------------------------------------
 

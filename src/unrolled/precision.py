@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import modes
+
 #: torch's layer options after (input, hx, params): no bias, 1 layer, no dropout, eval, one
 #: direction, time-major
 _ONE_LAYER = (False, 1, 0.0, False, False, False)
@@ -32,7 +34,6 @@ _PROBES = {
     ("LSTM", True): lambda x, h, w: torch.lstm_cell(x[0], (h[0], h[0]), w, w)[0],
     ("GRU", True): lambda x, h, w: torch.gru_cell(x[0], h[0], w, w),
 }
-_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 _answers: dict[tuple, torch.dtype] = {}
 
 
@@ -64,7 +65,7 @@ def run_dtype(mode: str, cell: bool, input: Tensor, weight: Tensor) -> torch.dty
     key = (mode, cell, device_type, _autocast_dtype(device_type), input.dtype, weight.dtype)
     if key not in _answers:
         x = torch.zeros(1, 1, 1, dtype=input.dtype, device=input.device)
-        w = torch.zeros(_GATES[mode], 1, dtype=weight.dtype, device=weight.device)
+        w = torch.zeros(modes.of(mode).num_gates, 1, dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             _answers[key] = _PROBES[mode, cell](x, x, w).dtype
     return _answers[key]

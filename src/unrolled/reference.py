@@ -15,9 +15,7 @@ from torch import Tensor
 from .cells import CELLS
 from .scan import State
 from .stack import stack
-
-#: One layer-direction's weights in torch's order: (w_ih, w_hh, b_ih, b_hh, w_hr), None if absent.
-LayerWeights = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None"]
+from .weights import LayerWeights
 
 
 @dataclass
