@@ -9,7 +9,8 @@ import itertools
 import pytest
 import torch
 
-from unrolled import cells, cli, explain
+from unrolled import cells, cli
+from unrolled.tools import explain
 
 MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
 
@@ -97,8 +98,8 @@ def test_lstm_text_lists_gate_slices_and_c_n(capsys):
 
 
 def test_explain_fails_when_the_cell_is_wrong(capsys, monkeypatch):
-    right = cells.rnn_tanh
-    monkeypatch.setitem(cells.CELLS, "RNN_TANH", lambda *a, **k: right(*a, **k) + 1e-3)
+    right = cells.rnn_tanh_update
+    monkeypatch.setattr(cells, "rnn_tanh_update", lambda xw, hw: cells.RNNValues(right(xw, hw).h + 1e-3))
     assert cli.main(["explain", "--mode", "rnn"]) == 1
     assert capsys.readouterr().out.rstrip().endswith("FAIL")
 
@@ -117,7 +118,7 @@ def test_plot_writes_a_png(tmp_path, capsys):
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "unrolled.diagram", None)  # as if matplotlib were missing
+    monkeypatch.setitem(sys.modules, "unrolled.tools.diagram", None)  # as if no matplotlib
     assert cli.main(["explain", "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'unrolled[plot]'" in capsys.readouterr().out
     assert not (tmp_path / "x.png").exists()

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from unrolled import cells, cli, conformance
-from unrolled.conformance.cases import _LAYER_OPTIONS, _allowed, _canonical, all_pairs
+from unrolled import cells, cli
+from unrolled.tools import conformance
+from unrolled.tools.conformance.cases import _LAYER_OPTIONS, _allowed, _canonical, all_pairs
 
 
 def test_campaign_passes_on_a_tiny_sweep_and_random_cases():
@@ -101,14 +102,14 @@ def test_cli_writes_json(tmp_path, capsys):
 
 
 def _slightly_wrong(right):
-    def cell(*args, **kwargs):
-        return right(*args, **kwargs) * (1 + 1e-3)  # a 0.1% error: far above float noise
+    def update(xw, hw):
+        return cells.RNNValues(right(xw, hw).h * (1 + 1e-3))  # a 0.1% error: far above noise
 
-    return cell
+    return update
 
 
 def test_cli_fails_when_a_cell_is_slightly_wrong(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(cells.CELLS, "RNN_TANH", _slightly_wrong(cells.rnn_tanh))
+    monkeypatch.setattr(cells, "rnn_tanh_update", _slightly_wrong(cells.rnn_tanh_update))
     path = tmp_path / "verify.json"
     status = cli.main(["verify", "--sweep", "quick", "--cases", "0", "--json", str(path),
                        "--no-progress"])  # fmt: skip
@@ -120,7 +121,7 @@ def test_cli_fails_when_a_cell_is_slightly_wrong(tmp_path, capsys, monkeypatch):
     failed_modes = {r["case"]["mode"] for r in report["results"] if not r["passed"]}
     # RNNCell(tanh) runs the same cell function; the other modes are untouched.
     assert failed_modes == {"RNN_TANH", "RNNCell_TANH"}
-    # The reference backend loops over cells.CELLS (a fast backend has its own arithmetic).
+    # The reference backend runs the cells' updates (a fast backend has its own arithmetic).
     failed = [r for r in report["results"] if not r["passed"]]
     assert all(r["passed"] is False for r in report["results"] if r["case"]["backend"] != "fast"
                and r["case"]["mode"] in failed_modes)  # fmt: skip
@@ -136,7 +137,7 @@ def test_a_crash_inside_unrolled_is_a_failure_not_a_crash(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(cells.CELLS, "GRU", broken)
+    monkeypatch.setattr(cells, "gru_update", broken)
     case = next(c for c in conformance.quick_sweep() if c.mode == "GRU")
     result = conformance.run_case(case)
     assert not result.passed

@@ -1,6 +1,8 @@
 """``RNNCell``, ``LSTMCell``, ``GRUCell``: one step, twins of torch.nn's cell classes.
 
-Each is a thin module around the pure step function of the same name in :mod:`unrolled.cells`.
+Each is a thin module around the step function of the same name in :mod:`unrolled.cells`, and a
+:class:`~unrolled.Cell` too (through :class:`~unrolled.builtin.BuiltinCell`), so
+``Recurrent(lambda i: unrolled.GRUCell(i, 64))`` stacks torch's cells like any other.
 """
 
 from __future__ import annotations
@@ -10,12 +12,21 @@ from torch import Tensor, nn
 from torch.overrides import handle_torch_function
 
 from . import cells, checks, precision
+from .builtin import BuiltinCell
+from .cell import Cell
 from .init import uniform_by_hidden_size_
 from .inputs import overridden_by
+from .scan import State
+from .weights import LayerWeights
 
 
-class RNNCellBase(nn.Module):
-    """Parameters ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih, bias_hh (G*H,)``."""
+class RNNCellBase(Cell):
+    """Parameters ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih, bias_hh (G*H,)``.
+
+    ``forward`` is torch's; ``init_state``, ``project`` and ``step`` are the :class:`Cell`
+    protocol (``project`` hoists ``W_ih x + b_ih`` over all steps, ``step`` returns ``(h',
+    new_state)``), both running the update of :mod:`unrolled.cells`.
+    """
 
     mode: str
 
@@ -94,6 +105,20 @@ class RNNCellBase(nn.Module):
 
     def _weights(self) -> tuple:
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+    # ---- the Cell protocol, for Recurrent ------------------------------------------------------
+
+    def _bound(self) -> BuiltinCell:
+        return BuiltinCell(self.mode, LayerWeights(*self._weights()), hoist_input=True)
+
+    def init_state(self, batch_size: int, *, dtype: torch.dtype, device: torch.device) -> State:
+        return self._bound().init_state(batch_size, dtype=dtype, device=device)
+
+    def project(self, x: Tensor) -> Tensor:
+        return self._bound().project(x)  # (T, B, I) -> (T, B, G*H)
+
+    def step(self, xp_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return self._bound().step(xp_t, state)  # (B, H), new state
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` asks this first: say clearly that TorchScript is not supported."""

@@ -1,4 +1,5 @@
-"""The reference backend: torch's built-in cells, looped literally by ``stack`` and ``scan``.
+"""The reference backend: the built-in cells (:mod:`unrolled.builtin`), looped literally by
+``stack`` and ``scan``.
 
 Autograd does the backward. Nothing here is optimised: this is what the fast backend must equal.
 """
@@ -6,37 +7,13 @@ Autograd does the backward. Nothing here is optimised: this is what the fast bac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
 
-from .cells import CELLS
-from .scan import State
+from .builtin import bind
 from .stack import stack
 from .weights import LayerWeights
-
-
-@dataclass
-class BuiltinLayer:
-    """A built-in cell bound to one layer-direction's weights, in ``stack``'s ``Layer`` shape."""
-
-    mode: str
-    weights: LayerWeights
-
-    def project(self, inputs: Tensor) -> Tensor:
-        # The literal loop applies W_ih inside each step, exactly as the equations read.
-        return inputs
-
-    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        w_ih, w_hh, b_ih, b_hh, w_hr = self.weights
-        cell = partial(CELLS[self.mode], weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh)
-        if self.mode == "LSTM":
-            h, c = cell(x_t, state, weight_hr=w_hr)
-            return h, (h, c)
-        h = cell(x_t, state)
-        return h, h
 
 
 def run(
@@ -60,13 +37,14 @@ def run(
         hx: ``(L*D, B, H)``, or for LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``.
         weights: ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, row ``l*D + d``.
         lengths: ``(B,)`` int64 on the inputs' device, or None.
-        layers: ``stack`` layers to run instead of the plain built-in cells (e.g. with zoneout).
+        layers: cells to run instead of the plain built-in ones (e.g. with zoneout), one per
+            layer-direction.
 
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P))``; for LSTM ``h_n`` is ``(h_n, c_n)``.
     """
     if layers is None:
-        layers = [BuiltinLayer(mode, w) for w in weights]
+        layers = bind(mode, weights)
     if mode == "LSTM":
         h0, c0 = hx
         initial = [(h0[k], c0[k]) for k in range(len(layers))]

@@ -1,7 +1,7 @@
 r"""Recurrent dropout and zoneout for the built-in ``LSTM`` and ``GRU``, beyond torch.nn.
 
 Both change the step, so a module that uses them runs the reference path (``stack`` and ``scan``
-with the layer below) whatever its ``backend``; with both at 0 nothing here runs and the modules
+with the cell below) whatever its ``backend``; with both at 0 nothing here runs and the modules
 stay exactly torch's.
 
 **Recurrent dropout** (variational, Gal & Ghahramani 2016, "A Theoretically Grounded Application
@@ -49,9 +49,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import reference
-from .cells import linear, lstm
+from . import cells
+from .builtin import BuiltinCell
 from .scan import State
+from .weights import LayerWeights
 
 
 def check_rate(name: str, value: object) -> float:
@@ -97,73 +98,48 @@ def zoneout(previous: Tensor, update: Tensor, p: float, training: bool) -> Tenso
     return p * previous + (1 - p) * update  # the expectation over the mask
 
 
-def gru_recurrent_dropped(
-    x: Tensor, h: Tensor, h_recurrent: Tensor, w_ih: Tensor, w_hh: Tensor,
-    b_ih: Tensor | None, b_hh: Tensor | None,
-) -> Tensor:  # fmt: skip
-    r"""torch's GRU step (:func:`unrolled.cells.gru`) with the state entering ``W_hh`` given
-    separately from the state that is carried: ``h_recurrent = h * m / (1-p)``.
-
-    .. math::
-        r = \sigma(W_{ir} x + b_{ir} + W_{hr} \hat h + b_{hr}) \quad
-        z = \sigma(W_{iz} x + b_{iz} + W_{hz} \hat h + b_{hz}) \\
-        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} \hat h + b_{hn})) \quad
-        h' = (1 - z) \odot n + z \odot h
-    """
-    x_r, x_z, x_n = linear(x, w_ih, b_ih).chunk(3, dim=-1)  # 3 x (B, H)
-    h_r, h_z, h_n = linear(h_recurrent, w_hh, b_hh).chunk(3, dim=-1)  # 3 x (B, H)
-    r = torch.sigmoid(x_r + h_r)
-    z = torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
-    return (1 - z) * n + z * h
-
-
 @dataclass
-class RegularizedLayer:
-    """A built-in LSTM/GRU layer-direction with recurrent dropout and zoneout, in ``stack``'s
-    ``Layer`` shape."""
+class RegularizedCell(BuiltinCell):
+    """A built-in LSTM/GRU layer-direction with recurrent dropout and zoneout: the same update
+    (:meth:`BuiltinCell.update`), with the recurrent part read from the dropped-out state and
+    zoneout applied to the new state."""
 
-    mode: str
-    weights: reference.LayerWeights
-    recurrent_mask: Tensor | None  # (B, P), already scaled by 1/(1-p); None: no dropout
-    zoneout: tuple[float, float]  # (p_h, p_c)
-    training: bool
-
-    def project(self, inputs: Tensor) -> Tensor:
-        return inputs
+    recurrent_mask: Tensor | None = None  # (B, P), already scaled by 1/(1-p); None: no dropout
+    zoneout: tuple[float, float] = (0.0, 0.0)  # (p_h, p_c)
+    training: bool = False
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        w_ih, w_hh, b_ih, b_hh, w_hr = self.weights
-        p_h, p_c = self.zoneout
-        h = state[0] if self.mode == "LSTM" else state
+        w = self.weights
+        lstm = self.mode == "LSTM"
+        h = state[0] if lstm else state
         h_recurrent = h if self.recurrent_mask is None else h * self.recurrent_mask  # (B, P)
-        if self.mode == "LSTM":
-            c = state[1]
-            h_new, c_new = lstm(x_t, (h_recurrent, c), w_ih, w_hh, b_ih, b_hh, w_hr)
-            h_new = zoneout(h, h_new, p_h, self.training)
-            c_new = zoneout(c, c_new, p_c, self.training)
-            return h_new, (h_new, c_new)
-        h_new = gru_recurrent_dropped(x_t, h, h_recurrent, w_ih, w_hh, b_ih, b_hh)
+        xw = cells.input_part(x_t, w.w_ih, w.b_ih)  # (B, G*H)
+        hw = cells.recurrent_part(h_recurrent, w.w_hh, w.b_hh)  # (B, G*H): from the dropped h
+        h_new, new_state = self.update(xw, hw, state)  # the GRU carries the undropped h
+        p_h, p_c = self.zoneout
         h_new = zoneout(h, h_new, p_h, self.training)
+        if lstm:
+            c_new = zoneout(state[1], new_state[1], p_c, self.training)
+            return h_new, (h_new, c_new)
         return h_new, h_new
 
 
 def make_layers(
     mode: str,
-    weights: Sequence[reference.LayerWeights],
+    weights: Sequence[LayerWeights],
     batch: int,
     like: Tensor,
     *,
     recurrent_dropout: float,
     zoneout: tuple[float, float],
     training: bool,
-) -> list[RegularizedLayer]:
+) -> list[RegularizedCell]:
     """One layer per layer-direction, each with its own per-sequence recurrent mask."""
     layers = []
     for w in weights:
         mask = None
         if training and recurrent_dropout > 0:
-            state_size = w[1].shape[1]  # weight_hh (G*H, P)
+            state_size = w.w_hh.shape[1]  # weight_hh (G*H, P)
             mask = sample_recurrent_mask(batch, state_size, recurrent_dropout, like)  # (B, P)
-        layers.append(RegularizedLayer(mode, w, mask, zoneout, training))
+        layers.append(RegularizedCell(mode, LayerWeights(*w), False, mask, zoneout, training))
     return layers
