@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from unrolled import benchmark, benchmark_memory, cli
+from unrolled import cli
+from unrolled.tools import benchmark, benchmark_memory
 
 TINY = ["--repeats", "5", "--min-sample-ms", "1", "--threads", "1"]
 

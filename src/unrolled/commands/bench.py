@@ -3,7 +3,7 @@
 For every mode x shape x config: the forward under ``no_grad`` and a training step (forward +
 ``output.sum().backward()``), median of ``--repeats`` interleaved samples, ratio unrolled / torch
 (below 1 = faster), and the geometric mean of the ratios per mode. The method is described in
-:mod:`unrolled.benchmark` and ``benchmarks/README.md``.
+:mod:`unrolled.tools.benchmark` and ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from unrolled import benchmark, benchmark_memory, benchmark_report
+from unrolled.tools import benchmark, benchmark_memory, benchmark_report
 
 QUICK_SHAPES = ("S", "M", "L")
 

@@ -14,7 +14,7 @@ import importlib
 import torch
 
 import unrolled
-from unrolled import explain
+from unrolled.tools import explain
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.plot:
         try:
-            diagram = importlib.import_module("unrolled.diagram")  # matplotlib is optional
+            diagram = importlib.import_module("unrolled.tools.diagram")  # matplotlib is optional
         except ImportError as error:
             print(
                 f"unrolled explain --plot needs matplotlib ({error}): pip install 'unrolled[plot]'"

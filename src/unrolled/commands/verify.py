@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from unrolled import backends, conformance
+from unrolled import backends
+from unrolled.tools import conformance
 
 SHOWN_FAILURES = 20
 

@@ -13,7 +13,7 @@ medians hold.
   does not require grad, as in a real first layer.
 
 The peak memory of a training step is measured in a fresh subprocess per implementation, see
-:mod:`unrolled.benchmark_memory`.
+:mod:`unrolled.tools.benchmark_memory`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 Why a subprocess: resident memory is a property of the whole process, and allocators keep what
 they once took, so torch and unrolled measured in the same process would see each other's
-leftovers. The child (``python -m unrolled.benchmark_memory SPEC``) does:
+leftovers. The child (``python -m unrolled.tools.benchmark_memory SPEC``) does:
 
-1. build the layer and the input (``unrolled.benchmark.build`` / ``make_input``, same seed as the
-   timing run), then one warm-up training step: lazy initialisation, oneDNN primitive caches,
-   autograd worker threads. That step also records ``saved_bytes``: the bytes of the distinct
-   storages autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``), leaving
-   out the parameters and the input, which exist anyway. It counts allocated bytes, exactly and
-   independently of the allocator, whether or not every page was ever touched.
+1. build the layer and the input (``unrolled.tools.benchmark.build`` / ``make_input``, same seed
+   as the timing run), then one warm-up training step: lazy initialisation, oneDNN primitive
+   caches, autograd worker threads. That step also records ``saved_bytes``: the bytes of the
+   distinct storages autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``),
+   leaving out the parameters and the input, which exist anyway. It counts allocated bytes,
+   exactly and independently of the allocator, whether or not every page was ever touched.
 2. drop the grads, ``gc.collect()``, ``malloc_trim(0)`` so freed memory goes back to the OS,
    reset the kernel's peak-RSS counter (``echo 5 > /proc/self/clear_refs``) and read ``VmRSS``.
 3. one training step (grads set to None, forward, ``output.sum().backward()``) and read the peak
@@ -46,12 +46,12 @@ def measure(point: benchmark.Point, implementation: str, backend: str, threads: 
     """Run the probe in a fresh interpreter; returns its JSON (``peak_bytes``, ``method``...)."""
     spec = {"point": point.to_dict(), "implementation": implementation, "backend": backend,
             "threads": threads, "seed": seed}  # fmt: skip
-    package_root = str(Path(__file__).resolve().parent.parent)  # so the child imports this copy
+    package_root = str(Path(__file__).resolve().parents[2])  # src/: the child imports this copy
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
     done = subprocess.run(
-        [sys.executable, "-m", "unrolled.benchmark_memory", json.dumps(spec)],
+        [sys.executable, "-m", "unrolled.tools.benchmark_memory", json.dumps(spec)],
         capture_output=True, text=True, env=env, timeout=timeout_s,
     )  # fmt: skip
     if done.returncode != 0:

@@ -1,4 +1,5 @@
-"""Draw a :class:`unrolled.explain.Trace`: the unrolled network and its hidden states over time.
+"""Draw a :class:`unrolled.tools.explain.Trace`: the unrolled network and its hidden states over
+time.
 
 Top: one box per cell application (time step x layer x direction), the state arrows between
 them (forward rightwards, reverse leftwards), the inputs feeding in from below, the two

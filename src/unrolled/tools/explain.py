@@ -5,7 +5,7 @@
 it then assembles ``output`` and ``h_n`` from those steps and checks them against torch.nn.
 :func:`render` turns a trace into text: the equations (read from the cells' docstrings), the
 shapes of everything in them, optionally the numbers, and the origin of each slice of ``output``
-and each row of ``h_n``. :mod:`unrolled.diagram` draws the same trace.
+and each row of ``h_n``. :mod:`unrolled.tools.diagram` draws the same trace.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from . import cells
-from .interop import from_torch
+from .. import cells
+from ..interop import from_torch
 
 MODES = {"rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU", "lstm": "LSTM", "gru": "GRU"}
 #: torch's mode name -> the function in unrolled.cells whose docstring holds the equations.

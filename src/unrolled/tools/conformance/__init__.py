@@ -2,7 +2,7 @@
 
 Usage from Python::
 
-    from unrolled import conformance
+    from unrolled.tools import conformance
     cases = conformance.fixed_sweep() + conformance.random_cases(20, seed=0)
     results = conformance.run_campaign(cases)
     assert all(r.passed for r in results)
