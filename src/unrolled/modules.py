@@ -15,14 +15,18 @@ from torch import Tensor, nn
 from torch.overrides import handle_torch_function
 
 from . import backends, checks, modes, precision, regularizers
+from .builtin import bind
 from .init import uniform_by_hidden_size_
 from .inputs import overridden_by, to_time_major
-from .streaming import builtin_step
+from .recurrent_base import RecurrentBase
+from .scan import map_state
 from .weights import LayerWeights, parameter_names
 
 
-class RNNBase(nn.Module):
-    """Parameters and forward plumbing shared by :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+class RNNBase(RecurrentBase):
+    """:class:`RNN`, :class:`LSTM` and :class:`GRU`: a :class:`~unrolled.recurrent_base.
+    RecurrentBase` of built-in cells (:mod:`unrolled.builtin`) with torch's parameter names and
+    state layout, whose whole-sequence runner is the one :func:`unrolled.backends.plan` picks."""
 
     def __init__(
         self,
@@ -86,10 +90,6 @@ class RNNBase(nn.Module):
 
     # ---- torch.nn compatibility --------------------------------------------------------------
 
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
     def reset_parameters(self) -> None:
         """torch's default initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
         uniform_by_hidden_size_(self.parameters(), self.hidden_size)
@@ -135,24 +135,90 @@ class RNNBase(nn.Module):
             for direction in range(self.num_directions)
         ]
 
-    # ---- forward -----------------------------------------------------------------------------
+    # ---- what RecurrentBase asks ---------------------------------------------------------------
+
+    _state_word = "hidden"
+
+    def _state_template(self, batch: int, like: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = like.new_zeros(batch, self.proj_size or self.hidden_size)  # (B, P)
+        if self.mode == "LSTM":
+            return h, like.new_zeros(batch, self.hidden_size)  # (B, H)
+        return h
 
     def _zero_state(self, batch: int, like: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``hx=None``: zeros ``(L*D, B, P)``, for LSTM with ``c (L*D, B, H)``."""
         rows = self.num_layers * self.num_directions
-        h0 = like.new_zeros(rows, batch, self.proj_size or self.hidden_size)
-        if self.mode == "LSTM":
-            return h0, like.new_zeros(rows, batch, self.hidden_size)
-        return h0
+        return map_state(lambda leaf: leaf.expand(rows, *leaf.shape).clone(),
+                         self._state_template(batch, like))  # fmt: skip
 
-    def _check_state(self, hx, batch: int, inputs: Tensor) -> None:
-        rows = self.num_layers * self.num_directions
-        if self.mode == "LSTM":
-            checks.check_state_tensor(
-                "hidden[0]", hx[0], (rows, batch, self.proj_size or self.hidden_size), inputs
+    def _check_state_structure(self, state, state_dim: int, template) -> None:
+        checks.check_hx_structure(self.mode, state, state_dim)
+
+    def _check_input(self, inputs: Tensor, name: str = "input") -> None:
+        weight = getattr(self, self._flat_weights_names[0])
+        if name == "input":
+            checks.check_sequence_input(inputs, self.input_size, weight)
+            return
+        if inputs.size(-1) != self.input_size:  # a step's x_t (B, I)
+            raise RuntimeError(
+                f"{name}.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                f"got {inputs.size(-1)}"
             )
-            checks.check_state_tensor("hidden[1]", hx[1], (rows, batch, self.hidden_size), inputs)
-        else:
-            checks.check_state_tensor("hidden", hx, (rows, batch, self.hidden_size), inputs)
+        if inputs.dtype != weight.dtype:
+            raise ValueError(
+                f"{name} dtype ({inputs.dtype}) does not match weight dtype ({weight.dtype})"
+            )
+
+    def _autocast(self, inputs: Tensor, hx):
+        dtype = precision.run_dtype(
+            self.mode, False, inputs, getattr(self, self._flat_weights_names[0])
+        )
+        if dtype is None:
+            return inputs, hx
+        # Under autocast: in the dtype torch's own layer would run in.
+        return precision.cast(inputs, dtype), precision.cast(hx, dtype)
+
+    def _run_layers(self, inputs: Tensor, hx, lengths: Tensor | None, extra=None):
+        """The planned runner on time-major ``inputs (T, B, I)``: ``(output (T, B, D*P), h_n)``
+        with ``h_n`` in the loop's (sorted) row order."""
+        weights = self.layer_weights()
+        if hx is None:
+            hx = self._zero_state(inputs.size(1), inputs)
+        cells = None
+        if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
+            cells = regularizers.make_layers(
+                self.mode, weights, inputs.size(1), inputs,
+                recurrent_dropout=self.recurrent_dropout, zoneout=self._zoneout_rates,
+                training=self.training,
+            )  # fmt: skip
+        return backends.run(
+            self._plan(inputs, weights, lengths),
+            inputs,
+            hx,
+            weights,
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            dropout=self.dropout,
+            training=self.training,
+            lengths=lengths,
+            layers=cells,
+        )  # output (T, B, D*P)
+
+    def _step_cells(self, batch: int, like: Tensor) -> list:
+        weights = self.layer_weights()  # D = 1: one per layer
+        if not self._custom_step():
+            return bind(self.mode, weights)
+        if self.training and self.recurrent_dropout > 0:
+            raise RuntimeError(
+                "step() in training mode with recurrent_dropout > 0 would draw a new mask at "
+                "every step, but the mask belongs to the whole sequence: use forward() to train"
+            )
+        return regularizers.make_layers(
+            self.mode, weights, batch, like,
+            recurrent_dropout=0.0, zoneout=self._zoneout_rates, training=self.training,
+        )  # fmt: skip
+
+    # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, input, hx=None, *, lengths=None):
         """Run the layer.
@@ -171,45 +237,7 @@ class RNNBase(nn.Module):
         """
         if overridden_by(input, hx):  # a __torch_function__ tensor-like: it decides, as for torch's
             return handle_torch_function(self.forward, (input, hx), input, hx, lengths=lengths)
-        inputs, lengths, layout = to_time_major(
-            input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
-        )  # (T, B, I)
-        weights = self.layer_weights()
-        dtype = precision.run_dtype(self.mode, False, inputs, weights[0][0])
-        if dtype is not None:  # under autocast: in the dtype torch's own layer would run in
-            inputs, hx = precision.cast(inputs, dtype), precision.cast(hx, dtype)
-        output, h_n = self._run(inputs, hx, lengths, layout, weights)
-        return layout.results_out(output, h_n)
-
-    def _run(self, inputs: Tensor, hx, lengths: Tensor | None, layout, weights: list):
-        """``forward`` on time-major ``inputs (T, B, I)``: check, plan, run. Returns ``(output
-        (T, B, D*P), h_n)`` with ``h_n`` in the loop's (sorted) row order."""
-        checks.check_sequence_input(inputs, self.input_size, weights[0][0])
-        batch = inputs.size(1)
-        if hx is None:
-            hx = self._zero_state(batch, inputs)
-        else:
-            checks.check_hx_structure(self.mode, hx, layout.state_dim)
-            hx = layout.state_in(tuple(hx) if self.mode == "LSTM" else hx)  # (L*D, B, *) sorted
-            self._check_state(hx, batch, inputs)
-        layers = None
-        if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
-            layers = regularizers.make_layers(
-                self.mode, weights, batch, inputs, recurrent_dropout=self.recurrent_dropout,
-                zoneout=self._zoneout_rates, training=self.training,
-            )  # fmt: skip
-        return backends.run(
-            self._plan(inputs, weights, lengths),
-            inputs,
-            hx,
-            weights,
-            num_layers=self.num_layers,
-            num_directions=self.num_directions,
-            dropout=self.dropout,
-            training=self.training,
-            lengths=lengths,
-            layers=layers,
-        )  # output (T, B, D*P)
+        return self._run(input, hx, lengths)
 
     def _plan(self, inputs: Tensor, weights, lengths: Tensor | None) -> backends.Plan:
         """The one decision of which code runs this call (time-major ``inputs (T, B, I)``)."""
@@ -217,20 +245,6 @@ class RNNBase(nn.Module):
             self.mode, inputs, weights, backend=self.backend, lengths=lengths,
             custom_step=self._custom_step(),
         )  # fmt: skip
-
-    def step(self, x_t: Tensor, hx=None):
-        """One time step of a unidirectional model through all layers (online inference).
-
-        Args:
-            x_t: ``(B, I)`` or unbatched ``(I,)``.
-            hx: as ``forward``'s (``(L, B, P)``, LSTM ``(h, c)``; unbatched without ``B``),
-                None for zeros.
-
-        Returns:
-            ``(output_t (B, P), h_n)``; feeding ``h_n`` back continues the sequence exactly as
-            one ``forward`` call over the whole sequence would.
-        """
-        return builtin_step(self, x_t, hx)
 
     # ---- beyond torch: recurrent dropout and zoneout (LSTM, GRU) -----------------------------
 
@@ -252,10 +266,6 @@ class RNNBase(nn.Module):
         if any(self._zoneout_rates):
             parts.append(f"zoneout={self.zoneout}")
         return " and ".join(parts)
-
-    @property
-    def _name(self) -> str:
-        return type(self).__name__
 
     # ---- interop -----------------------------------------------------------------------------
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from . import checks
 from .cell import Cell
-from .inputs import map_leaves, to_time_major
-from .scan import State, map_state
-from .stack import Layer, stack, step_layers
+from .recurrent_base import RecurrentBase, split_states, stack_states
+from .scan import State
+from .stack import Layer, stack
 
 LayerChoice = Callable[[Tensor], Sequence[Layer]]
 
@@ -27,7 +26,7 @@ class CellList(nn.ModuleList):
     ``weights_only=True`` like unrolled's other classes (see :mod:`unrolled.serialization`)."""
 
 
-class Recurrent(nn.Module):
+class Recurrent(RecurrentBase):
     """A multi-layer, optionally bidirectional RNN built from a user's :class:`Cell`.
 
     Args:
@@ -89,10 +88,6 @@ class Recurrent(nn.Module):
         self.cells = CellList(cells)
         self.hidden_size = cells[0].hidden_size
 
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
     def extra_repr(self) -> str:
         s = f"input_size={self.input_size}, hidden_size={self.hidden_size}"
         if self.num_layers != 1:
@@ -105,31 +100,15 @@ class Recurrent(nn.Module):
             s += f", dropout={self.dropout}"
         return s
 
-    # ---- states ------------------------------------------------------------------------------
+    # ---- what RecurrentBase asks ---------------------------------------------------------------
 
-    def _initial_states(self, batch: int, like: Tensor) -> list[State]:
-        return [c.init_state(batch, dtype=like.dtype, device=like.device) for c in self.cells]
+    def _state_template(self, batch: int, like: Tensor) -> State:
+        return self.cells[0].init_state(batch, dtype=like.dtype, device=like.device)
 
-    def _split_state(self, state, batch: int, like: Tensor, to_loop) -> list:
-        """User's stacked state (leaves ``(L*D, B, *)``) -> one state per cell, checked.
+    def _check_state_structure(self, state, state_dim: int, template: State) -> None:
+        _check_state_structure(tuple(state) if isinstance(state, list) else state, template)
 
-        ``to_loop`` moves the user's form to the loop's (adds the batch dim, sorts packed rows).
-        """
-        expected = self._initial_states(batch, like)
-        state = tuple(state) if isinstance(state, list) else state
-        _check_state_structure(state, expected[0])
-        state = to_loop(state)
-        rows = len(self.cells)
-        for k, (leaf, template) in enumerate(zip(_leaves(state), _leaves(expected[0]))):
-            name = "state" if isinstance(state, Tensor) else f"state[{k}]"
-            checks.check_state_tensor(name, leaf, (rows, *template.shape), like)
-        return [map_state(lambda s, k=k: s[k], state) for k in range(rows)]
-
-    @staticmethod
-    def _stack_states(finals: list[State]) -> State:
-        return map_state(lambda *leaves: torch.stack(leaves), *finals)  # leaves (L*D, B, *)
-
-    def _check_input(self, inputs: Tensor) -> None:
+    def _check_input(self, inputs: Tensor, name: str = "input") -> None:
         weight = next(self.parameters(), None)
         if weight is not None:
             checks.check_dtype("input", inputs, weight)
@@ -138,6 +117,32 @@ class Recurrent(nn.Module):
                 "input.size(-1) must be equal to input_size. "
                 f"Expected {self.input_size}, got {inputs.size(-1)}"
             )
+        if name == "input" and inputs.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+    def _run_layers(self, inputs: Tensor, state, lengths, choose_layers: LayerChoice | None):
+        batch = inputs.size(1)
+        if state is None:
+            initial = [
+                c.init_state(batch, dtype=inputs.dtype, device=inputs.device) for c in self.cells
+            ]
+        else:
+            initial = split_states(state, len(self.cells))
+        layers = self.cells if choose_layers is None else choose_layers(inputs)
+        output, finals = stack(
+            layers,
+            inputs,
+            initial,
+            num_layers=self.num_layers,
+            num_directions=self.num_directions,
+            dropout=self.dropout,
+            training=self.training,
+            lengths=lengths,
+        )  # output (T, B, D*H)
+        return output, stack_states(finals)
+
+    def _step_cells(self, batch: int, like: Tensor):
+        return self.cells
 
     # ---- running -----------------------------------------------------------------------------
 
@@ -155,64 +160,12 @@ class Recurrent(nn.Module):
         Returns:
             ``(output, final_state)``: output ``(T, B, D*H)`` in the input's form (a
             PackedSequence for a PackedSequence), final state stacked like ``state``.
+
+        ``self._run(input, state, lengths, choose_layers)`` is the same with
+        ``choose_layers(inputs (T, B, I))`` swapping in other runners for the cells (``stack``'s
+        cells, index ``l * D + d``), e.g. a whole-sequence scan.
         """
         return self._run(input, state, lengths)
-
-    def _run(self, input, state, lengths, choose_layers: LayerChoice | None = None):
-        """``forward``; ``choose_layers(inputs (T, B, I))`` may swap in other runners for the
-        cells (``stack``'s ``Layer`` s, index ``l * D + d``), e.g. a whole-sequence scan."""
-        inputs, lengths, layout = to_time_major(
-            input, batch_first=self.batch_first, lengths=lengths, module_name=type(self).__name__
-        )  # (T, B, I)
-        self._check_input(inputs)
-        if inputs.size(0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        batch = inputs.size(1)
-        if state is None:
-            initial = self._initial_states(batch, inputs)
-        else:
-            initial = self._split_state(state, batch, inputs, layout.state_in)
-        layers = self.cells if choose_layers is None else choose_layers(inputs)
-        output, finals = stack(
-            layers,
-            inputs,
-            initial,
-            num_layers=self.num_layers,
-            num_directions=self.num_directions,
-            dropout=self.dropout,
-            training=self.training,
-            lengths=lengths,
-        )  # output (T, B, D*H)
-        return layout.results_out(output, self._stack_states(finals))
-
-    def step(self, x_t: Tensor, state=None):
-        """One time step of a unidirectional model through all layers, for online inference.
-
-        Args:
-            x_t: ``(B, I)`` or unbatched ``(I,)``.
-            state: as ``forward``'s (``(L, B, *)`` leaves, unbatched ``(L, *)``), None for
-                each cell's ``init_state``.
-
-        Returns:
-            ``(output_t (B, H), new_state)``; feeding ``new_state`` back in continues the
-            sequence exactly as one ``forward`` call over the whole sequence would.
-        """
-        x, batched = checks.check_step_input("Recurrent", self.bidirectional, x_t)  # (B, I)
-        self._check_input(x)
-        batch = x.size(0)
-        if state is None:
-            states = self._initial_states(batch, x)
-        else:
-            to_loop = (lambda s: s) if batched else (lambda s: map_leaves(_add_batch_dim, s))
-            states = self._split_state(state, batch, x, to_loop)
-        output, finals = step_layers(
-            self.cells, x, states, dropout=self.dropout, training=self.training
-        )  # (B, H)
-        new_state = self._stack_states(finals)
-        if not batched:
-            output = output.squeeze(0)
-            new_state = map_leaves(lambda s: s.squeeze(1), new_state)
-        return output, new_state
 
 
 def _leaves(state) -> list[Tensor]:
@@ -230,10 +183,6 @@ def _check_hidden_size(cell: Cell, first: Cell | None) -> None:
             "all cells of a Recurrent must share one hidden_size: expected "
             f"{first.hidden_size}, got {size} from {type(cell).__name__}"
         )
-
-
-def _add_batch_dim(leaf: Tensor) -> Tensor:
-    return leaf.unsqueeze(1)  # (L, *) -> (L, 1, *)
 
 
 def _check_state_structure(state, template: State) -> None:

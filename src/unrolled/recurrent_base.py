@@ -1,0 +1,163 @@
+"""``RecurrentBase``: the one front door of every multi-layer recurrent module.
+
+``unrolled.RNN / LSTM / GRU`` (torch's parameter names, built-in cells, two backends) and
+``unrolled.Recurrent`` (a user's cells) are both this class. What they share lives here, once:
+
+* input forms: batch-first, unbatched, padded with ``lengths=``, ``PackedSequence``
+  (:mod:`unrolled.inputs` turns each into time-major ``(T, B, I)`` plus lengths, and back);
+* state handling: a state is one tensor or a tuple of tensors (the cells' ``init_state``
+  structure), stacked over layer-directions on dim 0 (row ``l * D + d``), checked leaf by leaf,
+  split into one state per cell and stacked back (:func:`unrolled.scan.map_state`);
+* ``step()``: one time step through all layers (:func:`unrolled.stack.step_layers`).
+
+A subclass says what differs: which cells run (``_step_cells``), how a whole sequence runs
+(``_run_layers``: the reference loop, or for the built-in layers a faster runner of the same
+plan), how its input and state are checked, and the names its errors use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import checks
+from .inputs import map_leaves, to_time_major
+from .scan import State, map_state
+from .stack import step_layers
+
+
+class RecurrentBase(nn.Module):
+    """Layers x directions of recurrent cells; see the module docstring for the split of work.
+
+    Subclasses set ``input_size``, ``num_layers``, ``bidirectional``, ``batch_first`` and
+    ``dropout``, and implement the ``_``-hooks below.
+    """
+
+    input_size: int
+    num_layers: int
+    bidirectional: bool
+    batch_first: bool
+    dropout: float
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    # ---- what a subclass says ----------------------------------------------------------------
+
+    def _state_template(self, batch: int, like: Tensor) -> State:
+        """One layer-direction's state at ``t = 0``, leaves ``(B, *)``: its structure and leaf
+        shapes are what a user's state must have (stacked: ``(L*D, B, *)``)."""
+        raise NotImplementedError
+
+    #: What ``forward``'s errors call the state: ``hidden`` (torch's word) or ``state``; its
+    #: leaves are ``hidden[k]``. ``step()``'s errors call it ``state``, its argument's name.
+    _state_word = "state"
+
+    def _check_state_structure(self, state, state_dim: int, template: State) -> None:
+        """Raise if ``state`` (as the user gave it) does not have ``template``'s structure, or
+        its leaves do not have ``state_dim`` dims (3 batched, 2 unbatched)."""
+        raise NotImplementedError
+
+    def _check_input(self, inputs: Tensor, name: str = "input") -> None:
+        """Raise if time-major ``inputs (T, B, I)`` (or a step's ``(B, I)``) does not fit."""
+        raise NotImplementedError
+
+    def _run_layers(self, inputs: Tensor, state: State | None, lengths: Tensor | None, extra):
+        """The whole sequence through all layers: ``(output (T, B, D*O), final stacked state)``.
+        ``state`` is stacked (leaves ``(L*D, B, *)``) or None for the cells' initial states."""
+        raise NotImplementedError
+
+    def _step_cells(self, batch: int, like: Tensor) -> Sequence:
+        """The ``L`` cells ``step()`` runs, bottom first (a unidirectional model)."""
+        raise NotImplementedError
+
+    # ---- one forward -------------------------------------------------------------------------
+
+    def _run(self, input, state, lengths, extra=None):
+        """``forward`` for every subclass: normalise the input form, check, run, restore the form.
+
+        ``extra`` is passed through to ``_run_layers`` (e.g. a choice of runner)."""
+        inputs, lengths, layout = to_time_major(
+            input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
+        )  # (T, B, I)
+        inputs, state = self._autocast(inputs, state)
+        self._check_input(inputs)
+        if state is not None:
+            state = self._user_state(state, layout.state_dim, layout.state_in, inputs)
+        output, final = self._run_layers(inputs, state, lengths, extra)  # (T, B, D*O)
+        return layout.results_out(output, final)
+
+    def _autocast(self, inputs: Tensor, state):
+        """Under autocast, the dtype the module runs in (the built-in layers ask torch's)."""
+        return inputs, state
+
+    def _user_state(self, state, state_dim: int, to_loop, like: Tensor, word: str = "") -> State:
+        """A user's stacked state, checked and moved to the loop's form by ``to_loop`` (adds the
+        batch dim of unbatched input, sorts packed rows). Returns leaves ``(L*D, B, *)``."""
+        template = self._state_template(like.size(-2), like)
+        self._check_state_structure(state, state_dim, template)
+        state = to_loop(tuple(state) if isinstance(state, list) else state)
+        rows = self.num_layers * self.num_directions
+        word = word or self._state_word
+        for k, (leaf, shape) in enumerate(zip(_leaves(state), _leaves(template))):
+            name = word if isinstance(template, Tensor) else f"{word}[{k}]"
+            checks.check_state_tensor(name, leaf, (rows, *shape.shape), like)
+        return state
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def step(self, x_t: Tensor, state=None):
+        """One time step of a unidirectional model through all layers (online inference).
+
+        Args:
+            x_t: ``(B, I)`` or unbatched ``(I,)``.
+            state: as ``forward``'s (leaves ``(L, B, *)``, unbatched ``(L, *)``), None for the
+                initial state.
+
+        Returns:
+            ``(output_t (B, O), new_state)``; feeding ``new_state`` back continues the sequence
+            exactly as one ``forward`` call over the whole sequence would.
+        """
+        x, batched = checks.check_step_input(self._name, self.bidirectional, x_t)  # (B, I)
+        self._check_input(x, "x_t")
+        batch = x.size(0)
+        cells = self._step_cells(batch, x)
+        if state is None:
+            states = [c.init_state(batch, dtype=x.dtype, device=x.device) for c in cells]
+        else:
+            to_loop = (lambda s: s) if batched else (lambda s: map_leaves(_add_batch_dim, s))
+            stacked = self._user_state(state, x_t.dim() + 1, to_loop, x, "state")
+            states = split_states(stacked, self.num_layers)
+        output, finals = step_layers(
+            cells, x, states, dropout=self.dropout, training=self.training
+        )  # (B, O)
+        new_state = stack_states(finals)
+        if not batched:
+            output = output.squeeze(0)
+            new_state = map_leaves(lambda s: s.squeeze(1), new_state)
+        return output, new_state
+
+
+def split_states(stacked: State, rows: int) -> list[State]:
+    """Leaves ``(L*D, B, *)`` -> ``L*D`` states with leaves ``(B, *)``."""
+    return [map_state(lambda s, k=k: s[k], stacked) for k in range(rows)]
+
+
+def stack_states(states: Sequence[State]) -> State:
+    """``L*D`` states with leaves ``(B, *)`` -> one with leaves ``(L*D, B, *)``."""
+    return map_state(lambda *leaves: torch.stack(leaves), *states)
+
+
+def _leaves(state) -> list[Tensor]:
+    return [state] if isinstance(state, Tensor) else list(state)
+
+
+def _add_batch_dim(leaf: Tensor) -> Tensor:
+    return leaf.unsqueeze(1)  # (L, *) -> (L, 1, *)
