@@ -133,7 +133,7 @@ def lstm_update(xw: Tensor, hw: Tensor, c: Tensor, weight_hr: Tensor | None = No
     gates = xw + hw  # (B, 4H): i, f, g, o
     i, f, g, o = gates.chunk(4, dim=-1)  # 4 x (B, H)
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-    c_next = f * c + i * g  # (B, H)
+    c_next = torch.addcmul(f * c, i, g)  # f ⊙ c + i ⊙ g, (B, H)
     h_next = o * torch.tanh(c_next)  # (B, H)
     if weight_hr is not None:
         h_next = F.linear(h_next, weight_hr)  # (B, H) @ (H, P) -> (B, P)
@@ -189,12 +189,14 @@ def gru_update(xw: Tensor, hw: Tensor, h: Tensor) -> GRUValues:
     """torch's GRU update (the reset gate multiplies ``W_hn h + b_hn``) from its input part
     ``xw`` and recurrent part ``hw`` (both ``(B, 3H)``) and the old state ``h (B, H)`` it
     carries. Recurrent dropout passes an ``hw`` computed from a dropped-out ``h``."""
-    x_r, x_z, x_n = xw.chunk(3, dim=-1)  # 3 x (B, H)
-    h_r, h_z, h_n = hw.chunk(3, dim=-1)  # 3 x (B, H)
-    r = torch.sigmoid(x_r + h_r)
-    z = torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
-    return GRUValues(r, z, n, (1 - z) * n + z * h)
+    size = h.size(-1)  # H
+    # r and z are sigmoids of the sum: one add and one sigmoid over all of (B, 3H) (the third
+    # that belongs to n is not used: at small sizes one op costs less than two).
+    r, z, _ = torch.sigmoid(xw + hw).chunk(3, dim=-1)  # 2 x (B, H)
+    x_n, h_n = xw[..., 2 * size :], hw[..., 2 * size :]  # (B, H) each
+    n = torch.tanh(torch.addcmul(x_n, r, h_n))  # x_n + r ⊙ h_n
+    h_next = torch.lerp(n, h, z)  # n + z ⊙ (h - n) = (1 - z) ⊙ n + z ⊙ h
+    return GRUValues(r, z, n, h_next)
 
 
 @with_equations(GRU_EQUATIONS)

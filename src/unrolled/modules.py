@@ -129,11 +129,25 @@ class RNNBase(RecurrentBase):
 
     def layer_weights(self) -> list[LayerWeights]:
         """``L*D`` :class:`LayerWeights`, None where absent, row ``l*D + d``."""
+        # Through the attributes: parametrized, pruned or replaced weights are what is used.
         return [
-            LayerWeights(*(getattr(self, name, None) for name in parameter_names(layer, direction)))
-            for layer in range(self.num_layers)
-            for direction in range(self.num_directions)
+            LayerWeights(*(getattr(self, name) if name else None for name in names))
+            for names in self._layer_weight_names()
         ]
+
+    def _layer_weight_names(self) -> list[tuple[str | None, ...]]:
+        """Per layer-direction, the five names of :class:`LayerWeights`' fields, None where
+        absent; cached, since the configuration that decides them never changes."""
+        names = self.__dict__.get("_weight_names")
+        if names is None:
+            registered = set(self._flat_weights_names)
+            names = [
+                tuple(n if n in registered else None for n in parameter_names(layer, direction))
+                for layer in range(self.num_layers)
+                for direction in range(self.num_directions)
+            ]
+            self.__dict__["_weight_names"] = names
+        return names
 
     # ---- what RecurrentBase asks ---------------------------------------------------------------
 
