@@ -33,6 +33,7 @@ from . import fast, modes, precision, reference
 from .fast import loops as python_loops
 from .fast import native
 from .fast.layer import transforms_active
+from .weights import LayerWeights
 
 BACKENDS = ("fast", "reference")
 REFERENCE, PYTHON_LOOPS, NATIVE_LOOPS = "reference", "python loops", "native loops"
@@ -90,7 +91,7 @@ class Plan:
 def plan(
     mode: str,
     inputs: Tensor,
-    weights: Sequence[reference.LayerWeights],
+    weights: Sequence[LayerWeights],
     *,
     backend: str = "fast",
     lengths: Tensor | None = None,
@@ -101,7 +102,8 @@ def plan(
     Args:
         mode: ``RNN_TANH | RNN_RELU | LSTM | GRU``.
         inputs: the time-major input ``(T, B, I)`` (its dtype, device and ``T`` matter).
-        weights: the layer's ``L*D`` weight tuples (``W_hh``'s size chooses variants).
+        weights: the layer's ``L*D`` :class:`~unrolled.weights.LayerWeights` (or plain 5-tuples
+            in their order); ``W_hh``'s size chooses variants.
         backend: what the module asks for, ``"fast"`` or ``"reference"``.
         lengths: ``(B,)`` valid steps per sequence, or None.
         custom_step: non-empty when the step is not one of the hand-written cells (recurrent
@@ -135,7 +137,7 @@ def plan(
         return chose(
             REFERENCE, "inside a torch.func transform; every transform sees through the reference"
         )
-    num_steps, w_hh = inputs.shape[0], weights[0][1]
+    num_steps, w_hh = inputs.shape[0], LayerWeights(*weights[0]).w_hh
     row_major = w_hh.numel() <= ROW_MAJOR_UP_TO and num_steps > 1
     if inputs.device.type != "cpu":
         reason = f"{inputs.device.type} tensors; the native loops are CPU-only"
@@ -168,7 +170,7 @@ def run(
     plan: Plan,
     inputs: Tensor,
     hx: Tensor | tuple[Tensor, Tensor],
-    weights: Sequence[reference.LayerWeights],
+    weights: Sequence[LayerWeights],
     *,
     num_layers: int,
     num_directions: int,
@@ -178,7 +180,13 @@ def run(
     layers: Sequence | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """Run a layer call as ``plan`` says; the contract is :func:`unrolled.reference.run`'s
-    (``layers``: the custom step's ``stack`` layers, for the reference runner)."""
+    (``layers``: the custom step's ``stack`` layers, for the reference runner).
+
+    The one entry of every runner: ``weights`` may be plain 5-tuples in
+    :class:`~unrolled.weights.LayerWeights`' order (``functional.rnn`` passes them so); they are
+    named here, once, so that every runner reads ``w.w_hh``, never ``w[1]``.
+    """
+    weights = [LayerWeights(*w) for w in weights]
     options = dict(
         num_layers=num_layers, num_directions=num_directions, dropout=dropout,
         training=training, lengths=lengths,
@@ -191,7 +199,7 @@ def run(
     return fast.run(plan, inputs, hx, weights, **options)
 
 
-def expanded_weights(weights: Sequence[reference.LayerWeights]) -> list:
+def expanded_weights(weights: Sequence[LayerWeights]) -> list:
     """The layer's weights that are torch's per-sample-gradient ``ExpandedWeight`` (what
     ``torch.nn.utils._per_sample_grad.call_for_per_sample_grads`` swaps in), if any."""
     try:
@@ -202,7 +210,7 @@ def expanded_weights(weights: Sequence[reference.LayerWeights]) -> list:
 
 
 @contextlib.contextmanager
-def per_step_batch_first(weights: Sequence[reference.LayerWeights]) -> Iterator[None]:
+def per_step_batch_first(weights: Sequence[LayerWeights]) -> Iterator[None]:
     """The reference applies each weight to one step at a time, ``(B, X)``: batch first,
     whatever the layer's ``batch_first`` (ExpandedWeight needs to know where the batch is)."""
     expanded = expanded_weights(weights)
@@ -233,5 +241,5 @@ def sample_plans(
         gates = mode.num_gates
         inputs = torch.empty(steps, batch, hidden, device=device, dtype=dtype)
         w_hh = torch.empty(gates * hidden, hidden, device=device, dtype=dtype)
-        plans.append(plan(mode.name, inputs, [(None, w_hh, None, None, None)]))
+        plans.append(plan(mode.name, inputs, [LayerWeights(w_ih=None, w_hh=w_hh)]))  # W_hh is read
     return plans

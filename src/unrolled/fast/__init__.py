@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .. import reference
 from ..stack import dropout_between_layers
+from ..weights import LayerWeights
 from .gru import GRULayer, gru_layer_forward
 from .layer import Timeline
 from .lstm import LSTMLayer, lstm_layer_forward
@@ -41,7 +41,7 @@ def run(
     plan: Plan,
     inputs: Tensor,
     hx: Tensor | tuple[Tensor, Tensor],
-    weights: Sequence[reference.LayerWeights],
+    weights: Sequence[LayerWeights],
     *,
     num_layers: int,
     num_directions: int,
@@ -51,7 +51,12 @@ def run(
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """Run a layer call with ``plan``'s loops (the plan of :func:`unrolled.backends.plan`); the
     contract is :func:`unrolled.reference.run`'s. Every layer's autograd Function records the
-    plan, and its backward runs the same loops."""
+    plan, and its backward runs the same loops.
+
+    ``weights`` come named from :func:`unrolled.backends.run`; each layer's Function takes them
+    flat (autograd's inputs are positional) and names them again
+    (:func:`.layer.unbatched_flat_weights`).
+    """
     mode = plan.mode
     function, plain_forward = LAYERS[mode]
     h0_all, c0_all = hx if mode == "LSTM" else (hx, None)

@@ -85,9 +85,9 @@ def gru_layer_forward(
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
     inputs = timeline.directions(x, num_directions)
-    xw = project(inputs, [w[0] for w in weights], [None] * num_directions)  # (D, T, B, 3H)
-    biases = [b.contiguous() for w in weights for b in w[2:4] if b is not None]  # (3H,) each
-    w_rec = plan.arrange(stack_directions([w[1] for w in weights]).transpose(1, 2))  # (D,H,3H)
+    xw = project(inputs, [w.w_ih for w in weights], [None] * num_directions)  # (D, T, B, 3H)
+    biases = [b.contiguous() for w in weights for b in (w.b_ih, w.b_hh) if b is not None]  # (3H,)
+    w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,H,3H)
     plan.loops.gru_forward(xw, hh, ns, hs, w_rec, biases, timeline.live_rows)
     output = timeline.output(hs[:, 1:])
     return output, timeline.final(hs), (ns, hh, hs)
@@ -144,7 +144,7 @@ class GRULayer(torch.autograd.Function):
         else:  # a later backward will read hh again
             x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
         dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
-        w_hh = [w[1] for w in weights]  # D x (3H, H)
+        w_hh = [w.w_hh for w in weights]  # D x (3H, H)
         ctx.plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, dh, timeline.live_rows)
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
 
@@ -156,7 +156,7 @@ class GRULayer(torch.autograd.Function):
         # [n_x, r, z] are handed over (the list is emptied), so each direction's own buffer is
         # freed once its input-side gradients are done. Their (n, r, z) is torch's (r, z, n)
         # rolled by one block.
-        w_ih = [w[0] for w in weights]  # D x (3H, I)
+        w_ih = [w.w_ih for w in weights]  # D x (3H, I)
         grads[0], d_w_ih = timeline.input_side_grads(
             x_side, x, w_ih, needs[0], any(needs[3:]), rolled=hidden, scratch=scratch
         )  # (T, B, I), D x (3H, I) in torch's order

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from ..weights import LayerWeights
 
 
 class Timeline:
@@ -256,9 +257,11 @@ def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(list(tensors))
 
 
-def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[tuple]:
-    """The flat ``D * 5`` weight arguments of a layer Function back into ``D`` tuples."""
-    return [tuple(flat[5 * d : 5 * d + 5]) for d in range(num_directions)]
+def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[LayerWeights]:
+    """The flat weight arguments of a layer Function (``D`` times the five fields of
+    :class:`LayerWeights`) back into ``D`` named :class:`LayerWeights`."""
+    fields = len(LayerWeights._fields)
+    return [LayerWeights(*flat[d * fields : (d + 1) * fields]) for d in range(num_directions)]
 
 
 def remember(ctx, plan, num_directions: int, timeline: Timeline, tensors: Sequence) -> None:

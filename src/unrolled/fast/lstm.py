@@ -91,13 +91,13 @@ def lstm_layer_forward(
     # A plain GEMM: the loop adds the bias in its elementwise pass (addmm would first copy the
     # bias into all T*B rows).
     inputs = timeline.directions(x, num_directions)
-    gates = project(inputs, [w[0] for w in weights], [None] * num_directions)  # (D, T, B, 4H)
+    gates = project(inputs, [w.w_ih for w in weights], [None] * num_directions)  # (D, T, B, 4H)
     none = x.new_empty(0)
-    bias = none if weights[0][2] is None else torch.stack([w[2] + w[3] for w in weights])
-    w_rec = plan.arrange(stack_directions([w[1] for w in weights]).transpose(1, 2))  # (D,P,4H)
+    bias = none if weights[0].b_ih is None else torch.stack([w.b_ih + w.b_hh for w in weights])
+    w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,P,4H)
     w_proj = none
-    if weights[0][4] is not None:
-        w_proj = plan.arrange(stack_directions([w[4] for w in weights]).transpose(1, 2))  # (D,H,P)
+    if weights[0].w_hr is not None:  # W_hr^T: (D, H, P)
+        w_proj = plan.arrange(stack_directions([w.w_hr for w in weights]).transpose(1, 2))
     plan.loops.lstm_forward(
         gates, bias, w_rec, w_proj, cs, hs, timeline.live_rows, keep, plan.packed_gemm
     )
@@ -129,10 +129,10 @@ class LSTMLayer(torch.autograd.Function):
         weights = unbatched_flat_weights(flat, num_directions)
         needs = ctx.needs_input_grad[3:]
         num_steps = x.shape[0]
-        projected = weights[0][4] is not None
+        projected = weights[0].w_hr is not None
         none = x.new_empty(0)
-        w_hh = stack_directions([w[1] for w in weights])  # (D, 4H, P)
-        w_hr = stack_directions([w[4] for w in weights]) if projected else none  # (D, P, H)
+        w_hh = stack_directions([w.w_hh for w in weights])  # (D, 4H, P)
+        w_hr = stack_directions([w.w_hr for w in weights]) if projected else none  # (D, P, H)
 
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
         if timeline.lengths is None:
@@ -170,7 +170,7 @@ class LSTMLayer(torch.autograd.Function):
         # it goes there, no new buffer.
         per_direction = list(d_pre.unbind(0))  # D x (T, B, 4H) views
         del d_pre
-        w_ih = [w[0] for w in weights]  # D x (4H, I)
+        w_ih = [w.w_ih for w in weights]  # D x (4H, I)
         scratch = per_direction[0] if num_directions == 2 else None
         grads[0], d_w_ih = timeline.input_side_grads(
             per_direction, x, w_ih, needs[0], any(needs[3:]), scratch=scratch

@@ -56,12 +56,12 @@ def rnn_layer_forward(plan: Plan, num_directions: int, timeline: Timeline, x, h0
     weights = unbatched_flat_weights(flat, num_directions)
     num_steps, batch, _ = x.shape
     hidden = h0.shape[-1]
-    bias = [None if w[2] is None else w[2] + w[3] for w in weights]  # D x (H,)
+    bias = [None if w.b_ih is None else w.b_ih + w.b_hh for w in weights]  # D x (H,)
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
     # Slots 1..T first hold the projection, then (in place) the states.
-    project(timeline.directions(x, num_directions), [w[0] for w in weights], bias, out=hs[:, 1:])
-    w_rec = plan.arrange(stack_directions([w[1] for w in weights]).transpose(1, 2))  # (D, H, H)
+    project(timeline.directions(x, num_directions), [w.w_ih for w in weights], bias, out=hs[:, 1:])
+    w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D, H, H)
     plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", timeline.live_rows)
     output = timeline.output(hs[:, 1:])
     return output, timeline.final(hs), hs
@@ -89,7 +89,7 @@ class RNNLayer(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         num_steps = x.shape[0]
         # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
-        w_hh = [w[1] for w in weights]  # D x (H, H)
+        w_hh = [w.w_hh for w in weights]  # D x (H, H)
         # One buffer per direction, turned into d_pre in place: each is freed as soon as its
         # gradients are done.
         d_pre = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
@@ -114,7 +114,7 @@ class RNNLayer(torch.autograd.Function):
         # d_pre is handed over (the list is emptied), so each direction's buffer is freed once
         # its input-side gradients are done.
         grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre, x, [w[0] for w in weights], needs[0], any(needs[3:]), scratch=scratch
+            d_pre, x, [w.w_ih for w in weights], needs[0], any(needs[3:]), scratch=scratch
         )  # (T, B, I), D x (H, I)
         if any(needs[3:]):
             for d in range(num_directions):
