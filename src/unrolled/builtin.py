@@ -64,16 +64,21 @@ class BuiltinCell:
     def update(self, xw: Tensor, hw: Tensor, state: State) -> tuple[Tensor, State]:
         """The elementwise part of a step, from the input part ``xw`` and recurrent part ``hw``
         (both ``(B, G*H)``): ``(output_t, new_state)``."""
+        values = self.values(xw, hw, state)
         if self.mode == "LSTM":
-            values = cells.lstm_update(xw, hw, state[1], self.weights.w_hr)
             return values.h, (values.h, values.c)
+        return values.h, values.h
+
+    def values(self, xw: Tensor, hw: Tensor, state: State):
+        """Every intermediate of the update, by its name in the equations: the mode's named
+        tuple (``LSTMValues(i, f, g, o, c, h)``, ``GRUValues(r, z, n, h)``, ``RNNValues(h)``)."""
+        if self.mode == "LSTM":
+            return cells.lstm_update(xw, hw, state[1], self.weights.w_hr)
         if self.mode == "GRU":
-            h_next = cells.gru_update(xw, hw, state).h
-        elif self.mode == "RNN_TANH":
-            h_next = cells.rnn_tanh_update(xw, hw).h
-        else:
-            h_next = cells.rnn_relu_update(xw, hw).h
-        return h_next, h_next
+            return cells.gru_update(xw, hw, state)
+        if self.mode == "RNN_TANH":
+            return cells.rnn_tanh_update(xw, hw)
+        return cells.rnn_relu_update(xw, hw)
 
 
 def bind(mode: str, weights: list[LayerWeights]) -> list[BuiltinCell]:
