@@ -200,7 +200,7 @@ class RNNBase(RecurrentBase):
             hx = self._zero_state(inputs.size(1), inputs)
         cells = None
         if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
-            cells = regularizers.make_layers(
+            cells = regularizers.make_cells(
                 self.mode, weights, inputs.size(1), inputs,
                 recurrent_dropout=self.recurrent_dropout, zoneout=self._zoneout_rates,
                 training=self.training,
@@ -227,7 +227,7 @@ class RNNBase(RecurrentBase):
                 "step() in training mode with recurrent_dropout > 0 would draw a new mask at "
                 "every step, but the mask belongs to the whole sequence: use forward() to train"
             )
-        return regularizers.make_layers(
+        return regularizers.make_cells(
             self.mode, weights, batch, like,
             recurrent_dropout=0.0, zoneout=self._zoneout_rates, training=self.training,
         )  # fmt: skip

@@ -15,9 +15,10 @@ from . import checks
 from .cell import Cell
 from .recurrent_base import RecurrentBase, split_states, stack_states
 from .scan import State
-from .stack import Layer, stack
+from .stack import CellLike, stack
 
-LayerChoice = Callable[[Tensor], Sequence[Layer]]
+#: ``choose_cells(inputs (T, B, I))``: the cells a call runs instead of ``self.cells``.
+CellChoice = Callable[[Tensor], Sequence[CellLike]]
 
 
 class CellList(nn.ModuleList):
@@ -120,7 +121,7 @@ class Recurrent(RecurrentBase):
         if name == "input" and inputs.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    def _run_layers(self, inputs: Tensor, state, lengths, choose_layers: LayerChoice | None):
+    def _run_layers(self, inputs: Tensor, state, lengths, choose_cells: CellChoice | None):
         batch = inputs.size(1)
         if state is None:
             initial = [
@@ -128,9 +129,9 @@ class Recurrent(RecurrentBase):
             ]
         else:
             initial = split_states(state, len(self.cells))
-        layers = self.cells if choose_layers is None else choose_layers(inputs)
+        cells = self.cells if choose_cells is None else choose_cells(inputs)
         output, finals = stack(
-            layers,
+            cells,
             inputs,
             initial,
             num_layers=self.num_layers,
@@ -161,9 +162,9 @@ class Recurrent(RecurrentBase):
             ``(output, final_state)``: output ``(T, B, D*H)`` in the input's form (a
             PackedSequence for a PackedSequence), final state stacked like ``state``.
 
-        ``self._run(input, state, lengths, choose_layers)`` is the same with
-        ``choose_layers(inputs (T, B, I))`` swapping in other runners for the cells (``stack``'s
-        cells, index ``l * D + d``), e.g. a whole-sequence scan.
+        ``self._run(input, state, lengths, choose_cells)`` is the same with
+        ``choose_cells(inputs (T, B, I))`` swapping in other cells (index ``l * D + d``), e.g.
+        ones with a whole-sequence scan.
         """
         return self._run(input, state, lengths)
 

@@ -81,8 +81,8 @@ def sample_recurrent_mask(batch: int, size: int, p: float, like: Tensor) -> Tens
     """``(B, size)`` mask, ``0`` with probability ``p`` else ``1/(1-p)``."""
     if p >= 1:
         return like.new_zeros(batch, size)
-    keep = torch.bernoulli(like.new_full((batch, size), 1 - p))  # (B, size)
-    return keep / (1 - p)
+    kept = torch.bernoulli(like.new_full((batch, size), 1 - p))  # (B, size): 1 = unit kept
+    return kept / (1 - p)
 
 
 def sample_zoneout_mask(state: Tensor, p: float) -> Tensor:
@@ -124,7 +124,7 @@ class RegularizedCell(BuiltinCell):
         return h_new, h_new
 
 
-def make_layers(
+def make_cells(
     mode: str,
     weights: Sequence[LayerWeights],
     batch: int,
@@ -134,12 +134,12 @@ def make_layers(
     zoneout: tuple[float, float],
     training: bool,
 ) -> list[RegularizedCell]:
-    """One layer per layer-direction, each with its own per-sequence recurrent mask."""
-    layers = []
+    """One cell per layer-direction, each with its own per-sequence recurrent mask."""
+    made = []
     for w in weights:
         mask = None
         if training and recurrent_dropout > 0:
             state_size = w.w_hh.shape[1]  # weight_hh (G*H, P)
             mask = sample_recurrent_mask(batch, state_size, recurrent_dropout, like)  # (B, P)
-        layers.append(RegularizedCell(mode, LayerWeights(*w), False, mask, zoneout, training))
-    return layers
+        made.append(RegularizedCell(mode, LayerWeights(*w), False, mask, zoneout, training))
+    return made

@@ -67,9 +67,9 @@ def scan(
         if valid is not None:
             # Outside a sequence the state does not move and the output is zero; `where`
             # (not a multiply) keeps gradients of padded steps exactly zero, even for inf/nan.
-            keep = valid[t]  # (B, 1)
-            new_state = map_state(partial(torch.where, keep), new_state, state)
-            output = torch.where(keep, output, torch.zeros_like(output))
+            running = valid[t]  # (B, 1): True while sequence b has steps left
+            new_state = map_state(partial(torch.where, running), new_state, state)
+            output = torch.where(running, output, torch.zeros_like(output))
         outputs[t] = output
         state = new_state
     return torch.stack(outputs), state  # (T, B, O)

@@ -17,30 +17,32 @@ from torch import Tensor
 from .scan import State, scan, valid_steps
 
 
-class Layer(Protocol):
-    """What ``stack`` needs of one layer-direction: a state-free part and a step."""
+class CellLike(Protocol):
+    """What ``stack`` needs of the cell of one layer-direction: an input part and a step (a
+    :class:`~unrolled.Cell` module, a :class:`~unrolled.builtin.BuiltinCell`, ...)."""
 
     def project(self, inputs: Tensor) -> Tensor:
-        """``(T, B, I) -> (T, B, *)``: the work that does not depend on the state."""
+        """``(T, B, I) -> (T, B, *)``: the input part, the work that does not depend on the
+        state, for all steps at once."""
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step: ``(B, *) , state -> (B, O), state``."""
 
 
 def run_direction(
-    layer: Layer, projected: Tensor, state: State, *, reverse: bool, lengths: Tensor | None
+    cell: CellLike, input_part: Tensor, state: State, *, reverse: bool, lengths: Tensor | None
 ) -> tuple[Tensor, State]:
-    """One layer-direction over time: the layer's own whole-sequence ``scan`` if it has one
+    """One layer-direction over time: the cell's own whole-sequence ``scan`` if it has one
     (e.g. MinGRU's parallel scan, same contract as :func:`unrolled.scan.scan` minus ``step``),
     else the step-by-step loop."""
-    whole_sequence = getattr(layer, "scan", None)
+    whole_sequence = getattr(cell, "scan", None)
     if whole_sequence is not None:
-        return whole_sequence(projected, state, reverse=reverse, lengths=lengths)
-    return scan(layer.step, projected, state, reverse=reverse, lengths=lengths)
+        return whole_sequence(input_part, state, reverse=reverse, lengths=lengths)
+    return scan(cell.step, input_part, state, reverse=reverse, lengths=lengths)
 
 
 def stack(
-    layers: Sequence[Layer],
+    cells: Sequence[CellLike],
     inputs: Tensor,
     initial_states: Sequence[State],
     *,
@@ -53,7 +55,8 @@ def stack(
     """Run a stack of recurrent layers.
 
     Args:
-        layers: ``L * D`` layer-directions, index ``l * D + d`` (``d = 1`` reads in reverse).
+        cells: ``L * D`` cells, one per layer-direction, index ``l * D + d`` (``d = 1`` reads in
+            reverse).
         inputs: ``(T, B, I)``.
         initial_states: ``L * D`` states, same indexing.
         dropout: probability applied to every layer's output but the last, in training only.
@@ -68,10 +71,10 @@ def stack(
         outputs = []
         for direction in range(num_directions):
             index = layer * num_directions + direction
-            projected = layers[index].project(layer_input)
+            input_part = cells[index].project(layer_input)  # (T, B, *)
             output, final = run_direction(
-                layers[index],
-                projected,
+                cells[index],
+                input_part,
                 initial_states[index],
                 reverse=direction == 1,
                 lengths=lengths,
@@ -99,7 +102,7 @@ def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | Non
 
 
 def step_layers(
-    layers: Sequence[Layer],
+    cells: Sequence[CellLike],
     x_t: Tensor,
     states: Sequence[State],
     *,
@@ -109,16 +112,16 @@ def step_layers(
     """One time step through a unidirectional stack: the streaming twin of :func:`stack`.
 
     Args:
-        layers: ``L`` layers, bottom first. x_t: ``(B, I)``. states: ``L`` states.
+        cells: ``L`` cells, bottom first. x_t: ``(B, I)``. states: ``L`` states.
 
     Returns:
         ``(output_t (B, O), new_states)``.
     """
     new_states: list[State] = []
-    last = len(layers) - 1
-    for index, layer in enumerate(layers):
-        projected = layer.project(x_t.unsqueeze(0))[0]  # (1, B, I) -> (B, *)
-        x_t, new_state = layer.step(projected, states[index])  # (B, O)
+    last = len(cells) - 1
+    for index, cell in enumerate(cells):
+        input_part = cell.project(x_t.unsqueeze(0))[0]  # (1, B, I) -> (B, *)
+        x_t, new_state = cell.step(input_part, states[index])  # (B, O)
         new_states.append(new_state)
         if dropout > 0 and training and index < last:
             x_t = F.dropout(x_t, dropout, training=True)

@@ -224,7 +224,7 @@ class MinGRU(Recurrent):
         if parallel is not None and not isinstance(parallel, bool):
             raise TypeError(f"parallel must be a bool or None, got {type(parallel).__name__}")
 
-        def choose_layers(inputs: Tensor):
+        def choose_cells(inputs: Tensor):
             use_parallel = parallel
             if parallel is None:
                 records = torch.is_grad_enabled() and (
@@ -235,4 +235,4 @@ class MinGRU(Recurrent):
                 return self.cells
             return [ParallelMinGRU(c, self.scan_method) for c in self.cells]
 
-        return self._run(input, hx, lengths, choose_layers)
+        return self._run(input, hx, lengths, choose_cells)
