@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from unrolled import cli
 from unrolled.tools import benchmark, benchmark_memory
+from unrolled.tools.compare import tolerance
 
 TINY = ["--repeats", "5", "--min-sample-ms", "1", "--threads", "1"]
 
@@ -115,7 +116,7 @@ def test_quick_and_float64(tmp_path):
     (record,) = report["results"]
     assert report["settings"]["quick"] and report["settings"]["dtype"] == "float64"
     assert record["shape"]["steps"] == 10 and record["dtype"] == "float64"
-    assert record["parity"]["ok"] and record["parity"]["max_abs_diff"] <= 1e-9
+    assert record["parity"]["ok"] and record["parity"]["max_abs_diff"] <= tolerance("float64").atol
 
 
 def test_packed_lengths_are_uneven_from_a_quarter_to_all_steps():

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
 from unrolled.fast import native
+from unrolled.tools.compare import AUTOCAST_BFLOAT16, assert_close
 
 TORCH_LAYERS = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 #: unrolled's implementations: the reference backend and the fast one on each of its runners
@@ -80,8 +81,8 @@ def test_the_output_can_be_changed_in_place_before_backward(
         ).sum().backward()
         return [data.detach(), leaf.grad] + [p.grad for p in module.parameters()]
 
-    for a, b in zip(run(ours, python_loops), run(theirs, False)):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    for k, (a, b) in enumerate(zip(run(ours, python_loops), run(theirs, False))):
+        assert_close(f"tensor {k}", a, b, torch.float64)
 
 
 # --- torch.func, gradcheck's batched gradients, per-sample gradients ----------------------------
@@ -114,8 +115,8 @@ def test_torch_func_grad_and_jacrev(layer, runner):
                 jacobian = torch.func.jacrev(lambda t, m=module: m(t)[0])
                 result = call(jacobian, loops, x)
                 results.append([result])
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+        for k, (a, b) in enumerate(zip(*results)):
+            assert_close(f"{transform} {k}", a, b, torch.float64)
     seen = []
 
     def planned_loss(t):
@@ -174,9 +175,9 @@ def test_per_sample_gradients_through_expanded_weights(layer, batch_first, stack
         )
         out[0].pow(2).sum().backward()
         samples.append([p.grad_sample for p in module.parameters()])
-    for a, b in zip(*samples):
+    for k, (a, b) in enumerate(zip(*samples)):
         assert a.shape[0] == 2
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+        assert_close(f"grad_sample {k}", a, b, torch.float64)
 
 
 # --- autocast ----------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_cpu_autocast_runs_in_torchs_dtype(name, input_dtype, backend):
     (our_out, our_grads), (their_out, their_grads) = results
     for a, b in zip(our_out, their_out):
         assert a.dtype == b.dtype, (a.dtype, b.dtype)
-        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+        assert_close("output", a.float(), b.float(), AUTOCAST_BFLOAT16)
     for a, b in zip(our_grads, their_grads):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=5e-2 * b.abs().max().item() + 1e-3, rtol=5e-2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from unrolled.functional import bidirectional_rnn_forward, rnn, rnn_forward
+from unrolled.tools.compare import assert_close
 
 
 def _weights(module, suffix=""):
@@ -26,15 +27,14 @@ def test_notebook_functions_equal_nn_rnn(batch, steps, input_size, hidden, bias,
     uni = torch.nn.RNN(input_size, hidden, batch_first=True, bias=bias).to(dtype)
     out, h_n = rnn_forward(x, *_weights(uni), h0[0])
     expected, expected_h = uni(x, h0[:1])
-    tol = dict(atol=1e-9, rtol=1e-9) if dtype == torch.float64 else dict(atol=3e-5, rtol=1e-4)
-    torch.testing.assert_close(out, expected, **tol)
-    torch.testing.assert_close(h_n, expected_h, **tol)
+    assert_close("output", out, expected, dtype)
+    assert_close("h_n", h_n, expected_h, dtype)
 
     bi = torch.nn.RNN(input_size, hidden, batch_first=True, bidirectional=True, bias=bias).to(dtype)
     out, h_n = bidirectional_rnn_forward(x, *_weights(bi), h0[0], *_weights(bi, "_reverse"), h0[1])
     expected, expected_h = bi(x, h0)
-    torch.testing.assert_close(out, expected, **tol)
-    torch.testing.assert_close(h_n, expected_h, **tol)
+    assert_close("bidirectional output", out, expected, dtype)
+    assert_close("bidirectional h_n", h_n, expected_h, dtype)
 
 
 def test_notebook_functions_gradients():
@@ -46,8 +46,8 @@ def test_notebook_functions_gradients():
     ours = torch.autograd.grad((out.sum() + (h_n**2).sum()), [x, h0, *bi.parameters()])
     out, h_n = bi(x, h0)
     theirs = torch.autograd.grad((out.sum() + (h_n**2).sum()), [x, h0, *bi.parameters()])
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        assert_close(f"grad {k}", a, b, torch.float64)
 
 
 def test_notebook_bias_shape_is_hidden_not_input():
@@ -74,6 +74,6 @@ def test_functional_rnn_entry_point(backend):
     hx = (torch.zeros(4, 2, 2), torch.zeros(4, 2, 4))
     out, (h, c) = rnn("LSTM", x, hx, weights, num_layers=2, bidirectional=True, backend=backend)
     e_out, (e_h, e_c) = m(x)
-    torch.testing.assert_close(out, e_out, atol=3e-5, rtol=1e-4)
-    torch.testing.assert_close(h, e_h, atol=3e-5, rtol=1e-4)
-    torch.testing.assert_close(c, e_c, atol=3e-5, rtol=1e-4)
+    assert_close("output", out, e_out, torch.float32)
+    assert_close("h_n", h, e_h, torch.float32)
+    assert_close("c_n", c, e_c, torch.float32)

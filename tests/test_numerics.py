@@ -13,6 +13,7 @@ import torch
 
 import unrolled
 from unrolled.fast import native
+from unrolled.tools.compare import assert_close
 
 TORCH_MODES = {
     "RNN_TANH": lambda *a, **k: torch.nn.RNN(*a, nonlinearity="tanh", **k),
@@ -101,7 +102,7 @@ def test_nan_and_inf_in_the_forward_give_torchs_gradients(mode, bidirectional, p
         return [out.detach(), leaf.grad] + [p.grad for p in module.parameters()]
 
     for k, (a, b) in enumerate(zip(gradients(ours), gradients(theirs))):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, equal_nan=True, msg=f"tensor {k}")
+        assert_close(f"tensor {k}", a, b, torch.float64, equal_nan=True)
 
 
 # --- long float32 sequences: against float64, relative to torch's own error -------------------

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 import unrolled
 from unrolled.packed import packed_to_padded, padded_to_packed
+from unrolled.tools.compare import assert_close
 
 TORCH = {
     "RNN_TANH": lambda *a, **k: torch.nn.RNN(*a, nonlinearity="tanh", **k),
@@ -107,14 +108,12 @@ def test_lengths_equal_each_sequence_alone(backend, mode, batch_first):
     for b, n in enumerate(lengths):
         alone_out, alone_state = theirs(seqs[b].unsqueeze(0 if batch_first else 1))
         got = out[b, :n] if batch_first else out[:n, b]
-        torch.testing.assert_close(
-            got, alone_out.squeeze(0 if batch_first else 1), atol=1e-9, rtol=1e-9
-        )
+        assert_close(f"output[{b}]", got, alone_out.squeeze(0 if batch_first else 1), torch.float64)
         pad = out[b, n:] if batch_first else out[n:, b]
         assert torch.equal(pad, torch.zeros_like(pad))
         states = zip(state, alone_state) if mode == "LSTM" else [(state, alone_state)]
         for s, e in states:
-            torch.testing.assert_close(s[:, b], e[:, 0], atol=1e-9, rtol=1e-9)
+            assert_close(f"state[:, {b}]", s[:, b], e[:, 0], torch.float64)
 
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import unrolled
+from unrolled.tools.compare import assert_close
 
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
 
@@ -85,9 +86,7 @@ def test_sample_inputs_equal_torch(info, backend):
             results.append(values + [g for g in grads if g is not None])
         assert len(results[0]) == len(results[1]) > len(list(ours.parameters())), f"sample {k}"
         for a, b in zip(*results):
-            torch.testing.assert_close(
-                a, b, atol=1e-9, rtol=1e-9, msg=lambda m, k=k: f"sample {k}: {m}"
-            )
+            assert_close(f"sample {k}", a, b, torch.float64)
 
 
 @pytest.mark.parametrize("info,backend", SAMPLES)

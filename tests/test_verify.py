@@ -11,6 +11,7 @@ import torch
 
 from unrolled import cells, cli
 from unrolled.tools import conformance
+from unrolled.tools.compare import tolerance
 from unrolled.tools.conformance.cases import _LAYER_OPTIONS, _allowed, _canonical, all_pairs
 
 
@@ -22,7 +23,7 @@ def test_campaign_passes_on_a_tiny_sweep_and_random_cases():
     assert not failures
     for result in results:
         assert result.compared >= 2  # at least one output and one gradient
-        limit = 3e-5 if result.case.dtype == "float32" else 1e-9
+        limit = tolerance(result.case.dtype).atol
         assert result.output_error <= limit * 10 and result.gradient_error <= limit * 100
     rows = conformance.summarize(results)
     assert {row.feature for row in rows} >= {"all cases", "random", "float32"}
@@ -92,7 +93,7 @@ def test_cli_writes_json(tmp_path, capsys):
     assert report["passed"] is True and report["failed"] == 0
     assert report["cases"] == len(report["results"]) == expected
     assert report["environment"]["torch"] == torch.__version__
-    assert report["environment"]["tolerances"]["float32"] == {"atol": 3e-5, "rtol": 1e-4}
+    assert report["environment"]["tolerances"]["float32"] == tolerance("float32")._asdict()
     row = report["summary"][0]
     assert set(row) == {"mode", "feature", "cases", "failed", "worst_output_error",
                         "worst_gradient_error", "passed"}  # fmt: skip

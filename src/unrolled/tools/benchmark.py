@@ -36,12 +36,12 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import unrolled
 from unrolled.fast import native
 
+from . import compare
+
 IMPLEMENTATIONS = ("torch", "unrolled")
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 DEFAULT_MODES = ("rnn_tanh", "lstm", "gru")
 DEFAULT_CONFIGS = ("1uni", "2bi")
-#: parity check of the forward output before timing: a wrong fast path must not look fast
-TOLERANCE = {torch.float32: (3e-5, 1e-4), torch.float64: (1e-9, 1e-9)}  # (atol, rtol)
 
 
 @dataclass(frozen=True)
@@ -269,13 +269,13 @@ def _sample(call: Callable[[], None], count: int) -> float:
 
 
 def check_parity(layers: dict[str, nn.Module], inputs, dtype: torch.dtype) -> dict:
-    """Largest |difference| of the forward outputs, and whether it is within the tolerance."""
+    """Largest |difference| of the forward outputs, and whether it is within the tolerance of
+    ``dtype`` (checked before timing: a wrong fast path must not look fast)."""
     with torch.no_grad():
         theirs = output_tensor(layers["torch"](inputs))
         ours = output_tensor(layers["unrolled"](inputs))
-    atol, rtol = TOLERANCE[dtype]
-    diff = (ours - theirs).abs().max().item() if ours.numel() else 0.0
-    return {"max_abs_diff": diff, "ok": bool(torch.allclose(ours, theirs, atol=atol, rtol=rtol))}
+    found = compare.difference("output", ours, theirs, dtype, equal_nan=False)
+    return {"max_abs_diff": found.error, "ok": found.passed}
 
 
 def run_point(point: Point, settings: Settings) -> dict:

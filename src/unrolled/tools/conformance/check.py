@@ -3,7 +3,8 @@
 Both get the same weights (copied with ``from_torch``), the same input, the same initial state
 and, for dropout, the same random seed. Each side then backpropagates the same random projection
 of everything it returned, and we compare: every output (``output``, ``h_n``, ``c_n``, the
-PackedSequence's data and indices) and every gradient (input, initial states, each weight).
+PackedSequence's data and indices) and every gradient (input, initial states, each weight), each
+with :func:`unrolled.tools.compare.difference` and the project's tolerance table.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import unrolled
 
+from .. import compare
 from .cases import Case
 
-#: The project's tolerances (atol, rtol) per dtype, as in tests/parity.py and design.md.
-TOLERANCES = {"float32": (3e-5, 1e-4), "float64": (1e-9, 1e-9)}
+#: The dtypes cases run in, by the name a Case gives.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The table's bounds for those dtypes (what reports print), read from :mod:`..compare`.
+TOLERANCES = {name: compare.TOLERANCES[dtype] for name, dtype in DTYPES.items()}
 
 
 @dataclass
@@ -125,14 +128,6 @@ def _present(case: Case, x: Tensor) -> tuple[object, dict]:
     return x, {}
 
 
-def _flatten(value) -> list[Tensor]:
-    if isinstance(value, PackedSequence):
-        return [value.data]
-    if isinstance(value, Tensor):
-        return [value]
-    return [t for item in value for t in _flatten(item)]
-
-
 def _forward(case: Case, module: nn.Module, x: Tensor, hx, *, ours: bool) -> list[Tensor]:
     """Run one side and return its outputs as a flat list of tensors in a common layout."""
     torch_input, extra = _present(case, x)
@@ -148,12 +143,12 @@ def _forward(case: Case, module: nn.Module, x: Tensor, hx, *, ours: bool) -> lis
         padded, _ = pad_packed_sequence(
             output, batch_first=case.batch_first, total_length=case.steps
         )
-        return [padded] + _flatten(rest)
+        return [padded] + compare.leaves(rest)
     if isinstance(out, tuple) and isinstance(out[0], PackedSequence):
         packed = out[0]
         indices = [packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices]
-        return [packed.data] + _flatten(out[1:]) + [i.to(packed.data.device) for i in indices]
-    return _flatten(out)
+        return [packed.data] + compare.leaves(out[1:]) + [i.to(packed.data.device) for i in indices]
+    return compare.leaves(out)
 
 
 def _gradients(module: nn.Module, values: list[Tensor], leaves: list[Tensor], seed: int):
@@ -172,34 +167,13 @@ def _gradients(module: nn.Module, values: list[Tensor], leaves: list[Tensor], se
     return dict(zip(names, torch.autograd.grad(loss, targets, allow_unused=True)))
 
 
-def _error(got: Tensor, expected: Tensor) -> float:
-    if got.numel() == 0:
-        return 0.0
-    got, expected = got.detach(), expected.detach()
-    diff = (got.double() - expected.double()).abs()
-    both_nan = got.isnan() & expected.isnan()
-    return float(diff.masked_fill(both_nan, 0.0).max())
-
-
 def _compare(result: Result, name: str, got: Tensor, expected: Tensor) -> float:
+    """Compare one tensor within the case's dtype's bound; record a failure; return the error."""
     result.compared += 1
-    if got.shape != expected.shape:
-        result.fail(f"{name}: shape {tuple(got.shape)}, torch.nn has {tuple(expected.shape)}")
-        return float("inf")
-    if not expected.is_floating_point():
-        if not torch.equal(got.to(expected.device), expected):
-            result.fail(f"{name}: {got.tolist()} != torch.nn's {expected.tolist()}")
-        return 0.0
-    atol, rtol = TOLERANCES[result.case.dtype]
-    close = torch.isclose(got, expected, atol=atol, rtol=rtol, equal_nan=True)
-    error = _error(got, expected)
-    if not bool(close.all()):
-        where = tuple(int(i) for i in (~close).nonzero()[0])
-        result.fail(
-            f"{name}: max |difference| {error:.3e} (atol {atol:g}, rtol {rtol:g}), "
-            f"first at index {where}"
-        )
-    return error
+    found = compare.difference(name, got, expected, result.case.dtype)
+    if not found.passed:
+        result.fail(found.problem)
+    return found.error
 
 
 def _output_names(case: Case) -> list[str]:
@@ -226,16 +200,16 @@ def run_case(case: Case, device: str = "cpu") -> Result:
             ours = unrolled.from_torch(theirs, backend=case.backend)
         gen = torch.Generator().manual_seed(case.seed)
         x, hx = _make_inputs(case, dtype, device, gen)
-        leaves = [x] + _flatten(hx if hx is not None else [])
+        leaves = [x] + compare.leaves(hx if hx is not None else [])
 
         def side(module, ours_side):
             x_side = x.detach().clone().requires_grad_()
             hx_side = None
             if hx is not None:
-                hx_side = tuple(h.detach().clone().requires_grad_() for h in _flatten(hx))
+                hx_side = tuple(h.detach().clone().requires_grad_() for h in compare.leaves(hx))
                 hx_side = hx_side if isinstance(hx, tuple) else hx_side[0]
             values = _forward(case, module, x_side, hx_side, ours=ours_side)
-            leaves_side = [x_side] + _flatten(hx_side if hx_side is not None else [])
+            leaves_side = [x_side] + compare.leaves(hx_side if hx_side is not None else [])
             return values, _gradients(module, values, leaves_side, case.seed)
 
         with warnings.catch_warnings():
