@@ -72,12 +72,12 @@ def run(
         tensors = (layer_input, h0, c0, *flat)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
             result = function.apply(plan, num_directions, lengths, *tensors)
-        else:
-            result = plain_forward(plan, num_directions, timeline, *tensors[:3], flat)[:-1]
-        layer_input = result[0]  # (T, B, D*P)
-        finals_h.append(result[1])
-        if mode == "LSTM":
-            finals_c.append(result[2])
+        else:  # the same outputs, without the buffers a backward would read
+            *result, _ = plain_forward(plan, num_directions, timeline, layer_input, h0, c0, flat)
+        # (T, B, D*P), (D, B, P) and, for the LSTM only, (D, B, H)
+        layer_input, layer_h_n, *layer_c_n = result
+        finals_h.append(layer_h_n)
+        finals_c.extend(layer_c_n)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = dropout_between_layers(layer_input, dropout, lengths)
     h_n = finals_h[0] if num_layers == 1 else torch.cat(finals_h)  # (L*D, B, P)

@@ -53,15 +53,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..weights import LayerWeights
 from . import native
 from .layer import (
     Timeline,
     differentiate_the_reference,
+    gradients_as_inputs,
     project,
     reference_double_backward,
     remember,
     stack_directions,
     unbatched_flat_weights,
+    wanted_grads,
 )
 
 if TYPE_CHECKING:
@@ -126,11 +129,11 @@ class GRULayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_output, d_h_n):
         if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
-            return (None,) * 3 + reference_double_backward(ctx, (d_output, d_h_n))
+            return reference_double_backward(ctx, (d_output, d_h_n))
         x, h0, c0, *flat, n, hh, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline
         weights = unbatched_flat_weights(flat, num_directions)
-        needs = ctx.needs_input_grad[3:]
+        wanted = wanted_grads(ctx)
         num_steps, batch, _ = x.shape
         hidden = hs.shape[-1]
         # n_h takes the place of the step gradients it is computed from.
@@ -148,25 +151,25 @@ class GRULayer(torch.autograd.Function):
         ctx.plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, dh, timeline.live_rows)
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
 
-        grads = [None] * ctx.num_inputs
-        grads[1] = dh
-        if any(needs[3:]):  # W_hh and biases first: the factors are handed over to the input side
+        if wanted.weights:  # W_hh and biases first: the factors are handed over to the input side
             d_w_hh, d_sums = zip(*map(hidden_side_grads, x_side, n_h, h_prev))
         del n_h
         # [n_x, r, z] are handed over (the list is emptied), so each direction's own buffer is
         # freed once its input-side gradients are done. Their (n, r, z) is torch's (r, z, n)
         # rolled by one block.
         w_ih = [w.w_ih for w in weights]  # D x (3H, I)
-        grads[0], d_w_ih = timeline.input_side_grads(
-            x_side, x, w_ih, needs[0], any(needs[3:]), rolled=hidden, scratch=scratch
+        d_x, d_w_ih = timeline.input_side_grads(
+            x_side, x, w_ih, wanted.x, wanted.weights, rolled=hidden, scratch=scratch
         )  # (T, B, I), D x (3H, I) in torch's order
-        if any(needs[3:]):
-            for d in range(num_directions):
-                base = 3 + 5 * d
-                grads[base : base + 4] = [
-                    d_w_ih[d],
-                    d_w_hh[d],
-                    d_sums[d][[1, 2, 0]].flatten(),  # b_ih: (r, z, n_x)
-                    d_sums[d][1:].flatten(),  # b_hh: (r, z, n_h)
-                ]
-        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))
+        weight_grads = None
+        if wanted.weights:
+            weight_grads = [
+                LayerWeights(
+                    w_ih=d_w_ih[d],
+                    w_hh=d_w_hh[d],
+                    b_ih=d_sums[d][[1, 2, 0]].flatten(),  # (r, z, n_x)
+                    b_hh=d_sums[d][1:].flatten(),  # (r, z, n_h)
+                )
+                for d in range(num_directions)
+            ]
+        return gradients_as_inputs(ctx, d_x, dh, None, weight_grads)

@@ -23,6 +23,7 @@ exactly zero gradient, as in the reference's ``torch.where``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -257,6 +258,54 @@ def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(list(tensors))
 
 
+#: What a layer Function takes before its weights, in order: settings, with no gradient, then
+#: the tensors ``x, h0, c0`` (``c0`` None but for the LSTM). The weights follow flat: see
+#: :func:`gradients_as_inputs`.
+SETTINGS = ("plan", "num_directions", "lengths")
+LEADING_INPUTS = (*SETTINGS, "x", "h0", "c0")
+
+
+class Wanted(NamedTuple):
+    """Which gradients a layer Function's backward must compute (``ctx.needs_input_grad``, by
+    name)."""
+
+    x: bool
+    h0: bool
+    weights: bool  # any weight of any direction
+
+
+def wanted_grads(ctx) -> Wanted:
+    """:class:`Wanted` of a layer Function's backward, read from ``ctx.needs_input_grad``."""
+    needs = dict(zip(LEADING_INPUTS, ctx.needs_input_grad))
+    weights = any(ctx.needs_input_grad[len(LEADING_INPUTS) :])
+    return Wanted(x=needs["x"], h0=needs["h0"], weights=weights)
+
+
+def gradients_as_inputs(
+    ctx,
+    d_x: Tensor | None,
+    d_h0: Tensor | None,
+    d_c0: Tensor | None,
+    weight_grads: Sequence[LayerWeights] | None,
+) -> tuple:
+    """A layer Function's backward result: one gradient per input of its forward, laid out as
+    those inputs were.
+
+    Every layer Function's forward takes the :data:`LEADING_INPUTS` ``(plan, num_directions,
+    lengths, x, h0, c0)``, then each direction's weights flat, the five fields of
+    :class:`LayerWeights` in order (``w_ih, w_hh, b_ih, b_hh, w_hr``), direction after
+    direction. Its backward returns ``(None, None, None, d_x, d_h0, d_c0)`` (the settings have no
+    gradient), then each direction's ``weight_grads`` (a :class:`LayerWeights` of gradients) flat
+    in the same order; ``weight_grads`` is None when no weight wants a gradient. Whatever the
+    caller computed, an input that needs no gradient (``ctx.needs_input_grad``) gets None.
+    """
+    grads = [*(None for _ in SETTINGS), d_x, d_h0, d_c0]
+    for direction in weight_grads or ():
+        grads.extend(direction)
+    grads.extend([None] * (len(ctx.needs_input_grad) - len(grads)))
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
 def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[LayerWeights]:
     """The flat weight arguments of a layer Function (``D`` times the five fields of
     :class:`LayerWeights`) back into ``D`` named :class:`LayerWeights`."""
@@ -299,7 +348,8 @@ def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
 
     The hand-written backward is not itself differentiable, nor can vmap see through it, so
     then we rebuild this layer with the reference backend from the saved inputs and let
-    autograd differentiate it (twice, if the caller wants; batched, under vmap).
+    autograd differentiate it (twice, if the caller wants; batched, under vmap). Returns the
+    backward's result, laid out as :func:`gradients_as_inputs` says.
     """
     x, h0, c0, *flat = ctx.saved_tensors[: ctx.num_inputs]
     mode, num_directions = ctx.plan.mode, ctx.num_directions
@@ -318,4 +368,7 @@ def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
                 outputs, wanted, grads[: len(outputs)], create_graph=True, allow_unused=True
             )
         )
-    return tuple(next(found) if t is not None and t.requires_grad else None for t in targets)
+    settings = (None,) * len(SETTINGS)
+    return settings + tuple(
+        next(found) if t is not None and t.requires_grad else None for t in targets
+    )

@@ -56,15 +56,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..weights import LayerWeights
 from . import native
 from .layer import (
     Timeline,
     differentiate_the_reference,
+    gradients_as_inputs,
     project,
     reference_double_backward,
     remember,
     stack_directions,
     unbatched_flat_weights,
+    wanted_grads,
 )
 
 if TYPE_CHECKING:
@@ -123,11 +126,11 @@ class LSTMLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_output, d_h_n, d_c_n):
         if differentiate_the_reference((d_output, d_h_n, d_c_n)):  # create_graph, torch.func
-            return (None,) * 3 + reference_double_backward(ctx, (d_output, d_h_n, d_c_n))
+            return reference_double_backward(ctx, (d_output, d_h_n, d_c_n))
         x, h0, c0, *flat, gates, cs, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline
         weights = unbatched_flat_weights(flat, num_directions)
-        needs = ctx.needs_input_grad[3:]
+        wanted = wanted_grads(ctx)
         num_steps = x.shape[0]
         projected = weights[0].w_hr is not None
         none = x.new_empty(0)
@@ -142,7 +145,7 @@ class LSTMLayer(torch.autograd.Function):
             dc = d_c_n.new_zeros(d_c_n.shape)
             dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
-        keep_r = projected and any(needs[3:])  # r = o tanh(c), what W_hr multiplied
+        keep_r = projected and wanted.weights  # r = o tanh(c), what W_hr multiplied
         # No one reads the gates after this backward once the graph is released: d_pre
         # overwrites them (same shape), else it is a buffer of its own.
         d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D, T, B, 4H)
@@ -153,13 +156,12 @@ class LSTMLayer(torch.autograd.Function):
         one_direction = num_directions == 1
         w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
         d_h0 = None
-        if needs[1]:
+        if wanted.h0:
             first = d_pre[0, 0] if one_direction else d_pre[:, 0]  # ([D,] B, 4H)
             d_h0 = (torch.mm if one_direction else torch.bmm)(first, w_rec)  # ([D,] B, P)
             d_h0 = d_h0.unsqueeze(0) if one_direction else d_h0  # (D, B, P)
 
-        grads = [None] * ctx.num_inputs
-        if any(needs[3:]):  # W_hh, W_hr and biases first: d_pre is handed over to the input side
+        if wanted.weights:  # W_hh, W_hr and biases first: d_pre is handed over to the input side
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
             d_bias = d_pre.sum((1, 2))  # (D, 4H)
@@ -172,14 +174,19 @@ class LSTMLayer(torch.autograd.Function):
         del d_pre
         w_ih = [w.w_ih for w in weights]  # D x (4H, I)
         scratch = per_direction[0] if num_directions == 2 else None
-        grads[0], d_w_ih = timeline.input_side_grads(
-            per_direction, x, w_ih, needs[0], any(needs[3:]), scratch=scratch
+        d_x, d_w_ih = timeline.input_side_grads(
+            per_direction, x, w_ih, wanted.x, wanted.weights, scratch=scratch
         )  # (T, B, I), D x (4H, I)
-        grads[1], grads[2] = d_h0, dc
-        if any(needs[3:]):
-            for d in range(num_directions):
-                base = 3 + 5 * d
-                grads[base : base + 4] = [d_w_ih[d], d_w_hh[d], d_bias[d], d_bias[d].clone()]
-                if projected:
-                    grads[base + 4] = d_w_hr[d]
-        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))
+        weight_grads = None
+        if wanted.weights:
+            weight_grads = [
+                LayerWeights(
+                    w_ih=d_w_ih[d],
+                    w_hh=d_w_hh[d],
+                    b_ih=d_bias[d],
+                    b_hh=d_bias[d].clone(),
+                    w_hr=d_w_hr[d] if projected else None,
+                )
+                for d in range(num_directions)
+            ]
+        return gradients_as_inputs(ctx, d_x, d_h0, dc, weight_grads)

@@ -36,15 +36,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..weights import LayerWeights
 from . import native
 from .layer import (
     Timeline,
     differentiate_the_reference,
+    gradients_as_inputs,
     project,
     reference_double_backward,
     remember,
     stack_directions,
     unbatched_flat_weights,
+    wanted_grads,
 )
 
 if TYPE_CHECKING:
@@ -82,11 +85,11 @@ class RNNLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_output, d_h_n):
         if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
-            return (None,) * 3 + reference_double_backward(ctx, (d_output, d_h_n))
+            return reference_double_backward(ctx, (d_output, d_h_n))
         x, h0, c0, *flat, hs = ctx.saved_tensors
         num_directions, timeline = ctx.num_directions, ctx.timeline
         weights = unbatched_flat_weights(flat, num_directions)
-        needs = ctx.needs_input_grad[3:]
+        wanted = wanted_grads(ctx)
         num_steps = x.shape[0]
         # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
         w_hh = [w.w_hh for w in weights]  # D x (H, H)
@@ -99,9 +102,7 @@ class RNNLayer(torch.autograd.Function):
         for d in range(num_directions):
             torch.mm(d_pre[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
 
-        grads = [None] * (ctx.num_inputs)
-        grads[1] = d_h0 if needs[1] else None
-        if any(needs[3:]):  # W_hh and biases first: d_pre is handed over to the input side next
+        if wanted.weights:  # W_hh and biases first: d_pre is handed over to the input side next
             d_w_hh = [
                 step_grads.reshape(-1, step_grads.shape[-1]).t() @ prev.reshape(-1, prev.shape[-1])
                 for step_grads, prev in zip(d_pre, hs[:, :num_steps])
@@ -113,11 +114,13 @@ class RNNLayer(torch.autograd.Function):
         scratch = hs[1, 1:] if num_directions == 2 and native.graph_released() else None
         # d_pre is handed over (the list is emptied), so each direction's buffer is freed once
         # its input-side gradients are done.
-        grads[0], d_w_ih = timeline.input_side_grads(
-            d_pre, x, [w.w_ih for w in weights], needs[0], any(needs[3:]), scratch=scratch
+        d_x, d_w_ih = timeline.input_side_grads(
+            d_pre, x, [w.w_ih for w in weights], wanted.x, wanted.weights, scratch=scratch
         )  # (T, B, I), D x (H, I)
-        if any(needs[3:]):
-            for d in range(num_directions):
-                base = 3 + 5 * d
-                grads[base : base + 4] = [d_w_ih[d], d_w_hh[d], d_bias[d], d_bias[d].clone()]
-        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, needs))
+        weight_grads = None
+        if wanted.weights:
+            weight_grads = [
+                LayerWeights(w_ih=d_w_ih[d], w_hh=d_w_hh[d], b_ih=d_bias[d], b_hh=d_bias[d].clone())
+                for d in range(num_directions)
+            ]
+        return gradients_as_inputs(ctx, d_x, d_h0, None, weight_grads)
