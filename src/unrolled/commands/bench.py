@@ -38,8 +38,8 @@ def _listed(parse):
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=_listed(benchmark.parse_mode),
                         default=list(benchmark.DEFAULT_MODES),
-                        help="comma-separated: rnn_tanh,rnn_relu,lstm,gru (default "
-                             "rnn_tanh,lstm,gru)")  # fmt: skip
+                        help=f"comma-separated: {','.join(benchmark.MODES)} (default "
+                             f"{','.join(benchmark.DEFAULT_MODES)})")  # fmt: skip
     parser.add_argument("--shapes", type=_listed(benchmark.parse_shape), default=None,
                         help="comma-separated S,M,L,XL or literal BxTxIxH such as 2x8x4x6 "
                              "(default S,M,L,XL; S,M,L with --quick)")  # fmt: skip

@@ -14,13 +14,14 @@ import importlib
 import torch
 
 import unrolled
+from unrolled import modes
 from unrolled.tools import explain
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
-        choices=sorted(explain.MODES) + ["rnn"],
+        choices=sorted(modes.CLI_NAMES) + ["rnn"],
         default="rnn",
         help="rnn (= rnn_tanh), rnn_relu, lstm or gru (default rnn)",
     )
@@ -39,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = explain.MODES["rnn_tanh" if args.mode == "rnn" else args.mode]
+    mode = modes.CLI_NAMES["rnn_tanh" if args.mode == "rnn" else args.mode]
     for name in ("layers", "T", "batch", "input_size", "hidden_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"unrolled explain: --{name.replace('_', '-')} must be >= 1")

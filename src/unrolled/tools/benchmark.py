@@ -34,12 +34,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import unrolled
+from unrolled import modes
 from unrolled.fast import native
 
 from . import compare
 
 IMPLEMENTATIONS = ("torch", "unrolled")
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+MODES = tuple(modes.CLI_NAMES)  # the command line's names: rnn_tanh, rnn_relu, lstm, gru
 DEFAULT_MODES = ("rnn_tanh", "lstm", "gru")
 DEFAULT_CONFIGS = ("1uni", "2bi")
 
@@ -148,15 +149,13 @@ def quick_shape(shape: Shape) -> Shape:
 
 
 def torch_layer(point: Point) -> nn.RNNBase:
-    shape = point.shape
+    """The torch.nn layer of a point (torch's initialisation, from the current seed)."""
+    shape, mode = point.shape, modes.of(modes.CLI_NAMES[point.mode])
     kwargs = dict(num_layers=point.layers, bidirectional=point.bidirectional,
                   dtype=getattr(torch, point.dtype))  # fmt: skip
-    if point.mode == "lstm":
-        return nn.LSTM(shape.input_size, shape.hidden_size, **kwargs)
-    if point.mode == "gru":
-        return nn.GRU(shape.input_size, shape.hidden_size, **kwargs)
-    nonlinearity = point.mode.removeprefix("rnn_")
-    return nn.RNN(shape.input_size, shape.hidden_size, nonlinearity=nonlinearity, **kwargs)
+    if mode.nonlinearity is not None:
+        kwargs["nonlinearity"] = mode.nonlinearity
+    return getattr(nn, mode.torch_class)(shape.input_size, shape.hidden_size, **kwargs)
 
 
 def make_lengths(point: Point, generator: torch.Generator) -> torch.Tensor:

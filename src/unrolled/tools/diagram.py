@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
+from .. import modes  # noqa: E402
 from .explain import DIRECTION_NAMES, Trace  # noqa: E402
 
 COLORS = ("#3b75af", "#e07b39")  # forward blue, reverse orange
@@ -29,6 +30,24 @@ INK = "#333333"
 FEED = "#9a9a9a"  # lines that carry an input upwards (drawn behind the state arrows)
 COLUMN = 2.4  # horizontal distance between time steps
 CELL_W, CELL_H = 1.35, 0.62
+#: How the Elman RNN's nonlinearities are written in the picture.
+NONLINEARITY_NAMES = {"tanh": "tanh", "relu": "ReLU"}
+
+
+def _cell_label(mode_name: str) -> str:
+    """The name in each cell's box: ``tanh RNN``, ``ReLU RNN``, ``LSTM``, ``GRU``."""
+    mode = modes.of(mode_name)
+    if mode.nonlinearity is None:
+        return mode.name
+    return f"{NONLINEARITY_NAMES[mode.nonlinearity]} {mode.torch_class}"
+
+
+def _title_label(mode_name: str) -> str:
+    """The name in the title: ``RNN (tanh)``, ``RNN (ReLU)``, ``LSTM``, ``GRU``."""
+    mode = modes.of(mode_name)
+    if mode.nonlinearity is None:
+        return mode.name
+    return f"{mode.torch_class} ({NONLINEARITY_NAMES[mode.nonlinearity]})"
 
 
 def _box(ax, x, y, text, *, face, edge, width=CELL_W, height=CELL_H, size=9, weight="normal"):
@@ -74,8 +93,9 @@ def _draw_network(ax, result: Trace) -> None:
     config = result.config
     T, D, L, P = config.steps, config.directions, config.layers, config.out_size
     rows = _layout(result)
-    mode = {"RNN_TANH": "tanh RNN", "RNN_RELU": "ReLU RNN"}.get(config.mode, config.mode)
-    state = "h, c" if config.mode == "LSTM" else "h"
+    mode = _cell_label(config.mode)
+    lstm = modes.of(config.mode).has_cell_state
+    state = "h, c" if lstm else "h"
     left, right = -COLUMN * 0.78, (T - 1) * COLUMN + COLUMN * 0.78
 
     for t in range(T):
@@ -105,7 +125,6 @@ def _draw_network(ax, result: Trace) -> None:
             first_x, last_x = (right, left) if direction else (left, right)
             edge_of_first = (T - 1) * COLUMN + CELL_W / 2 if direction else -CELL_W / 2
             edge_of_last = -CELL_W / 2 if direction else (T - 1) * COLUMN + CELL_W / 2
-            lstm = config.mode == "LSTM"
             start_text = f"h$_0$[{row}]=0" + (f"\nc$_0$[{row}]=0" if lstm else "\n(zeros)")
             _box(ax, first_x, y, start_text, face="white", edge="#aaaaaa", width=1.0, size=8)
             _arrow(ax, (first_x - sign * 0.5, y), (edge_of_first, y), color="#aaaaaa")
@@ -222,7 +241,7 @@ def draw(result: Trace, path: str, dpi: int = 100) -> None:
     grid = fig.add_gridspec(3, 1, height_ratios=[net_height, 1.25, 2.1], hspace=0.12)
     ax = fig.add_subplot(grid[0])
     _draw_network(ax, result)
-    kind = {"RNN_TANH": "RNN (tanh)", "RNN_RELU": "RNN (ReLU)"}.get(config.mode, config.mode)
+    kind = _title_label(config.mode)
     shape = f"{config.layers} layer{'s' if config.layers > 1 else ''}"
     shape += ", bidirectional" if config.bidirectional else ""
     ax.set_title(

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .. import cells
+from .. import cells, modes
 from ..interop import from_torch
 from . import compare
 
-MODES = {"rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU", "lstm": "LSTM", "gru": "GRU"}
+MODES = modes.CLI_NAMES
 #: torch's mode name -> the function in unrolled.cells whose docstring holds the equations.
 CELL_FUNCTIONS = {mode: name for name, mode in MODES.items()}
 DIRECTION_NAMES = ("forward", "reverse")

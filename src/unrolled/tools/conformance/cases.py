@@ -16,9 +16,21 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+from ... import modes
+
+
+def _cell_name(mode: modes.Mode) -> str:
+    """A cell's name in cases and reports: torch's cell class, and for the Elman cell its
+    nonlinearity (``RNNCell_TANH``), since the two share one class."""
+    suffix = f"_{mode.nonlinearity.upper()}" if mode.nonlinearity else ""
+    return mode.cell_class + suffix
+
+
 #: The recurrent layers (torch's mode names) and the single-step cells.
-LAYER_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
-CELL_MODES = ("RNNCell_TANH", "RNNCell_RELU", "LSTMCell", "GRUCell")
+LAYER_MODES = modes.NAMES
+#: A cell case's name -> the mode its cell steps.
+CELLS = {_cell_name(mode): mode for mode in modes.MODES.values()}
+CELL_MODES = tuple(CELLS)
 BACKENDS = ("reference", "fast")
 #: How the input reaches the layer. "lengths" is padded input with unrolled's ``lengths=``
 #: (compared with torch.nn on the same data packed); "packed" is a PackedSequence built with
@@ -54,6 +66,11 @@ class Case:
     @property
     def is_cell(self) -> bool:
         return self.mode in CELL_MODES
+
+    @property
+    def recurrent_mode(self) -> modes.Mode:
+        """The :class:`unrolled.modes.Mode` this case runs, a cell's included."""
+        return CELLS[self.mode] if self.is_cell else modes.of(self.mode)
 
     def features(self) -> list[str]:
         """The rows of the summary table this case counts towards."""

@@ -58,25 +58,21 @@ class Result:
 def make_torch_module(case: Case, dtype: torch.dtype, device: str) -> nn.Module:
     """The torch.nn module a case describes, with torch's default initialisation."""
     size = (case.input_size, case.hidden_size)
+    mode = case.recurrent_mode
+    kwargs: dict = {"bias": case.bias}
+    if mode.nonlinearity is not None:
+        kwargs["nonlinearity"] = mode.nonlinearity
     if case.is_cell:
-        cls = {"LSTMCell": nn.LSTMCell, "GRUCell": nn.GRUCell}.get(case.mode)
-        if cls is None:
-            nonlinearity = case.mode.split("_")[1].lower()
-            return nn.RNNCell(*size, bias=case.bias, nonlinearity=nonlinearity).to(device, dtype)
-        return cls(*size, bias=case.bias).to(device, dtype)
-    kwargs = dict(
+        return getattr(nn, mode.cell_class)(*size, **kwargs).to(device, dtype)
+    kwargs.update(
         num_layers=case.layers,
-        bias=case.bias,
         batch_first=case.batch_first,
         dropout=case.dropout,
         bidirectional=case.bidirectional,
     )
-    if case.mode == "LSTM":
-        module = nn.LSTM(*size, proj_size=case.proj_size, **kwargs)
-    elif case.mode == "GRU":
-        module = nn.GRU(*size, **kwargs)
-    else:
-        module = nn.RNN(*size, nonlinearity=case.mode.split("_")[1].lower(), **kwargs)
+    if mode.has_cell_state:
+        kwargs["proj_size"] = case.proj_size
+    module = getattr(nn, mode.torch_class)(*size, **kwargs)
     # Dropout only acts in training mode; other cases compare the deterministic eval forward.
     return module.to(device, dtype).train(case.dropout > 0)
 
@@ -107,7 +103,7 @@ def _make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generat
     hx = None
     if case.given_hx:
         h = randn(*rows, *lead, case.proj_size or case.hidden_size)
-        c = randn(*rows, *lead, case.hidden_size) if "LSTM" in case.mode else None
+        c = randn(*rows, *lead, case.hidden_size) if case.recurrent_mode.has_cell_state else None
         hx = (h, c) if c is not None else h
     return x, hx
 
@@ -178,10 +174,11 @@ def _compare(result: Result, name: str, got: Tensor, expected: Tensor) -> float:
 
 def _output_names(case: Case) -> list[str]:
     """What the flat list of returned tensors holds, in order."""
+    lstm = case.recurrent_mode.has_cell_state
     if case.is_cell:
-        return ["h'", "c'"] if case.mode == "LSTMCell" else ["h'"]
+        return ["h'", "c'"] if lstm else ["h'"]
     names = ["output.data" if case.form == "packed" else "output", "h_n"]
-    names += ["c_n"] if case.mode == "LSTM" else []
+    names += ["c_n"] if lstm else []
     if case.form == "packed":
         names += ["output.batch_sizes", "output.sorted_indices", "output.unsorted_indices"]
     return names
