@@ -1,7 +1,8 @@
 """The fast backend: same contract and same numbers as :func:`unrolled.reference.run`, faster.
 
 Each layer runs both directions over the same step-major buffers (see :mod:`.layer`), with the
-input projection hoisted into one GEMM per direction, the time loop of the plan's runner (the
+input GEMM ``x @ W_ih^T`` hoisted out of the loop (one per direction, :func:`.layer.project`), the
+time loop of the plan's runner (the
 native C++ loops of :mod:`.native` or the same loops in torch ops, :mod:`.loops`; chosen by
 :func:`unrolled.backends.plan`) and a hand-written backward per cell family (:mod:`.rnn`,
 :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer ``l``'s output to

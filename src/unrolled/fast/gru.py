@@ -1,5 +1,5 @@
 r"""GRU layer in torch's formulation, both directions: the buffers around the time loop, the
-hoisted input projection, and the weight gradients after BPTT.
+hoisted input GEMM, and the weight gradients after BPTT.
 
 .. math::
     r, z &= \sigma(W_{i\{r,z\}} x_s + b_{i\{r,z\}} + b_{h\{r,z\}} + W_{h\{r,z\}} h_{s-1}) \\
@@ -146,9 +146,9 @@ class GRULayer(torch.autograd.Function):
             scratch = x_side[0]
         else:  # a later backward will read hh again
             x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
-        dh = hh.new_empty(num_directions, batch, hidden)  # d_h0
+        d_h0 = hh.new_empty(num_directions, batch, hidden)  # (D, B, H)
         w_hh = [w.w_hh for w in weights]  # D x (3H, H)
-        ctx.plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, dh, timeline.live_rows)
+        ctx.plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, d_h0, timeline.live_rows)
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
 
         if wanted.weights:  # W_hh and biases first: the factors are handed over to the input side
@@ -172,4 +172,4 @@ class GRULayer(torch.autograd.Function):
                 )
                 for d in range(num_directions)
             ]
-        return gradients_as_inputs(ctx, d_x, dh, None, weight_grads)
+        return gradients_as_inputs(ctx, d_x, d_h0, None, weight_grads)

@@ -162,60 +162,60 @@ class Timeline:
         scratch: Tensor | None = None,
     ) -> tuple[Tensor | None, list[Tensor] | None]:
         """Gradients of the layer input and of each ``W_ih`` from the step-major gradient of the
-        input projection, one GEMM (per gate-row block) each over all steps.
+        hoisted input GEMM (:func:`project`), one GEMM (per gate-row block) each over all steps.
 
         Args:
-            d_pre: ``D`` step-major ``(T, B, G)`` gradients of ``x_d @ W_ih_d^T`` (rows of any
+            d_pre: ``D`` step-major ``(T, B, G*H)`` gradients of ``x_d @ W_ih_d^T`` (rows of any
                 stride). This function takes them out of the list and, the caller holding no
                 other reference, frees each one that owns its storage as soon as it is spent, so
                 they never all live next to every weight gradient.
             x: the layer input ``(T, B, I)``, time-major, zero at padded steps.
-            w_ih: ``D`` weights ``(G, I)`` in torch's row order.
+            w_ih: ``D`` weights ``(G*H, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
                 rows first), as the GRU's factors ``[n_x, r, z]`` are; 0 for torch's order.
                 Handled by splitting the GEMMs instead of copying (large) weights into another
                 order.
-            scratch: a contiguous ``(T, B, G)`` buffer that nobody reads any more, for the
+            scratch: a contiguous ``(T, B, G*H)`` buffer that nobody reads any more, for the
                 reverse direction's gradient put back in time order: ``d_pre[0]`` when it is a
                 view of a buffer that stays alive anyway (it is spent before the copy is
                 made), or a saved buffer of the layer that the released graph drops after this
                 backward. None allocates one.
 
         Returns:
-            ``(d_x (T, B, I) or None, D x d_W_ih (G, I) in torch's order, or None)``.
+            ``(d_x (T, B, I) or None, D x d_W_ih (G*H, I) in torch's order, or None)``.
         """
-        num_steps, batch, gates = d_pre[0].shape
+        num_steps, batch, gate_rows = d_pre[0].shape
         rows = num_steps * batch
         # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
-        blocks = [(slice(0, gates), slice(0, gates))]
+        blocks = [(slice(0, gate_rows), slice(0, gate_rows))]
         if rolled:
-            blocks = [(slice(0, rolled), slice(gates - rolled, gates)),
-                      (slice(rolled, gates), slice(0, gates - rolled))]  # fmt: skip
+            blocks = [(slice(0, rolled), slice(gate_rows - rolled, gate_rows)),
+                      (slice(rolled, gate_rows), slice(0, gate_rows - rolled))]  # fmt: skip
         d_x = x.new_zeros(num_steps, batch, x.shape[-1]) if need_input else None  # (T, B, I)
         x2d = x.reshape(rows, x.shape[-1]) if need_weights else None  # zero at padded steps
         d_w = [] if need_weights else None
 
         def one_direction(time_major: Tensor, w: Tensor) -> None:
-            """Add ``time_major (T, B, G)``'s share to ``d_x`` and append its ``d_W_ih``."""
-            d_dir = time_major.reshape(rows, gates)  # (T*B, G)
+            """Add ``time_major (T, B, G*H)``'s share to ``d_x`` and append its ``d_W_ih``."""
+            d_dir = time_major.reshape(rows, gate_rows)  # (T*B, G*H)
             if need_input:
                 d_x2d = d_x.view(rows, x.shape[-1])  # (T*B, I)
                 for cols, w_rows in blocks:
-                    d_x2d.addmm_(d_dir[:, cols], w[w_rows])  # (T*B, G') @ (G', I)
+                    d_x2d.addmm_(d_dir[:, cols], w[w_rows])  # (T*B, K) @ (K, I), K rows a block
             if need_weights:
-                d_w_dir = x.new_empty(gates, x.shape[-1])  # (G, I), torch's order
+                d_w_dir = x.new_empty(gate_rows, x.shape[-1])  # (G*H, I), torch's order
                 for cols, w_rows in blocks:
-                    torch.mm(d_dir[:, cols].t(), x2d, out=d_w_dir[w_rows])  # (G', T*B) @ (T*B, I)
+                    torch.mm(d_dir[:, cols].t(), x2d, out=d_w_dir[w_rows])  # (K, T*B) @ (T*B, I)
                 d_w.append(d_w_dir)
 
         # Direction 0 is already in time order. The reverse direction is put back in time order
-        # once (T*B*G), after direction 0 is done; then both gradients use x as it is, and
+        # once (T*B*G*H), after direction 0 is done; then both gradients use x as it is, and
         # neither x nor the input gradient is ever reversed.
         buffers = d_pre[::-1]  # popped in direction order; the caller's list is emptied
         d_pre.clear()
         one_direction(buffers.pop(), w_ih[0])
         if len(w_ih) == 2:
-            reverse_time_major = self.reverse(buffers.pop(), out=scratch)  # (T, B, G)
+            reverse_time_major = self.reverse(buffers.pop(), out=scratch)  # (T, B, G*H)
             one_direction(reverse_time_major, w_ih[1])
         if d_x is not None and self.padding is not None:
             d_x.masked_fill_(self.padding, 0)
@@ -228,27 +228,29 @@ def project(
     bias: Sequence[Tensor | None],
     out: Tensor | None = None,
 ) -> Tensor:
-    """The hoisted input projection ``x_d @ W_ih_d^T + b_d`` for every step and direction.
+    """The hoisted input GEMM ``x_d @ W_ih_d^T + b_d`` for every step and direction: the part
+    of a step that does not depend on the state, as a ``Cell``'s ``project`` (the word
+    "projection" is kept for the LSTM's ``W_hr``).
 
     Args:
         inputs: ``D`` step-major inputs ``(T, B, I)``.
-        w_ih: ``D`` weights ``(G, I)``; bias: ``D`` biases ``(G,)`` or None.
-        out: where to write, ``(D, T, B, G)`` with each ``out[d]`` contiguous; None allocates.
+        w_ih: ``D`` weights ``(G*H, I)``; bias: ``D`` biases ``(G*H,)`` or None.
+        out: where to write, ``(D, T, B, G*H)`` with each ``out[d]`` contiguous; None allocates.
 
     Returns:
-        ``(D, T, B, G)``, one GEMM per direction straight into the buffer.
+        ``(D, T, B, G*H)``, one GEMM per direction straight into the buffer.
     """
     num_steps, batch, _ = inputs[0].shape
-    gates = w_ih[0].shape[0]
+    gate_rows = w_ih[0].shape[0]
     if out is None:
-        out = inputs[0].new_empty(len(inputs), num_steps, batch, gates)  # (D, T, B, G)
+        out = inputs[0].new_empty(len(inputs), num_steps, batch, gate_rows)  # (D, T, B, G*H)
     for d, (x, w, b) in enumerate(zip(inputs, w_ih, bias)):
         x2d = x.reshape(num_steps * batch, x.shape[-1])  # (T*B, I)
-        target = out[d].view(num_steps * batch, gates)  # (T*B, G)
+        target = out[d].view(num_steps * batch, gate_rows)  # (T*B, G*H)
         if b is None:
-            torch.mm(x2d, w.t(), out=target)  # (T*B, I) @ (I, G)
+            torch.mm(x2d, w.t(), out=target)  # (T*B, I) @ (I, G*H)
         else:
-            torch.addmm(b, x2d, w.t(), out=target)  # (T*B, I) @ (I, G) + (G,)
+            torch.addmm(b, x2d, w.t(), out=target)  # (T*B, I) @ (I, G*H) + (G*H,)
     return out
 
 

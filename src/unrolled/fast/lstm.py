@@ -1,5 +1,5 @@
 r"""LSTM layer (optionally with projection), both directions: the buffers around the time loop,
-the hoisted input projection, and the weight gradients after BPTT.
+the hoisted input GEMM, and the weight gradients after BPTT.
 
 .. math::
     i, f, o &= \sigma(\cdot),\ g = \tanh(\cdot)
@@ -20,7 +20,7 @@ forward (``tests/test_loop_contract.py`` checks exactly that).
 ==============  ================  ==========================================================
 buffer          shape             holds
 ==============  ================  ==========================================================
-gates           (D, T, B, 4H)     forward in: ``x_s W_ih^T`` (the hoisted projection, no
+gates           (D, T, B, 4H)     forward in: ``x_s W_ih^T`` (the hoisted input GEMM, no
                                   bias); forward out (``keep``): ``i, f, g, o`` activated
                                   (``g = tanh``), without ``keep``: scratch. Backward out:
                                   ``d_pre``, when the caller passes ``gates`` as ``d_pre``
@@ -33,9 +33,10 @@ cs              (D, T+1, B, H)    slot 0 ``c_0``, slot ``s+1`` ``c_s``; ``(D, 1,
                                   reused slot, when nothing reads the cells afterwards
 hs              (D, T+1, B, P)    slot 0 ``h_0``, slot ``s+1`` ``h_s``
 d_h             (D, T, B, P)      backward in: the gradient reaching each ``h_s`` from the
-                                  output and ``h_n``; out: the full ``dh_s``
-dc              (D, B, H)         backward in: ``dc_n`` (zeros with lengths); out: ``dc_0``
-dc_arrivals     (D, T, B, H)      backward, with lengths: ``dc_n`` at each sequence's last
+                                  output and ``h_n``; out: all of ``h_s``'s gradient
+dc              (D, B, H)         backward in: ``d_c_n``, the gradient of ``c_n`` (zeros
+                                  with lengths); out: the gradient of ``c_0``
+dc_arrivals     (D, T, B, H)      backward, with lengths: ``d_c_n`` at each sequence's last
                 or empty          step, added there
 d_pre           (D, T, B, 4H)     backward out: the gradient of each gate's pre-activation,
                                   torch's order (may be ``gates`` itself)
@@ -132,10 +133,10 @@ class LSTMLayer(torch.autograd.Function):
         weights = unbatched_flat_weights(flat, num_directions)
         wanted = wanted_grads(ctx)
         num_steps = x.shape[0]
-        projected = weights[0].w_hr is not None
+        has_projection = weights[0].w_hr is not None
         none = x.new_empty(0)
         w_hh = stack_directions([w.w_hh for w in weights])  # (D, 4H, P)
-        w_hr = stack_directions([w.w_hr for w in weights]) if projected else none  # (D, P, H)
+        w_hr = stack_directions([w.w_hr for w in weights]) if has_projection else none  # (D, P, H)
 
         d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
         if timeline.lengths is None:
@@ -145,7 +146,7 @@ class LSTMLayer(torch.autograd.Function):
             dc = d_c_n.new_zeros(d_c_n.shape)
             dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
             timeline.add_at_final_step_(dc_arrivals, d_c_n)
-        keep_r = projected and wanted.weights  # r = o tanh(c), what W_hr multiplied
+        keep_r = has_projection and wanted.weights  # r = o tanh(c), what W_hr multiplied
         # No one reads the gates after this backward once the graph is released: d_pre
         # overwrites them (same shape), else it is a buffer of its own.
         d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D, T, B, 4H)
@@ -165,7 +166,7 @@ class LSTMLayer(torch.autograd.Function):
             prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
             d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
             d_bias = d_pre.sum((1, 2))  # (D, 4H)
-            if projected:  # d_h holds every step's full dh now
+            if has_projection:  # d_h holds all of each h_s's gradient now
                 d_w_hr = d_h.flatten(1, 2).transpose(1, 2).bmm(r.flatten(1, 2))  # (D, P, H)
         del d_h, r
         # Direction 0's rows are spent before the reverse direction is put back in time order:
@@ -185,7 +186,7 @@ class LSTMLayer(torch.autograd.Function):
                     w_hh=d_w_hh[d],
                     b_ih=d_bias[d],
                     b_hh=d_bias[d].clone(),
-                    w_hr=d_w_hr[d] if projected else None,
+                    w_hr=d_w_hr[d] if has_projection else None,
                 )
                 for d in range(num_directions)
             ]

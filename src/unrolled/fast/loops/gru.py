@@ -3,7 +3,7 @@ r"""The GRU recurrence in torch ops: ``native/gru.cpp``'s loops on the same buff
 Buffers: the GRU buffer contract in :mod:`unrolled.fast.gru`. As in ``loops/lstm.py``, each line
 of the C++ loop's elementwise math is a torch op over a whole block of rows, arranged for few
 ops per step: the forward advances the directions together and folds the biases into the
-hoisted projection (``b_ih`` and ``b_hr, b_hz``, once for all steps) and into the recurrent
+hoisted input GEMM's output (``b_ih`` and ``b_hr, b_hz``, once for all steps) and into the recurrent
 GEMM (``b_hn``, which ``r`` multiplies); the backward computes the step-independent factors of
 ``backward_rows`` for all steps first (:func:`backward_factors`) and the C++ loop's own
 directions one after the other (their gradient buffers are separate).
@@ -22,7 +22,7 @@ from .rows import first_rows, first_rows_of, live_rows, step_views
 
 class StepBlocks(NamedTuple):
     """One step's views ``([D,] B, *)`` into ``hh`` (``all``, ``rz``, ``r``, ``z``, ``a``) and
-    into the hoisted projection (``x_rz``, ``x_n``)."""
+    into the hoisted input GEMM's output (``x_rz``, ``x_n``)."""
 
     all: Tensor
     rz: Tensor
@@ -69,14 +69,14 @@ def gru_forward(
 ) -> None:
     """Forward (``forward_loop`` in C++): ``w_rec = W_hh^T (D, H, 3H)``; ``biases`` D x
     ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False)."""
-    directions, steps, batch, gates = xw.shape
-    hidden = gates // 3
+    directions, steps, batch, gate_rows = xw.shape
+    hidden = gate_rows // 3
     h_bias = None
     if len(biases):
         b_ih, b_hh = torch.stack(list(biases[0::2])), torch.stack(list(biases[1::2]))  # (D, 3H)
         x_bias = b_ih.clone()
         x_bias[:, : 2 * hidden] += b_hh[:, : 2 * hidden]
-        xw += x_bias.view(directions, 1, 1, gates)  # every step: x W_ih^T + b_ih + [b_hr, b_hz]
+        xw += x_bias.view(directions, 1, 1, gate_rows)  # every step: x W_ih^T + b_ih + [b_hr, b_hz]
         h_bias = torch.zeros_like(b_hh)
         h_bias[:, 2 * hidden :] = b_hh[:, 2 * hidden :]  # (D, 3H): b_hn rides with W_hn h
         h_bias = h_bias[0] if directions == 1 else h_bias[:, None]  # (3H,) or (D, 1, 3H)
@@ -123,23 +123,24 @@ def backward_factors(
 
 
 def backward_rows(
-    n_x_z: Tensor, n_x: Tensor, d_r: Tensor, r: Tensor, z: Tensor, dh: Tensor, dh_prev: Tensor
+    n_x_z: Tensor, n_x: Tensor, r_block: Tensor, r: Tensor, z: Tensor, d_h: Tensor, d_h_prev: Tensor
 ) -> None:
-    r"""One step backward, the half that depends on the recurrence, from ``dh`` (the full
+    r"""One step backward, the half that depends on the recurrence, from ``d_h`` (all of the
     gradient reaching h_s). The step's factors block ``[n_x, r, z] (rows, 3H)`` holds the
     factors of :func:`backward_factors` on entry, as views: ``n_x_z (rows, 2, H)`` its n and z
-    blocks, ``n_x`` and ``d_r`` its n and r blocks:
+    blocks, ``n_x`` and ``r_block`` its n and r blocks:
 
     .. math::
-        d\_pre_n = dh \cdot f_n, \quad d\_pre_z = dh \cdot f_z, \quad d\_pre_r = d\_pre_n f_r,
-        \quad d_a = d\_pre_n \, r, \quad dh_{prev} \mathrel{+}= dh \, z
+        d\_pre_n = d\_h \cdot f_n, \quad d\_pre_z = d\_h \cdot f_z, \quad
+        d\_pre_r = d\_pre_n f_r, \quad d\_a = d\_pre_n \, r, \quad
+        d\_h_{prev} \mathrel{+}= d\_h \, z
 
-    leaving ``[n_x, r, z]`` in the factors block and ``d_a`` over ``dh``.
+    leaving ``[n_x, r, z]`` in the factors block and ``d_a`` over ``d_h``.
     """
-    n_x_z.mul_(dh.unsqueeze(-2))  # d_pre_n, d_pre_z
-    d_r.mul_(n_x)  # d_pre_r
-    dh_prev.addcmul_(dh, z)
-    torch.mul(n_x, r, out=dh)  # d_a, over dh (read above)
+    n_x_z.mul_(d_h.unsqueeze(-2))  # d_pre_n, d_pre_z
+    r_block.mul_(n_x)  # d_pre_r
+    d_h_prev.addcmul_(d_h, z)
+    torch.mul(n_x, r, out=d_h)  # d_a, over d_h (read above)
 
 
 def gru_backward(
@@ -152,7 +153,7 @@ def gru_backward(
     d_h0: Tensor,
     live: Sequence[int],
 ) -> None:
-    """Backward (``backward_loop`` in C++). ``grads`` D x ``(T, B, H)``: dh_s on entry, d_a on
+    """Backward (``backward_loop`` in C++). ``grads`` D x ``(T, B, H)``: d_h_s on entry, d_a on
     exit; ``factors`` D x ``(T, B, 3H)``: ``[n_x, r, z]`` per step (may be ``hh[d]``);
     ``d_h0 (D, B, H)``: the gradient of h_0; ``w_hh`` D x ``(3H, H)``, torch's rows (r, z, n)."""
     directions, steps, batch = hh.shape[:3]
@@ -169,17 +170,17 @@ def gru_backward(
         grad_steps, r_steps, z_steps = grads[d].unbind(0), r.unbind(0), z.unbind(0)
         for s in range(steps - 1, -1, -1):
             rows = live_rows(live, s, batch)
-            a_s = first_rows(grad_steps[s], rows)  # (rows, H): dh_s in, d_a out
-            dh_prev = first_rows(grad_steps[s - 1] if s > 0 else d_h0[d], rows)
+            grad_s = first_rows(grad_steps[s], rows)  # (rows, H): d_h_s in, d_a out
+            d_h_prev = first_rows(grad_steps[s - 1] if s > 0 else d_h0[d], rows)
             backward_rows(
                 first_rows(n_z_steps[s], rows, dim=-3), first_rows(n_steps[s], rows),
                 first_rows(r_block_steps[s], rows), first_rows(r_steps[s], rows),
-                first_rows(z_steps[s], rows), a_s, dh_prev,
+                first_rows(z_steps[s], rows), grad_s, d_h_prev,
             )  # fmt: skip
             if rows < batch:
                 factors[d][s, rows:] = 0
                 grads[d][s, rows:] = 0
-            # dh_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) @ (2H, H) and
+            # d_h_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) @ (2H, H) and
             # (rows, H) @ (H, H)
             rz_grads = first_rows(factor_steps[s], rows)[:, hidden:]
-            dh_prev.addmm_(rz_grads, w_rz).addmm_(a_s, w_n)
+            d_h_prev.addmm_(rz_grads, w_rz).addmm_(grad_s, w_n)

@@ -34,7 +34,7 @@ def rnn_forward(hs: Tensor, w_rec: Tensor, relu: bool, live: Sequence[int]) -> N
     h_steps = step_views(hs, one)
     for s in range(slots - 1):
         rows = live_rows(live, s, batch)
-        h = first_rows(h_steps[s + 1], rows)  # ([D,] rows, H): the hoisted projection in, h_s out
+        h = first_rows(h_steps[s + 1], rows)  # ([D,] rows, H): x_s W_ih^T + b in, h_s out
         add_matmul(h, first_rows(h_steps[s], rows), w)  # += ([D,] rows, H) @ ([D,] H, H)
         activate_rows(h, relu)
         if rows < batch:
@@ -48,7 +48,7 @@ def activation_slopes(states: Tensor, relu: bool) -> Tensor:
 
 
 def backward_rows(slope: Tensor, grad: Tensor, relu: bool) -> None:
-    """``d_pre = dh * act'(h)``, in place over ``grad`` (the dh of a block of rows)."""
+    """``d_pre = d_h * act'(h)``, in place over ``grad`` (``d_h``, a block of rows)."""
     if relu:
         grad.masked_fill_(slope, 0)
     else:
@@ -59,8 +59,8 @@ def rnn_backward(
     hs: Tensor, grads: Sequence[Tensor], w_hh: Sequence[Tensor], relu: bool, live: Sequence[int]
 ) -> None:
     """Backward: ``grads`` D x ``(T, B, H)`` holds the gradient reaching each h_s on entry and
-    ``d_pre_s`` on exit (step s turns its own dh_s into d_pre_s once the later steps have added
-    to it); ``dh_{s-1} += d_pre_s @ W_hh`` with ``w_hh`` D x ``(H, H)``."""
+    ``d_pre_s`` on exit (step s turns its own d_h_s into d_pre_s once the later steps have
+    added to it); ``d_h_{s-1} += d_pre_s @ W_hh`` with ``w_hh`` D x ``(H, H)``."""
     directions, slots, batch = hs.shape[:3]
     for d in range(directions):
         w = w_hh[d]  # (H, H)
@@ -72,5 +72,5 @@ def rnn_backward(
             backward_rows(first_rows(slope_steps[s], rows), grad, relu)
             if rows < batch:
                 grads[d][s, rows:] = 0
-            if s > 0:  # dh_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
+            if s > 0:  # d_h_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
                 first_rows(grad_steps[s - 1], rows).addmm_(grad, w)

@@ -50,38 +50,38 @@ void forward_rows(const T* xw, T* hh, const T* b_ih, const T* b_hh, T* n_out, co
   }
 }
 
-// One step backward, rows [first, last), from dh (the full gradient reaching h_s):
-//   d_pre_n = dh (1 - z)(1 - n^2)          (what x_n, W_in saw)
-//   d_pre_r = d_pre_n * a * r (1 - r)       d_pre_z = dh (h_prev - n) z (1 - z)
+// One step backward, rows [first, last), from d_h (all of the gradient reaching h_s):
+//   d_pre_n = d_h (1 - z)(1 - n^2)          (what x_n, W_in saw)
+//   d_pre_r = d_pre_n * a * r (1 - r)       d_pre_z = d_h (h_prev - n) z (1 - z)
 //   d_a     = d_pre_n * r                   (what W_hn, b_hn saw)
-// into the (B, 3H) block [n_x, r, z] and the (B, H) block d_a (n_h); and dh_prev_direct =
-// dh * z (the lerp's own path), added to `dh_prev` (the gradient already reaching h_{s-1}).
+// into the (B, 3H) block [n_x, r, z] and the (B, H) block d_a (n_h); and d_h * z (the lerp's
+// own path to h_prev), added to `d_h_prev` (the gradient already reaching h_{s-1}).
 // Every input of element j is read before any output is written, so the outputs may overwrite
-// the inputs: [n_x, r, z] the [r, z, a] block of hh, d_a the dh block.
+// the inputs: [n_x, r, z] the [r, z, a] block of hh, d_a the d_h block.
 template <typename T>
-void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* dh, T* factors,
-                   T* d_a_out, T* dh_prev, int64_t first, int64_t last, int64_t hidden) {
+void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* d_h, T* factors,
+                   T* d_a_out, T* d_h_prev, int64_t first, int64_t last, int64_t hidden) {
   for (int64_t b = first; b < last; ++b) {
     const T* r = hh + b * 3 * hidden;
     const T* z = r + hidden;
     const T* a = z + hidden;
     const T* n = n_in + b * hidden;
     const T* h_prev_row = h_prev + b * hidden;
-    const T* dh_row = dh + b * hidden;
-    T* d_n = factors + b * 3 * hidden;
-    T* d_r = d_n + hidden;
-    T* d_z = d_r + hidden;
-    T* d_a = d_a_out + b * hidden;
-    T* dh_prev_row = dh_prev + b * hidden;
+    const T* d_h_row = d_h + b * hidden;
+    T* d_pre_n_row = factors + b * 3 * hidden;  // n_x
+    T* d_pre_r_row = d_pre_n_row + hidden;
+    T* d_pre_z_row = d_pre_r_row + hidden;
+    T* d_a_row = d_a_out + b * hidden;
+    T* d_h_prev_row = d_h_prev + b * hidden;
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < hidden; ++j) {
-      const T r_j = r[j], z_j = z[j], a_j = a[j], n_j = n[j], dh_j = dh_row[j];
-      const T d_pre_n = dh_j * (T(1) - z_j) * (T(1) - n_j * n_j);
-      d_n[j] = d_pre_n;
-      d_r[j] = d_pre_n * a_j * r_j * (T(1) - r_j);
-      d_z[j] = dh_j * (h_prev_row[j] - n_j) * z_j * (T(1) - z_j);
-      d_a[j] = d_pre_n * r_j;
-      dh_prev_row[j] += dh_j * z_j;
+      const T r_j = r[j], z_j = z[j], a_j = a[j], n_j = n[j], d_h_j = d_h_row[j];
+      const T d_pre_n = d_h_j * (T(1) - z_j) * (T(1) - n_j * n_j);
+      d_pre_n_row[j] = d_pre_n;
+      d_pre_r_row[j] = d_pre_n * a_j * r_j * (T(1) - r_j);
+      d_pre_z_row[j] = d_h_j * (h_prev_row[j] - n_j) * z_j * (T(1) - z_j);
+      d_a_row[j] = d_pre_n * r_j;
+      d_h_prev_row[j] += d_h_j * z_j;
     }
   }
 }
@@ -92,11 +92,11 @@ template <typename T>
 void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Tensor& w_rec,
                   at::TensorList biases, at::IntArrayRef live) {
   const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
-  const int64_t hidden = hs.size(3), gates = 3 * hidden;
+  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden;
   const bool every_step = hh.size(1) > 1;  // kept for the backward, or one reused slot
   const auto options = xw.options();
-  const Tensor zeros = biases.empty() ? at::zeros({gates}, options) : Tensor();
-  for_directions(directions, batch * hidden * gates, [&](int64_t d) {
+  const Tensor zeros = biases.empty() ? at::zeros({gate_rows}, options) : Tensor();
+  for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
     const Tensor w = w_rec.select(0, d);  // (H, 3H)
     const T* x_base = xw.select(0, d).data_ptr<T>();  // (T, B, 3H)
     T* hh_base = hh.select(0, d).data_ptr<T>();  // (T or 1, B, 3H)
@@ -107,14 +107,14 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t rows = live_rows(live, s, batch);
       const int64_t slot = every_step ? s : 0;
-      T* hh_s = hh_base + slot * batch * gates;
+      T* hh_s = hh_base + slot * batch * gate_rows;
       T* n_s = n_base + slot * batch * hidden;
       T* h_prev = h_base + s * batch * hidden;
       T* h = h_prev + batch * hidden;
-      Tensor hh_live = matrix(hh_s, rows, gates, options);
+      Tensor hh_live = matrix(hh_s, rows, gate_rows, options);
       matmul_into(hh_live, matrix(h_prev, rows, hidden, options), w);  // (rows,H) @ (H,3H)
-      for_rows(rows, gates, [&](int64_t first, int64_t last) {
-        forward_rows<T>(x_base + s * batch * gates, hh_s, b_ih, b_hh, n_s, h_prev, h, first,
+      for_rows(rows, gate_rows, [&](int64_t first, int64_t last) {
+        forward_rows<T>(x_base + s * batch * gate_rows, hh_s, b_ih, b_hh, n_s, h_prev, h, first,
                         last, hidden);
       });
       zero_rows(h, rows, batch, hidden);
@@ -123,7 +123,7 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
 }
 
 // Backward. grads, D x (T, B, H), holds the gradient reaching each h_s (from the output and
-// h_n) on entry and d_a (n_h: what W_hn, b_hn saw) on exit: step s turns its own dh_s into
+// h_n) on entry and d_a (n_h: what W_hn, b_hn saw) on exit: step s turns its own d_h_s into
 // d_a in place once the later steps have added to it. factors, D x (T, B, 3H), gets [n_x, r,
 // z] per step; it may be hh's own storage (hh[d]), overwritten step by step once read. One
 // buffer per direction and kind, so that each can be freed as soon as it is spent: d_a after
@@ -135,35 +135,35 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
                    at::TensorList w_hh, at::TensorList factors, Tensor& d_h0,
                    at::IntArrayRef live) {
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
-  const int64_t hidden = hs.size(3), gates = 3 * hidden, step = batch * hidden;
+  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
   const auto options = hh.options();
-  for_directions(directions, batch * hidden * gates, [&](int64_t d) {
+  for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
     const Tensor w_rz = w_hh[d].narrow(0, 0, 2 * hidden);  // (2H, H)
     const Tensor w_n = w_hh[d].narrow(0, 2 * hidden, hidden);  // (H, H)
     const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
     const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
     const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): dh_s in, d_a out
+    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_a out
     T* f_base = factors[d].data_ptr<T>();  // (T, B, 3H): [n_x, r, z]
-    T* dh0 = d_h0.select(0, d).data_ptr<T>();  // (B, H)
-    std::memset(dh0, 0, step * sizeof(T));
+    T* d_h0_base = d_h0.select(0, d).data_ptr<T>();  // (B, H)
+    std::memset(d_h0_base, 0, step * sizeof(T));
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
-      T* f_s = f_base + s * batch * gates;
-      T* a_s = grad_base + s * step;
-      T* dh_prev = s > 0 ? a_s - step : dh0;
+      T* f_s = f_base + s * batch * gate_rows;
+      T* grad_s = grad_base + s * step;
+      T* d_h_prev = s > 0 ? grad_s - step : d_h0_base;
       for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-        backward_rows<T>(hh_base + s * batch * gates, n_base + s * step, h_base + s * step, a_s,
-                         f_s, a_s, dh_prev, first, last, hidden);
+        backward_rows<T>(hh_base + s * batch * gate_rows, n_base + s * step, h_base + s * step,
+                         grad_s, f_s, grad_s, d_h_prev, first, last, hidden);
       });
-      zero_rows(f_s, rows, batch, gates);
-      zero_rows(a_s, rows, batch, hidden);
-      // dh_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) (row stride 3H) @
+      zero_rows(f_s, rows, batch, gate_rows);
+      zero_rows(grad_s, rows, batch, hidden);
+      // d_h_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) (row stride 3H) @
       // (2H, H) and (rows, H) @ (H, H)
-      Tensor target = matrix(dh_prev, rows, hidden, options);
-      Tensor grad_rz = at::from_blob(f_s + hidden, {rows, 2 * hidden}, {gates, 1}, options);
+      Tensor target = matrix(d_h_prev, rows, hidden, options);
+      Tensor grad_rz = at::from_blob(f_s + hidden, {rows, 2 * hidden}, {gate_rows, 1}, options);
       add_matmul_(target, grad_rz, w_rz);
-      add_matmul_(target, matrix(a_s, rows, hidden, options), w_n);
+      add_matmul_(target, matrix(grad_s, rows, hidden, options), w_n);
     }
   });
 }

@@ -59,17 +59,17 @@ void forward_rows(T* gates, const T* extra, const T* bias, const T* c_prev, T* c
   }
 }
 
-// One step backward, rows [first_row, last_row). `dr` is the gradient reaching
-// o * tanh(c) (dh, or dh @ W_hr); `dc` holds dc_s on entry (plus `dc_arrival`, the c_n
-// gradient entering at this step) and dc_{s-1} on exit:
-//   dc     += dr * o * (1 - tanh(c)^2)
-//   d_pre_o = dr * tanh(c) * o (1 - o)      d_pre_i = dc * g * i (1 - i)
-//   d_pre_f = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
-//   dc_prev = dc * f
+// One step backward, rows [first_row, last_row). `d_r` is the gradient reaching
+// r = o * tanh(c) (d_h, or d_h @ W_hr); `dc` holds c_s's gradient on entry (plus `dc_arrival`,
+// the c_n gradient entering at this step) and c_{s-1}'s on exit:
+//   dc      += d_r * o * (1 - tanh(c)^2)
+//   d_pre_o  = d_r * tanh(c) * o (1 - o)     d_pre_i = dc * g * i (1 - i)
+//   d_pre_f  = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
+//   dc_prev  = dc * f
 // into d_pre in torch's gate order; `r` (nullable) gets o * tanh(c). Every input of element j
 // is read before any output is written, so d_pre may be the gates' own block.
 template <typename T>
-void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* dc,
+void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T* dc,
                    const T* dc_arrival, T* d_pre, T* r, int64_t first_row, int64_t last_row,
                    int64_t hidden) {
   for (int64_t b = first_row; b < last_row; ++b) {
@@ -77,14 +77,14 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
     const T* f = i + hidden;
     const T* g = f + hidden;
     const T* o = g + hidden;
-    T* d_i = d_pre + b * 4 * hidden;
-    T* d_f = d_i + hidden;
-    T* d_g = d_f + hidden;
-    T* d_o = d_g + hidden;
+    T* d_pre_i = d_pre + b * 4 * hidden;
+    T* d_pre_f = d_pre_i + hidden;
+    T* d_pre_g = d_pre_f + hidden;
+    T* d_pre_o = d_pre_g + hidden;
     const int64_t at = b * hidden;
     const T* c_prev_row = c_prev + at;
     const T* c_row = c + at;
-    const T* dr_row = dr + at;
+    const T* d_r_row = d_r + at;
     const T* arrival_row = dc_arrival == nullptr ? nullptr : dc_arrival + at;
     T* dc_row = dc + at;
     T* r_row = r == nullptr ? nullptr : r + at;
@@ -92,15 +92,15 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* dr, T* 
     for (int64_t j = 0; j < hidden; ++j) {
       const T i_j = i[j], f_j = f[j], g_j = g[j], o_j = o[j];
       const T tanh_c = tanh(c_row[j]);
-      const T d_r = dr_row[j];
-      T d_c = dc_row[j] + (arrival_row == nullptr ? T(0) : arrival_row[j]);
-      d_c += d_r * o_j * (T(1) - tanh_c * tanh_c);
+      const T d_r_j = d_r_row[j];
+      T dc_j = dc_row[j] + (arrival_row == nullptr ? T(0) : arrival_row[j]);
+      dc_j += d_r_j * o_j * (T(1) - tanh_c * tanh_c);
       if (r_row != nullptr) r_row[j] = o_j * tanh_c;
-      d_o[j] = d_r * tanh_c * o_j * (T(1) - o_j);
-      d_i[j] = d_c * g_j * i_j * (T(1) - i_j);
-      d_f[j] = d_c * c_prev_row[j] * f_j * (T(1) - f_j);
-      d_g[j] = d_c * i_j * (T(1) - g_j * g_j);
-      dc_row[j] = d_c * f_j;
+      d_pre_o[j] = d_r_j * tanh_c * o_j * (T(1) - o_j);
+      d_pre_i[j] = dc_j * g_j * i_j * (T(1) - i_j);
+      d_pre_f[j] = dc_j * c_prev_row[j] * f_j * (T(1) - f_j);
+      d_pre_g[j] = dc_j * i_j * (T(1) - g_j * g_j);
+      dc_row[j] = dc_j * f_j;
     }
   }
 }
@@ -112,14 +112,14 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
                        at::IntArrayRef live, bool keep, bool packed_product) {
   const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
   const int64_t out_size = hs.size(3);
-  const bool projected = given(w_proj), every_cell = cs.size(1) > 1;
+  const bool has_projection = given(w_proj), every_cell = cs.size(1) > 1;
   const auto options = gates.options();
   const Tensor w = w_rec.select(0, d);  // (P, 4H)
-  const Tensor w_out = projected ? w_proj.select(0, d) : Tensor();  // (H, P)
+  const Tensor w_out = has_projection ? w_proj.select(0, d) : Tensor();  // (H, P)
   T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
   T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
   T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, P)
-  T* r_ptr = projected ? r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+  T* r_ptr = has_projection ? r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
   const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
   // The plan's packed variant: MKL's packed GEMM (packed once here) computes each step's
   // product into a new (B, 4H) tensor that the elementwise pass adds; otherwise one addmm into
@@ -134,7 +134,7 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
     T* h_next = h_prev + batch * out_size;
     T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
     T* c = every_cell ? c_prev + batch * hidden : c_prev;  // slot s+1, or the same slot
-    T* out = projected ? r_ptr : h_next;
+    T* out = has_projection ? r_ptr : h_next;
     const Tensor h = matrix(h_prev, rows, out_size, options);  // (rows, P)
     Tensor product;  // (B, 4H), packed GEMM only
     if (packed) {
@@ -157,7 +157,7 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
         packed ? run(no{}, yes{}) : run(no{}, no{});
       }
     });
-    if (projected) {
+    if (has_projection) {
       Tensor h_new = matrix(h_next, rows, out_size, options);
       matmul_into(h_new, matrix(r_ptr, rows, hidden, options), w_out);  // (rows, H) @ (H, P)
     }
@@ -182,45 +182,45 @@ void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const 
 template <typename T>
 void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor& d_h,
                         Tensor& dc, const Tensor& dc_arrivals, const Tensor& w_rec,
-                        const Tensor& w_proj, Tensor& d_pre, Tensor& r, Tensor& dr,
+                        const Tensor& w_proj, Tensor& d_pre, Tensor& r, Tensor& d_r,
                         at::IntArrayRef live) {
   const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
   const int64_t out_size = d_h.size(3);
-  const bool projected = given(w_proj), arrivals = given(dc_arrivals), keep_r = given(r);
+  const bool has_projection = given(w_proj), arrivals = given(dc_arrivals), keep_r = given(r);
   const auto options = gates.options();
   const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
   const Tensor w = w_rec.select(0, d);  // (4H, P)
-  const Tensor w_out = projected ? w_proj.select(0, d) : Tensor();  // (P, H)
+  const Tensor w_out = has_projection ? w_proj.select(0, d) : Tensor();  // (P, H)
   const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
   const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-  T* dh_base = d_h.select(0, d).data_ptr<T>();  // (T, B, P)
+  T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (T, B, P)
   T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
   const T* arrival_base = arrivals ? dc_arrivals.select(0, d).data_ptr<T>() : nullptr;
   T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
   T* r_base = keep_r ? r.select(0, d).data_ptr<T>() : nullptr;  // (T, B, H)
-  T* dr_buffer = projected ? dr.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+  T* d_r_buffer = has_projection ? d_r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
   for (int64_t s = steps - 1; s >= 0; --s) {
     const int64_t rows = live_rows(live, s, batch);
-    T* dh = dh_base + s * batch * out_size;
-    if (projected) {
-      Tensor dr_live = matrix(dr_buffer, rows, hidden, options);
-      matmul_into(dr_live, matrix(dh, rows, out_size, options), w_out);  // (rows,P) @ (P,H)
+    T* d_h_s = d_h_base + s * batch * out_size;
+    if (has_projection) {
+      Tensor d_r_live = matrix(d_r_buffer, rows, hidden, options);
+      matmul_into(d_r_live, matrix(d_h_s, rows, out_size, options), w_out);  // (rows,P) @ (P,H)
     }
-    const T* dr_ptr = projected ? dr_buffer : dh;
+    const T* d_r_ptr = has_projection ? d_r_buffer : d_h_s;
     const T* gate_ptr = gate_base + s * gate_step;
     const T* c_prev = c_base + s * cell_step;
     const T* arrival = arrivals ? arrival_base + s * cell_step : nullptr;
     T* d_pre_ptr = d_pre_base + s * gate_step;
     T* r_ptr = keep_r ? r_base + s * cell_step : nullptr;
     for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-      backward_rows<T>(gate_ptr, c_prev, c_prev + cell_step, dr_ptr, dc_ptr, arrival, d_pre_ptr,
-                       r_ptr, first, last, hidden);
+      backward_rows<T>(gate_ptr, c_prev, c_prev + cell_step, d_r_ptr, dc_ptr, arrival,
+                       d_pre_ptr, r_ptr, first, last, hidden);
     });
     zero_rows(d_pre_ptr, rows, batch, 4 * hidden);
     if (keep_r) zero_rows(r_ptr, rows, batch, hidden);
-    if (s > 0) {  // dh_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
-      Tensor dh_prev = matrix(dh - batch * out_size, rows, out_size, options);
-      add_matmul_(dh_prev, matrix(d_pre_ptr, rows, 4 * hidden, options), w);
+    if (s > 0) {  // d_h_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
+      Tensor d_h_prev = matrix(d_h_s - batch * out_size, rows, out_size, options);
+      add_matmul_(d_h_prev, matrix(d_pre_ptr, rows, 4 * hidden, options), w);
     }
   }
 }
@@ -230,9 +230,9 @@ void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& d
                    const Tensor& dc_arrivals, const Tensor& w_rec, const Tensor& w_proj,
                    Tensor& d_pre, Tensor& r, at::IntArrayRef live) {
   const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
-  Tensor dr = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
+  Tensor d_r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
   for_directions(directions, gates.size(2) * d_h.size(3) * 4 * hidden, [&](int64_t d) {
-    backward_direction<T>(d, gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, dr, live);
+    backward_direction<T>(d, gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, d_r, live);
   });
 }
 

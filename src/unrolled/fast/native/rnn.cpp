@@ -25,19 +25,19 @@ void activate_rows(T* h, int64_t first, int64_t last, int64_t hidden, bool relu)
   }
 }
 
-// d_pre = dh * act'(h): tanh' = 1 - h^2; relu passes dh where h <= 0 does not hold (as torch's
-// threshold_backward: a NaN state passes its gradient on). Rows [first, last). d_pre may be dh
-// itself (element k is read before it is written).
+// d_pre = d_h * act'(h): tanh' = 1 - h^2; relu passes d_h where h <= 0 does not hold (as
+// torch's threshold_backward: a NaN state passes its gradient on). Rows [first, last). d_pre
+// may be d_h itself (element k is read before it is written).
 template <typename T>
-void backward_rows(const T* h, const T* dh, T* d_pre, int64_t first, int64_t last,
+void backward_rows(const T* h, const T* d_h, T* d_pre, int64_t first, int64_t last,
                    int64_t hidden, bool relu) {
   const int64_t begin = first * hidden, end = last * hidden;
   if (relu) {
     UNROLLED_VECTOR_LOOP
-    for (int64_t k = begin; k < end; ++k) d_pre[k] = h[k] <= T(0) ? T(0) : dh[k];
+    for (int64_t k = begin; k < end; ++k) d_pre[k] = h[k] <= T(0) ? T(0) : d_h[k];
   } else {
     UNROLLED_VECTOR_LOOP
-    for (int64_t k = begin; k < end; ++k) d_pre[k] = dh[k] * (T(1) - h[k] * h[k]);
+    for (int64_t k = begin; k < end; ++k) d_pre[k] = d_h[k] * (T(1) - h[k] * h[k]);
   }
 }
 
@@ -64,10 +64,10 @@ void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef li
   });
 }
 
-// Backward: d_pre_s = dh_s * act'(h_s); dh_{s-1} += d_pre_s @ W_hh, with w_hh D x (H, H)
+// Backward: d_pre_s = d_h_s * act'(h_s); d_h_{s-1} += d_pre_s @ W_hh, with w_hh D x (H, H)
 // (a list: stacking would copy the weights of two directions for the whole loop). grads,
 // D x (T, B, H) (one buffer per direction, so that each can be freed on its own), holds the
-// gradient reaching each h_s on entry and d_pre_s on exit: step s turns its own dh_s into
+// gradient reaching each h_s on entry and d_pre_s on exit: step s turns its own d_h_s into
 // d_pre_s in place once the later steps have added to it.
 template <typename T>
 void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, bool relu,
@@ -78,7 +78,7 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
   for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
     const Tensor& w = w_hh[d];  // (H, H)
     const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
-    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): dh_s in, d_pre_s out
+    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
       T* grad_s = grad_base + s * step;
@@ -86,9 +86,9 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
         backward_rows<T>(h_base + s * step, grad_s, grad_s, first, last, hidden, relu);
       });
       zero_rows(grad_s, rows, batch, hidden);
-      if (s > 0) {  // dh_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
-        Tensor dh_prev = matrix(grad_s - step, rows, hidden, options);
-        add_matmul_(dh_prev, matrix(grad_s, rows, hidden, options), w);
+      if (s > 0) {  // d_h_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
+        Tensor d_h_prev = matrix(grad_s - step, rows, hidden, options);
+        add_matmul_(d_h_prev, matrix(grad_s, rows, hidden, options), w);
       }
     }
   });
