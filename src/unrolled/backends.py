@@ -7,7 +7,7 @@ Three runners can execute a layer call:
   torch ops will do: a step the fast loops do not have (recurrent dropout, zoneout), dtypes
   other than float32 and float64, autocast, ``torch.compile`` tracing, ``torch.func``
   transforms, per-sample gradients (``ExpandedWeight``);
-- ``python loops``: the fast backend (hoisted input GEMM, hand-written BPTT) with its time loops
+- ``python loops``: the fast backend (hoisted input part, hand-written BPTT) with its time loops
   in torch ops (:mod:`unrolled.fast.loops`);
 - ``native loops``: the same fast backend with its time loops in C++
   (:mod:`unrolled.fast.native`).

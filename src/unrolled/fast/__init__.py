@@ -1,14 +1,18 @@
 """The fast backend: same contract and same numbers as :func:`unrolled.reference.run`, faster.
 
 Each layer runs both directions over the same step-major buffers (see :mod:`.layer`), with the
-input GEMM ``x @ W_ih^T`` hoisted out of the loop (one per direction, :func:`.layer.project`), the
-time loop of the plan's runner (the
-native C++ loops of :mod:`.native` or the same loops in torch ops, :mod:`.loops`; chosen by
+input part ``x @ W_ih^T + b`` hoisted out of the loop (one GEMM per direction,
+:func:`.layer.project`), the time loop of the plan's runner (the native C++ loops of
+:mod:`.native` or the same loops in torch ops, :mod:`.loops`; chosen by
 :func:`unrolled.backends.plan`) and a hand-written backward per cell family (:mod:`.rnn`,
 :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer ``l``'s output to
 layer ``l+1``, applies dropout between layers with ``stack``'s own function (the same random
 draws on the same rows, so the masks match torch's and the reference's), and stacks the final
 states in torch's row order ``l * D + d``.
+
+Shapes in comments, throughout the fast backend: ``T`` time, ``B`` batch, ``I`` input, ``H``
+hidden, ``P`` per-direction output size (``proj_size``, or ``H``), ``G`` number of gates (a
+weight has ``G*H`` gate rows), ``D`` directions, ``L`` layers, ``N`` packed rows.
 """
 
 from __future__ import annotations

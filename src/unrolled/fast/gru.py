@@ -1,10 +1,20 @@
 r"""GRU layer in torch's formulation, both directions: the buffers around the time loop, the
-hoisted input GEMM, and the weight gradients after BPTT.
+hoisted input part, and the weight gradients after BPTT.
+
+What it must equal: :func:`unrolled.cells.gru` at every step (its equations are stated there,
+once), as :func:`unrolled.reference.run` loops it. Below, ``a = W_hn h_{s-1} + b_hn`` is what
+the reset gate ``r`` multiplies and ``d_pre`` is the gradient of a gate's pre-activation; what
+the backward adds, per step ``s`` from the last:
 
 .. math::
-    r, z &= \sigma(W_{i\{r,z\}} x_s + b_{i\{r,z\}} + b_{h\{r,z\}} + W_{h\{r,z\}} h_{s-1}) \\
-    n &= \tanh(W_{in} x_s + b_{in} + r \odot a), \qquad a = W_{hn} h_{s-1} + b_{hn} \\
-    h_s &= (1 - z) \odot n + z \odot h_{s-1} = n + z \odot (h_{s-1} - n)
+    d\_pre_n &= d\_h_s (1 - z)(1 - n^2), \quad d\_pre_r = d\_pre_n \, a \, r (1 - r), \quad
+        d\_pre_z = d\_h_s (h_{s-1} - n) \, z (1 - z), \quad d\_a = d\_pre_n \, r \\
+    d\_h_{s-1} &\mathrel{+}= d\_h_s \, z + [d\_pre_r, d\_pre_z] W_{h\{r,z\}} + d\_a \, W_{hn}
+
+and then, over all steps at once: :math:`d\_W_{ih} = \sum_s [d\_pre_r, d\_pre_z, d\_pre_n]^T
+x_s`, :math:`d\_W_{hh} = \sum_s [d\_pre_r, d\_pre_z, d\_a]^T h_{s-1}`, :math:`d\_b_{ih} = \sum_s
+[d\_pre_r, d\_pre_z, d\_pre_n]`, :math:`d\_b_{hh} = \sum_s [d\_pre_r, d\_pre_z, d\_a]` (in the
+buffers below, ``d_pre_n`` is ``n_x`` and ``d_a`` is ``n_h``).
 
 The time loop is ``plan.loops.gru_forward`` / ``gru_backward``: the native C++ loop
 (``native/gru.cpp``) or the same loop in torch ops (``loops/gru.py``), whichever the layer's

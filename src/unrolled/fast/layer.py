@@ -162,7 +162,7 @@ class Timeline:
         scratch: Tensor | None = None,
     ) -> tuple[Tensor | None, list[Tensor] | None]:
         """Gradients of the layer input and of each ``W_ih`` from the step-major gradient of the
-        hoisted input GEMM (:func:`project`), one GEMM (per gate-row block) each over all steps.
+        hoisted input part (:func:`project`), one GEMM (per gate-row block) each over all steps.
 
         Args:
             d_pre: ``D`` step-major ``(T, B, G*H)`` gradients of ``x_d @ W_ih_d^T`` (rows of any
@@ -228,9 +228,9 @@ def project(
     bias: Sequence[Tensor | None],
     out: Tensor | None = None,
 ) -> Tensor:
-    """The hoisted input GEMM ``x_d @ W_ih_d^T + b_d`` for every step and direction: the part
-    of a step that does not depend on the state, as a ``Cell``'s ``project`` (the word
-    "projection" is kept for the LSTM's ``W_hr``).
+    """The input part ``x_d @ W_ih_d^T + b_d`` (:func:`unrolled.cells.input_part`) hoisted out
+    of the loop: for every step and direction at once, one GEMM per direction, as a ``Cell``'s
+    ``project`` does (the word "projection" is kept for the LSTM's ``W_hr``).
 
     Args:
         inputs: ``D`` step-major inputs ``(T, B, I)``.

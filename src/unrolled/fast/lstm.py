@@ -1,11 +1,22 @@
 r"""LSTM layer (optionally with projection), both directions: the buffers around the time loop,
-the hoisted input GEMM, and the weight gradients after BPTT.
+the hoisted input part, and the weight gradients after BPTT.
+
+What it must equal: :func:`unrolled.cells.lstm` at every step (its equations are stated
+there, once), as :func:`unrolled.reference.run` loops it. Below, ``r = o tanh(c)`` is what
+``W_hr`` multiplies (``h = r`` without projection) and ``d_pre`` is the gradient of the gates'
+pre-activations; what the backward adds, per step ``s`` from the last:
 
 .. math::
-    i, f, o &= \sigma(\cdot),\ g = \tanh(\cdot)
-        \quad\text{of}\quad W_{ih} x_s + b_{ih} + b_{hh} + W_{hh} h_{s-1} \\
-    c_s &= f \odot c_{s-1} + i \odot g, \qquad
-    r_s = o \odot \tanh(c_s), \qquad h_s = r_s \ \text{or}\ W_{hr} r_s
+    d\_r &= d\_h_s \ \text{or}\ d\_h_s W_{hr}, \qquad
+        dc \mathrel{+}= d\_r \, o (1 - \tanh^2 c_s) \\
+    d\_pre_i &= dc \, g \, i (1 - i), \quad d\_pre_f = dc \, c_{s-1} f (1 - f), \quad
+        d\_pre_g = dc \, i (1 - g^2), \quad d\_pre_o = d\_r \tanh(c_s) \, o (1 - o) \\
+    dc &\leftarrow dc \, f \ \text{(the gradient of } c_{s-1}\text{)}, \qquad
+        d\_h_{s-1} \mathrel{+}= d\_pre_s W_{hh}
+
+and then, over all steps at once: :math:`d\_W_{ih} = \sum_s d\_pre_s^T x_s`, :math:`d\_W_{hh}
+= \sum_s d\_pre_s^T h_{s-1}`, :math:`d\_b_{ih} = d\_b_{hh} = \sum_s d\_pre_s`, :math:`d\_W_{hr}
+= \sum_s d\_h_s^T r_s`.
 
 The time loop itself is ``plan.loops.lstm_forward`` / ``lstm_backward``: the native C++ loop
 (``native/lstm.cpp``) or the same loop in torch ops (``loops/lstm.py``), whichever the layer's
@@ -20,7 +31,7 @@ forward (``tests/test_loop_contract.py`` checks exactly that).
 ==============  ================  ==========================================================
 buffer          shape             holds
 ==============  ================  ==========================================================
-gates           (D, T, B, 4H)     forward in: ``x_s W_ih^T`` (the hoisted input GEMM, no
+gates           (D, T, B, 4H)     forward in: ``x_s W_ih^T`` (the hoisted input part, no
                                   bias); forward out (``keep``): ``i, f, g, o`` activated
                                   (``g = tanh``), without ``keep``: scratch. Backward out:
                                   ``d_pre``, when the caller passes ``gates`` as ``d_pre``

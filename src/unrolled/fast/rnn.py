@@ -1,15 +1,24 @@
 r"""Elman RNN layer (tanh or ReLU), both directions: the buffers around the time loop, the
-hoisted input GEMM, and the weight gradients after BPTT.
+hoisted input part, and the weight gradients after BPTT.
 
-.. math::  h_s = act(\underbrace{W_{ih} x_s + b_{ih} + b_{hh}}_{\text{hoisted: one GEMM}}
-           + W_{hh} h_{s-1})
+What it must equal: :func:`unrolled.cells.rnn_tanh` or :func:`unrolled.cells.rnn_relu` at
+every step (their equations are stated there, once), as :func:`unrolled.reference.run` loops
+them. With ``d_pre`` the gradient of the step's pre-activation, what the backward adds, per step
+``s`` from the last:
+
+.. math::
+    d\_pre_s = d\_h_s \, act'(h_s), \qquad d\_h_{s-1} \mathrel{+}= d\_pre_s W_{hh}
+
+(``tanh' = 1 - h^2``; ``relu'`` is torch's: the gradient passes wherever ``h <= 0`` does not
+hold), and then, over all steps at once: :math:`d\_W_{ih} = \sum_s d\_pre_s^T x_s`,
+:math:`d\_W_{hh} = \sum_s d\_pre_s^T h_{s-1}`, :math:`d\_b_{ih} = d\_b_{hh} = \sum_s d\_pre_s`.
 
 Per step the forward does one matmul and one in-place activation, writing straight into the
-state buffer that already holds the hoisted input GEMM; the backward runs only the chain
-``d_pre_s = d_h_s * act'(.)``, ``d_h_{s-1} += d_pre_s @ W_hh`` per step, then one GEMM per weight
-over all steps. The time loop is ``plan.loops.rnn_forward`` / ``rnn_backward``: the native C++
-loop (``native/rnn.cpp``) or the same loop in torch ops (``loops/rnn.py``), whichever the
-layer's plan chose in the forward; the backward runs the plan's loop, never another one.
+state buffer that already holds the hoisted input part (``W_ih x_s + b_ih + b_hh``); the
+backward runs only the chain above per step, then one GEMM per weight over all steps. The time
+loop is ``plan.loops.rnn_forward`` / ``rnn_backward``: the native C++ loop (``native/rnn.cpp``)
+or the same loop in torch ops (``loops/rnn.py``), whichever the layer's plan chose in the
+forward; the backward runs the plan's loop, never another one.
 
 **The RNN buffer contract.** Step-major (see :mod:`.layer`), every buffer contiguous:
 
@@ -17,7 +26,7 @@ layer's plan chose in the forward; the backward runs the plan's loop, never anot
 buffer          shape             holds
 ==============  ================  ==========================================================
 hs              (D, T+1, B, H)    slot 0 ``h_0``; slots ``1..T`` hold ``x_s W_ih^T + b_ih +
-                                  b_hh`` (the hoisted input GEMM) on entry and the states
+                                  b_hh`` (the hoisted input part) on entry and the states
                                   ``h_s`` on exit, activated in place
 w_rec           (D, H, H)         forward: ``W_hh^T`` (a view or a row-major copy)
 w_hh            D x (H, H)        backward: ``W_hh`` per direction
@@ -62,7 +71,7 @@ def rnn_layer_forward(plan: Plan, num_directions: int, timeline: Timeline, x, h0
     bias = [None if w.b_ih is None else w.b_ih + w.b_hh for w in weights]  # D x (H,)
     hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
     hs[:, 0] = h0
-    # Slots 1..T first hold the hoisted input GEMM, then (in place) the states.
+    # Slots 1..T first hold the hoisted input part, then (in place) the states.
     project(timeline.directions(x, num_directions), [w.w_ih for w in weights], bias, out=hs[:, 1:])
     w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D, H, H)
     plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", timeline.live_rows)

@@ -8,7 +8,9 @@ one. This namespace has the native ops' names and signatures (``torch.ops.unroll
 (:func:`unrolled.backends.plan`) hands a layer one or the other as ``plan.loops``, and the layer
 code around the loops is the same for both.
 
-What differs is only how one step's elementwise math runs: element by element in one
+Both must equal the reference cells step for step (:mod:`unrolled.cells`: ``lstm``, ``gru``,
+``rnn_tanh``, ``rnn_relu``); each family's backward derivatives are in its layer module. What
+differs between the two is only how one step's elementwise math runs: element by element in one
 vectorised C++ pass there, a few torch ops over a block of rows here. The C++ loops run the two
 directions of a layer on two threads; these run them one after the other.
 """

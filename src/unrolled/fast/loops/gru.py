@@ -1,12 +1,14 @@
 r"""The GRU recurrence in torch ops: ``native/gru.cpp``'s loops on the same buffers.
 
-Buffers: the GRU buffer contract in :mod:`unrolled.fast.gru`. As in ``loops/lstm.py``, each line
-of the C++ loop's elementwise math is a torch op over a whole block of rows, arranged for few
-ops per step: the forward advances the directions together and folds the biases into the
-hoisted input GEMM's output (``b_ih`` and ``b_hr, b_hz``, once for all steps) and into the recurrent
-GEMM (``b_hn``, which ``r`` multiplies); the backward computes the step-independent factors of
-``backward_rows`` for all steps first (:func:`backward_factors`) and the C++ loop's own
-directions one after the other (their gradient buffers are separate).
+What it must equal: :func:`unrolled.cells.gru` at every step (the forward), and the derivative
+lines in :mod:`unrolled.fast.gru` (the backward). Buffers: the GRU buffer contract in
+:mod:`unrolled.fast.gru`. As in ``loops/lstm.py``, each line of the C++ loop's elementwise math
+is a torch op over a whole block of rows, arranged for few ops per step: the forward advances
+the directions together and folds the biases into the hoisted input part (``b_ih`` and
+``b_hr, b_hz``, once for all steps) and into the recurrent GEMM (``b_hn``, which ``r``
+multiplies); the backward computes the step-independent factors of ``backward_rows`` for all
+steps first (:func:`backward_factors`) and the C++ loop's own directions one after the other
+(their gradient buffers are separate).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .rows import first_rows, first_rows_of, live_rows, step_views
 
 class StepBlocks(NamedTuple):
     """One step's views ``([D,] B, *)`` into ``hh`` (``all``, ``rz``, ``r``, ``z``, ``a``) and
-    into the hoisted input GEMM's output (``x_rz``, ``x_n``)."""
+    into the hoisted input part (``x_rz``, ``x_n``)."""
 
     all: Tensor
     rz: Tensor
@@ -43,11 +45,8 @@ def step_blocks(hh: Tensor, x_pre: Tensor, one_direction: bool) -> list[StepBloc
 
 
 def forward_rows(step: StepBlocks, n: Tensor, h_prev: Tensor, h: Tensor) -> None:
-    r"""One step, a block of rows:
-
-    .. math::
-        r = \sigma(x_r + b_{ir} + b_{hr} + hh_r), \quad z = \sigma(x_z + b_{iz} + b_{hz} + hh_z) \\
-        n = \tanh(x_n + b_{in} + r \odot a), \quad h = n + z \odot (h_{prev} - n)
+    """One step, a block of rows: the elementwise part of :func:`unrolled.cells.gru`, from the
+    two affine parts to ``r, z, n`` and the new state ``h = n + z (h_prev - n)``.
 
     ``step.x_rz, step.x_n`` are the hoisted ``x W_ih^T`` with ``b_ih`` and ``b_hr, b_hz`` added;
     ``step.all`` holds ``h_prev W_hh^T`` with ``a = W_hn h_prev + b_hn`` in its n block on entry,

@@ -1,10 +1,11 @@
 r"""The LSTM recurrence in torch ops: ``native/lstm.cpp``'s loops on the same buffers.
 
-Buffers: the LSTM buffer contract in :mod:`unrolled.fast.lstm`. The C++ loop runs one step's
-elementwise math element by element in one vectorised pass; here each line of that math is a
-torch op over a whole block of rows, and a torch op (or a view) costs microseconds however
-small its block. So the work is arranged for as few ops per step as the math allows, keeping
-the C++ loop's names, formulas and order:
+What it must equal: :func:`unrolled.cells.lstm` at every step (the forward), and the derivative
+lines in :mod:`unrolled.fast.lstm` (the backward). Buffers: the LSTM buffer contract in
+:mod:`unrolled.fast.lstm`. The C++ loop runs one step's elementwise math element by element in
+one vectorised pass; here each line of that math is a torch op over a whole block of rows, and
+a torch op (or a view) costs microseconds however small its block. So the work is arranged for
+as few ops per step as the math allows, keeping the C++ loop's names, formulas and order:
 
 - the directions advance together, one batched matmul per step (``[D,] rows``-leading views;
   the C++ loop runs each direction on its own thread);
@@ -47,15 +48,12 @@ def gate_blocks(gates: Tensor, one_direction: bool) -> list[GateBlocks]:
 
 
 def forward_rows(step_gates: GateBlocks, c_prev: Tensor, c: Tensor, out: Tensor) -> None:
-    r"""One step, a block of rows, ``a = step_gates``:
-
-    .. math::
-        i, f, o = \sigma(a_i, a_f, a_o), \quad g = \tanh(a_g), \quad
-        c = f \odot c_{prev} + i \odot g, \quad out = o \odot \tanh(c)
+    """One step, a block of rows: the elementwise part of :func:`unrolled.cells.lstm`, from
+    the gates' pre-activations to ``c`` and ``o tanh(c)``.
 
     ``step_gates`` holds the pre-activations (bias included) and gets the activated gates, in
-    place. ``out`` is h (no projection) or r, the input of W_hr. ``c_prev`` may be ``c`` (one
-    slot).
+    place. ``out`` gets ``o tanh(c)``: h (no projection) or r, the input of W_hr. ``c_prev`` may
+    be ``c`` (one slot).
     """
     step_gates.i_f.sigmoid_()
     step_gates.g.tanh_()

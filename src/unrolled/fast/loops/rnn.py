@@ -1,6 +1,8 @@
 r"""The Elman RNN recurrence (tanh or ReLU) in torch ops: ``native/rnn.cpp``'s loops on the same
 buffers.
 
+What it must equal: :func:`unrolled.cells.rnn_tanh` / :func:`unrolled.cells.rnn_relu` at every
+step (the forward), and the derivative lines in :mod:`unrolled.fast.rnn` (the backward).
 Buffers: the RNN buffer contract in :mod:`unrolled.fast.rnn`. The forward advances the
 directions together (one batched matmul per step); the backward takes ``act'`` for all steps
 at once before the loop (:func:`activation_slopes`) and runs the directions one after the other

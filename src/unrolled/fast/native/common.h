@@ -1,7 +1,7 @@
 // What every native recurrence loop shares: activations, per-row loops, GEMMs.
 //
 // The loops in this directory replace only the per-time-step part of the fast backend (the
-// recurrent GEMM and the cell's elementwise math); the hoisted input GEMM and the
+// recurrent GEMM and the cell's elementwise math); the hoisted input part and the
 // weight gradients stay in Python, one large GEMM each. A step's elementwise math is one pass
 // over each batch row, written as plain loops that the compiler vectorises (-O3
 // -march=native), instead of the 6-8 separate torch kernels, each re-reading the gate buffer,

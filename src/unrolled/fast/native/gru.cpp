@@ -1,6 +1,9 @@
 // The GRU recurrence of the fast backend (torch's formulation), forward and backward, one
 // layer, D directions.
 //
+// What it must equal: unrolled.cells.gru at every step (the forward; its equations are stated
+// there, once) and the derivative lines in `unrolled/fast/gru.py` (the backward).
+//
 // Buffers: the GRU buffer contract in `unrolled/fast/gru.py` (layout, what each buffer holds
 // after the forward, what the backward writes where). `unrolled/fast/loops/gru.py` is the same
 // loop in torch ops, function for function: forward_rows / backward_rows (one step's
@@ -12,10 +15,10 @@
 namespace unrolled {
 namespace {
 
-// One step, rows [first, last), with torch's biases b_ih, b_hh (3H each, rows r, z, n):
-//   r = sigmoid(x_r + b_ir + b_hr + hh_r),  z = sigmoid(x_z + b_iz + b_hz + hh_z)
-//   a = hh_n + b_hn,  n = tanh(x_n + b_in + r * a),  h = (1 - z) * n + z * h_prev
-//                                                     = n + z * (h_prev - n)
+// One step, rows [first, last): the elementwise part of unrolled.cells.gru, with x_* the rows
+// of x W_ih^T (xw) and hh_* those of h_prev W_hh^T (hh), torch's biases b_ih, b_hh (3H each,
+// rows r, z, n) added here: b_hn to hh_n before r multiplies it, a = hh_n + b_hn. Writes
+// [r, z, a] over hh, n, and h = n + z * (h_prev - n).
 template <typename T>
 void forward_rows(const T* xw, T* hh, const T* b_ih, const T* b_hh, T* n_out, const T* h_prev,
                   T* h, int64_t first, int64_t last, int64_t hidden) {

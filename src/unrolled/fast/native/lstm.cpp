@@ -1,5 +1,8 @@
 // The LSTM recurrence of the fast backend, forward and backward, one layer, D directions.
 //
+// What it must equal: unrolled.cells.lstm at every step (the forward; its equations are stated
+// there, once) and the derivative lines in `unrolled/fast/lstm.py` (the backward).
+//
 // Buffers: the LSTM buffer contract in `unrolled/fast/lstm.py` (layout, gate order, what each
 // buffer holds after the forward, what the backward writes where). `unrolled/fast/loops/lstm.py`
 // is the same loop in torch ops, function for function: forward_rows / backward_rows (one step's
@@ -17,8 +20,8 @@
 namespace unrolled {
 namespace {
 
-// One step, rows [first_row, last_row), a = gates + bias:
-//   i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g);  c = f * c_prev + i * g;  out = o * tanh(c)
+// One step, rows [first_row, last_row): the elementwise part of unrolled.cells.lstm, from the
+// pre-activations a = gates + bias to c and out = o * tanh(c).
 // `out` is h (no projection) or r, the input of W_hr. c_prev may alias c (one reused slot).
 // The activated gates are stored back only when a backward will read them (`keep`). With
 // `extra` (B, 4H), the recurrent product computed elsewhere (packed GEMM), a = gates + extra +

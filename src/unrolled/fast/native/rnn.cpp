@@ -1,6 +1,10 @@
 // The Elman RNN recurrence (tanh or ReLU) of the fast backend, forward and backward, one layer,
 // D directions.
 //
+// What it must equal: unrolled.cells.rnn_tanh / rnn_relu at every step (the forward; their
+// equations are stated there, once) and the derivative lines in `unrolled/fast/rnn.py` (the
+// backward).
+//
 // Buffers: the RNN buffer contract in `unrolled/fast/rnn.py`. `unrolled/fast/loops/rnn.py` is
 // the same loop in torch ops, function for function: activate_rows / backward_rows (one step's
 // elementwise math) and forward_loop / backward_loop (the time loop of each direction).
