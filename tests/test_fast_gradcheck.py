@@ -15,8 +15,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-from unrolled import backends
-from unrolled.cells import GATES
+from unrolled import backends, modes
 from unrolled.fast import native
 
 INPUT, HIDDEN, PROJ = 3, 3, 2
@@ -51,7 +50,7 @@ def make_case(mode, layers, bidir, proj, bias, lengths, seed=0, runner="native")
     states = [leaf(layers * num_dirs, batch, out_size)]
     if mode == "LSTM":
         states.append(leaf(layers * num_dirs, batch, HIDDEN))
-    gates = GATES[mode] * HIDDEN
+    gates = modes.of(mode).num_gates * HIDDEN
     weights, layout = [], []
     for layer in range(layers):
         for _ in range(num_dirs):

@@ -1,16 +1,16 @@
 """Step through a small recurrent network, equation by equation, and show where results land.
 
 :func:`trace` runs a configuration one cell step at a time with the library's own cell functions
-(:mod:`unrolled.cells`), recording every intermediate of every step of every layer and direction;
+(:mod:`unrolled.cells`), recording every intermediate (the update's named values) of every step
+of every layer and direction;
 it then assembles ``output`` and ``h_n`` from those steps and checks them against torch.nn.
-:func:`render` turns a trace into text: the equations (read from the cells' docstrings), the
+:func:`render` turns a trace into text: the equations (the cells' tables), the
 shapes of everything in them, optionally the numbers, and the origin of each slice of ``output``
 and each row of ``h_n``. :mod:`unrolled.tools.diagram` draws the same trace.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -18,17 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from .. import cells, modes
+from ..builtin import BuiltinCell
+from ..equations import select, symbols
 from ..interop import from_torch
 from . import compare
 
 MODES = modes.CLI_NAMES
-#: torch's mode name -> the function in unrolled.cells whose docstring holds the equations.
-CELL_FUNCTIONS = {mode: name for name, mode in MODES.items()}
 DIRECTION_NAMES = ("forward", "reverse")
 #: float32 agreement with torch.nn required for PASS (the table's float32 absolute bound).
 TOLERANCE = compare.TOLERANCES[torch.float32].atol
-#: The gates of each mode, in torch's order along the rows of ``weight_ih`` / ``weight_hh``.
-GATE_LETTERS = {"LSTM": "ifgo", "GRU": "rzn"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class Trace:
     torch_output: Tensor | None = None
     torch_h_n: Tensor | None = None
     torch_c_n: Tensor | None = None
-    cell_difference: float = 0.0  # equations evaluated line by line vs the library's cell
+    cell_difference: float = 0.0  # the printed values vs the cell's step function
 
     @property
     def passed(self) -> bool:
@@ -103,55 +101,22 @@ class Trace:
         return max(float((a - b).abs().max()) for a, b in pairs)
 
 
-# ---- the equations, read from the cells' docstrings ------------------------------------------
-
-_LATEX = [
-    (r"\\sigma", "σ"),
-    (r"\\tanh", "tanh"),
-    (r"\\max", "max"),
-    (r"\\odot", "⊙"),
-    (r"_\{(\w+)\}", r"_\1"),
-    (r"&=", "="),
-    (r"\\\\\s*$", ""),
-]
+# ---- the equations: the cells' tables -------------------------------------------------------
 
 
 def equations(mode: str, projection: bool = False) -> list[tuple[str, str]]:
-    """``[(lhs, rhs), ...]`` from the ``.. math::`` block of the mode's cell docstring."""
-    doc = getattr(cells, CELL_FUNCTIONS[mode]).__doc__
-    block = doc.split(".. math::", 1)[1].split("\n\n", 1)[0]
-    # The LSTM's last line offers two forms of h' joined by "\quad\text{or, with a projection,}
-    # \quad": keep the one that applies.
-    marker = r"\quad\text{or, with a projection,}\quad"
-    plain, _, projected = block.strip().partition(marker)
-    block = (
-        plain
-        if not projected
-        else (plain.rsplit("\n", 1)[0] + "\n" + projected.strip() if projection else plain)
-    )
-    lines = []
-    for raw in block.strip().splitlines():
-        line = raw.strip()
-        for pattern, replacement in _LATEX:
-            line = re.sub(pattern, replacement, line)
-        lhs, rhs = (part.strip() for part in line.split("=", 1))
-        lines.append((lhs, re.sub(r"\s+", " ", rhs)))
-    return lines
-
-
-def symbols(rhs: str) -> list[str]:
-    """The weights, biases and variables of a right-hand side, in order of first appearance."""
-    found = re.findall(r"\b(?:W_[a-z]+|b_[a-z]+|[a-z])\b'?", rhs)
-    return list(dict.fromkeys(found))
+    """``[(lhs, rhs), ...]`` of the mode's cell, from its table in :mod:`unrolled.cells`."""
+    return select(cells.EQUATIONS[mode], projection)
 
 
 def weight_sources(config: Config, layer: int, direction: int) -> dict[str, tuple[str, slice]]:
     """Each weight symbol of the equations -> (torch parameter name, rows it takes)."""
     suffix = f"_l{layer}" + ("_reverse" if direction else "")
     hidden = config.hidden_size
-    if config.mode in GATE_LETTERS:
+    gates = modes.of(config.mode).gates
+    if len(gates) > 1:
         sources = {}
-        for k, gate in enumerate(GATE_LETTERS[config.mode]):
+        for k, gate in enumerate(gates):
             rows = slice(k * hidden, (k + 1) * hidden)
             sources[f"W_i{gate}"] = ("weight_ih" + suffix, rows)
             sources[f"W_h{gate}"] = ("weight_hh" + suffix, rows)
@@ -169,35 +134,25 @@ def weight_sources(config: Config, layer: int, direction: int) -> dict[str, tupl
 # ---- running the network one step at a time ------------------------------------------------
 
 
-def _step_values(mode: str, x: Tensor, state: tuple[Tensor, ...], w: tuple) -> dict[str, Tensor]:
-    """Every left-hand side of the mode's equations at one step, computed line by line."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = w
-    h = state[0]
-    if mode in ("RNN_TANH", "RNN_RELU"):
-        pre = cells.linear(x, w_ih, b_ih) + cells.linear(h, w_hh, b_hh)  # (B, H)
-        return {"h'": torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)}
-    if mode == "LSTM":
-        gates = cells.linear(x, w_ih, b_ih) + cells.linear(h, w_hh, b_hh)  # (B, 4H)
-        i, f, g, o = gates.chunk(4, dim=-1)  # 4 x (B, H)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c_next = f * state[1] + i * g  # (B, H)
-        h_next = o * torch.tanh(c_next)  # (B, H)
-        if w_hr is not None:
-            h_next = h_next @ w_hr.T  # (B, H) @ (H, P) -> (B, P)
-        return {"i": i, "f": f, "g": g, "o": o, "c'": c_next, "h'": h_next}
-    x_r, x_z, x_n = cells.linear(x, w_ih, b_ih).chunk(3, dim=-1)  # 3 x (B, H)
-    h_r, h_z, h_n = cells.linear(h, w_hh, b_hh).chunk(3, dim=-1)  # 3 x (B, H)
-    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-    n = torch.tanh(x_n + r * h_n)
-    return {"r": r, "z": z, "n": n, "h'": (1 - z) * n + z * h}
+def _step_values(mode: str, x: Tensor, state: tuple[Tensor, ...], w) -> dict[str, Tensor]:
+    """Every left-hand side of the mode's equations at one step: the intermediates the cell's
+    update returns by name (``c`` and ``h`` are the new ``c'`` and ``h'``)."""
+    cell = BuiltinCell(mode, w)
+    xw = cells.input_part(x, w.w_ih, w.b_ih)  # (B, G*H)
+    hw = cells.recurrent_part(state[0], w.w_hh, w.b_hh)  # (B, G*H)
+    values = cell.values(xw, hw, state if mode == "LSTM" else state[0])
+    return {_PRIMED.get(name, name): value for name, value in values._asdict().items()}
 
 
-def _cell_state(mode: str, x: Tensor, state: tuple[Tensor, ...], w: tuple) -> tuple[Tensor, ...]:
-    """The library's own cell function: the authority on the new state."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = w
+#: The updates' field names that the equations write primed: the new state.
+_PRIMED = {"h": "h'", "c": "c'"}
+
+
+def _cell_state(mode: str, x: Tensor, state: tuple[Tensor, ...], w) -> tuple[Tensor, ...]:
+    """The cell's step function (``unrolled.cells.CELLS``): what the cell modules run."""
     if mode == "LSTM":
-        return cells.lstm(x, (state[0], state[1]), w_ih, w_hh, b_ih, b_hh, w_hr)
-    return (cells.CELLS[mode](x, state[0], w_ih, w_hh, b_ih, b_hh),)
+        return cells.lstm(x, (state[0], state[1]), w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr)
+    return (cells.CELLS[mode](x, state[0], w.w_ih, w.w_hh, w.b_ih, w.b_hh),)
 
 
 def torch_module(config: Config) -> nn.RNNBase:
@@ -237,7 +192,7 @@ def trace(config: Config) -> Trace:
                 x_t = layer_input[:, t]  # (B, I) or (B, D*P)
                 values = _step_values(config.mode, x_t, state, w)
                 new_state = _cell_state(config.mode, x_t, state, w)
-                # The line-by-line values must be what the library's cell computes.
+                # The printed values must be what the cell's step computes.
                 gap = float((values["h'"] - new_state[0]).abs().max())
                 result.cell_difference = max(result.cell_difference, gap)
                 result.steps.append(Step(layer, direction, t, order, x_t, state, values, new_state))
@@ -299,7 +254,7 @@ def render(result: Trace, values: bool = False) -> str:
     lines += ["", f"The {config.mode} cell (unrolled/cells.py, one time step):"]
     lines += [f"    {lhs:<3}= {rhs}" for lhs, rhs in eqs]
     legend = "  x: the step's input; h: the state before the step; h': after it."
-    if config.mode in GATE_LETTERS:
+    if modes.of(config.mode).num_gates > 1:
         legend += " σ is the sigmoid, ⊙ the elementwise product."
     lines.append(legend)
     if values and config.batch > 1:
@@ -440,7 +395,8 @@ def _render_assembly(result: Trace, values: bool) -> list[str]:
     difference = result.max_difference
     verdict = "PASS" if result.passed else "FAIL"
     lines.append(
-        f"the equations above, line by line, vs unrolled.cells.{CELL_FUNCTIONS[config.mode]}:"
+        f"the values above vs unrolled.cells.{config.mode.lower()}'s step "
+        f"(what the cell modules run):"
         f" max |difference| = {result.cell_difference:.1e}"
     )
     lines.append(
