@@ -165,7 +165,13 @@ class RNNBase(RecurrentBase):
         return map_state(lambda leaf: leaf.expand(rows, *leaf.shape).clone(),
                          self._state_template(batch, like))  # fmt: skip
 
-    def _check_state_structure(self, state, state_dim: int, template) -> None:
+    def _state_shapes(self, batch: int, like: Tensor) -> tuple[bool, list[tuple[int, ...]]]:
+        h = (batch, self.proj_size or self.hidden_size)  # (B, P)
+        if self.mode == "LSTM":
+            return False, [h, (batch, self.hidden_size)]  # c (B, H)
+        return True, [h]
+
+    def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:
         checks.check_hx_structure(self.mode, state, state_dim)
 
     def _check_input(self, inputs: Tensor, name: str = "input") -> None:

@@ -106,7 +106,8 @@ class Recurrent(RecurrentBase):
     def _state_template(self, batch: int, like: Tensor) -> State:
         return self.cells[0].init_state(batch, dtype=like.dtype, device=like.device)
 
-    def _check_state_structure(self, state, state_dim: int, template: State) -> None:
+    def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:
+        template = self._state_template(1, like)
         _check_state_structure(tuple(state) if isinstance(state, list) else state, template)
 
     def _check_input(self, inputs: Tensor, name: str = "input") -> None:

@@ -60,9 +60,9 @@ class RecurrentBase(nn.Module):
     #: leaves are ``hidden[k]``. ``step()``'s errors call it ``state``, its argument's name.
     _state_word = "state"
 
-    def _check_state_structure(self, state, state_dim: int, template: State) -> None:
-        """Raise if ``state`` (as the user gave it) does not have ``template``'s structure, or
-        its leaves do not have ``state_dim`` dims (3 batched, 2 unbatched)."""
+    def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:
+        """Raise if ``state`` (as the user gave it) does not have ``_state_template``'s
+        structure, or its leaves do not have ``state_dim`` dims (3 batched, 2 unbatched)."""
         raise NotImplementedError
 
     def _check_input(self, inputs: Tensor, name: str = "input") -> None:
@@ -101,15 +101,22 @@ class RecurrentBase(nn.Module):
     def _user_state(self, state, state_dim: int, to_loop, like: Tensor, word: str = "") -> State:
         """A user's stacked state, checked and moved to the loop's form by ``to_loop`` (adds the
         batch dim of unbatched input, sorts packed rows). Returns leaves ``(L*D, B, *)``."""
-        template = self._state_template(like.size(-2), like)
-        self._check_state_structure(state, state_dim, template)
+        self._check_state_structure(state, state_dim, like)
         state = to_loop(tuple(state) if isinstance(state, list) else state)
+        single, shapes = self._state_shapes(like.size(-2), like)
         rows = self.num_layers * self.num_directions
         word = word or self._state_word
-        for k, (leaf, shape) in enumerate(zip(_leaves(state), _leaves(template))):
-            name = word if isinstance(template, Tensor) else f"{word}[{k}]"
-            checks.check_state_tensor(name, leaf, (rows, *shape.shape), like)
+        for k, (leaf, shape) in enumerate(zip(_leaves(state), shapes)):
+            name = word if single else f"{word}[{k}]"
+            checks.check_state_tensor(name, leaf, (rows, *shape), like)
         return state
+
+    def _state_shapes(self, batch: int, like: Tensor) -> tuple[bool, list[tuple[int, ...]]]:
+        """``(single, leaf shapes (B, *))`` of one layer-direction's state: whether it is one
+        tensor, and each leaf's shape. From ``_state_template``, unless a subclass knows them
+        without making tensors (``step()`` at batch 1 pays for every allocation)."""
+        template = self._state_template(batch, like)
+        return isinstance(template, Tensor), [tuple(leaf.shape) for leaf in _leaves(template)]
 
     # ---- one step ----------------------------------------------------------------------------
 
