@@ -177,10 +177,10 @@ def run(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
-    layers: Sequence | None = None,
+    cells: Sequence | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """Run a layer call as ``plan`` says; the contract is :func:`unrolled.reference.run`'s
-    (``layers``: the custom step's ``stack`` layers, for the reference runner).
+    (``cells``: the custom step's cells, one per layer-direction, for the reference runner).
 
     The one entry of every runner: ``weights`` may be plain 5-tuples in
     :class:`~unrolled.weights.LayerWeights`' order (``functional.rnn`` passes them so); they are
@@ -193,9 +193,9 @@ def run(
     )  # fmt: skip
     if plan.per_sample:
         with per_step_batch_first(weights):
-            return reference.run(plan.mode, inputs, hx, weights, layers=layers, **options)
+            return reference.run(plan.mode, inputs, hx, weights, cells=cells, **options)
     if plan.runner == REFERENCE:
-        return reference.run(plan.mode, inputs, hx, weights, layers=layers, **options)
+        return reference.run(plan.mode, inputs, hx, weights, cells=cells, **options)
     return fast.run(plan, inputs, hx, weights, **options)
 
 

@@ -221,7 +221,7 @@ class RNNBase(RecurrentBase):
             dropout=self.dropout,
             training=self.training,
             lengths=lengths,
-            layers=cells,
+            cells=cells,
         )  # output (T, B, D*P)
 
     def _step_cells(self, batch: int, like: Tensor) -> list:

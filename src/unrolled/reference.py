@@ -27,7 +27,7 @@ def run(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
-    layers: Sequence | None = None,
+    cells: Sequence | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """Backend entry point shared by every backend.
 
@@ -37,21 +37,21 @@ def run(
         hx: ``(L*D, B, H)``, or for LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``.
         weights: ``L*D`` tuples ``(w_ih, w_hh, b_ih, b_hh, w_hr)``, row ``l*D + d``.
         lengths: ``(B,)`` int64 on the inputs' device, or None.
-        layers: cells to run instead of the plain built-in ones (e.g. with zoneout), one per
+        cells: cells to run instead of the plain built-in ones (e.g. with zoneout), one per
             layer-direction.
 
     Returns:
         ``(output (T, B, D*P), h_n (L*D, B, P))``; for LSTM ``h_n`` is ``(h_n, c_n)``.
     """
-    if layers is None:
-        layers = bind(mode, weights)
+    if cells is None:
+        cells = bind(mode, weights)
     if mode == "LSTM":
         h0, c0 = hx
-        initial = [(h0[k], c0[k]) for k in range(len(layers))]
+        initial = [(h0[k], c0[k]) for k in range(len(cells))]
     else:
         initial = list(hx.unbind(0))
     output, finals = stack(
-        layers,
+        cells,
         inputs,
         initial,
         num_layers=num_layers,
