@@ -195,9 +195,9 @@ def gru_update(xw: Tensor, hw: Tensor, h: Tensor) -> GRUValues:
     r, z, _ = torch.sigmoid(xw + hw).chunk(3, dim=-1)  # 2 x (B, H)
     x_n, h_n = xw[..., 2 * size :], hw[..., 2 * size :]  # (B, H) each
     n = torch.tanh(torch.addcmul(x_n, r, h_n))  # x_n + r ⊙ h_n
-    # (1 - z) ⊙ n + z ⊙ h, in torch's own form (not torch.lerp, whose operands must share a
-    # dtype: under autocast n is bfloat16 and h may be float32).
-    h_next = n + z * (h - n)
+    # (1 - z) ⊙ n + z ⊙ h = n + z ⊙ (h - n), torch's own form: one lerp where n and h share a
+    # dtype (under autocast n is bfloat16 while h may be float32: then the three ops).
+    h_next = torch.lerp(n, h, z) if n.dtype == h.dtype else n + z * (h - n)
     return GRUValues(r, z, n, h_next)
 
 
