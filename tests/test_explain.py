@@ -99,7 +99,9 @@ def test_lstm_text_lists_gate_slices_and_c_n(capsys):
 
 def test_explain_fails_when_the_cell_is_wrong(capsys, monkeypatch):
     right = cells.rnn_tanh_update
-    monkeypatch.setattr(cells, "rnn_tanh_update", lambda xw, hw: cells.RNNValues(right(xw, hw).h + 1e-3))
+    monkeypatch.setattr(
+        cells, "rnn_tanh_update", lambda xw, hw: cells.RNNValues(right(xw, hw).h + 1e-3)
+    )
     assert cli.main(["explain", "--mode", "rnn"]) == 1
     assert capsys.readouterr().out.rstrip().endswith("FAIL")
 
