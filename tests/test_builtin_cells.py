@@ -84,8 +84,19 @@ def test_the_update_returns_what_the_equations_name(mode):
     assert list(values._fields) == fields
 
 
-@pytest.mark.parametrize("mode", modes.NAMES)
-def test_step_functions_equal_the_update_of_the_two_parts(mode):
+#: torch's own one-step ops (ATen's fused cells): the truth a bound cell's step must equal.
+TORCH_CELL_OPS = {
+    "RNN_TANH": torch.rnn_tanh_cell,
+    "RNN_RELU": torch.rnn_relu_cell,
+    "LSTM": torch.lstm_cell,
+    "GRU": torch.gru_cell,
+}
+
+
+@pytest.mark.parametrize("mode,hoist_input", list(itertools.product(modes.NAMES, (False, True))))
+def test_a_bound_cell_steps_as_torchs_cell_op(mode, hoist_input):
+    """``BuiltinCell.step`` (input part per step, or hoisted by ``project``) equals torch's
+    ``torch.lstm_cell`` / ``gru_cell`` / ``rnn_*_cell`` on the same weights."""
     torch.manual_seed(1)
     H, B, I = 4, 3, 5  # noqa: N806
     G = modes.of(mode).num_gates  # noqa: N806
@@ -94,16 +105,12 @@ def test_step_functions_equal_the_update_of_the_two_parts(mode):
     x = torch.randn(B, I, dtype=torch.float64)
     h = torch.randn(B, H, dtype=torch.float64)
     state = (h, torch.randn(B, H, dtype=torch.float64)) if mode == "LSTM" else h
-    output, new_state = BuiltinCell(mode, w).step(x, state)
-    hoisted = BuiltinCell(mode, w, hoist_input=True)
-    output_hoisted, _ = hoisted.step(hoisted.project(x[None])[0], state)
-    if mode == "LSTM":
-        expected = cells.lstm(x, state, *w[:4])
-        torch.testing.assert_close(new_state, expected, atol=1e-12, rtol=0)
-    else:
-        expected = cells.CELLS[mode](x, h, *w[:4])
-        torch.testing.assert_close(new_state, expected, atol=1e-12, rtol=0)
-    torch.testing.assert_close(output_hoisted, output, atol=1e-12, rtol=0)
+    cell = BuiltinCell(mode, w, hoist_input=hoist_input)
+    output, new_state = cell.step(cell.project(x[None])[0], state)  # (1, B, I) -> (B, *)
+    expected = TORCH_CELL_OPS[mode](x, state, *w[:4])
+    torch.testing.assert_close(new_state, expected, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(output, expected[0] if mode == "LSTM" else expected, atol=1e-9,
+                               rtol=1e-9)  # fmt: skip
 
 
 def test_equations_render_to_latex_in_the_docstrings():

@@ -19,7 +19,6 @@ from .builtin import bind
 from .init import uniform_by_hidden_size_
 from .inputs import overridden_by, to_time_major
 from .recurrent_base import RecurrentBase
-from .scan import map_state
 from .weights import LayerWeights, parameter_names
 
 
@@ -153,23 +152,18 @@ class RNNBase(RecurrentBase):
 
     _state_word = "hidden"
 
-    def _state_template(self, batch: int, like: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        h = like.new_zeros(batch, self.proj_size or self.hidden_size)  # (B, P)
-        if self.mode == "LSTM":
-            return h, like.new_zeros(batch, self.hidden_size)  # (B, H)
-        return h
-
-    def _zero_state(self, batch: int, like: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """``hx=None``: zeros ``(L*D, B, P)``, for LSTM with ``c (L*D, B, H)``."""
-        rows = self.num_layers * self.num_directions
-        return map_state(lambda leaf: leaf.expand(rows, *leaf.shape).clone(),
-                         self._state_template(batch, like))  # fmt: skip
-
     def _state_shapes(self, batch: int, like: Tensor) -> tuple[bool, list[tuple[int, ...]]]:
         h = (batch, self.proj_size or self.hidden_size)  # (B, P)
         if self.mode == "LSTM":
             return False, [h, (batch, self.hidden_size)]  # c (B, H)
         return True, [h]
+
+    def _zero_state(self, batch: int, like: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``hx=None``: zeros ``(L*D, B, P)``, for LSTM with ``c (L*D, B, H)``."""
+        rows = self.num_layers * self.num_directions
+        single, shapes = self._state_shapes(batch, like)
+        zeros = tuple(like.new_zeros(rows, *shape) for shape in shapes)
+        return zeros[0] if single else zeros
 
     def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:
         checks.check_hx_structure(self.mode, state, state_dim)

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from . import checks
 from .cell import Cell
-from .recurrent_base import RecurrentBase, split_states, stack_states
-from .scan import State
+from .recurrent_base import RecurrentBase
+from .scan import State, split_states, stack_states
 from .stack import CellLike, stack
 
 #: ``choose_cells(inputs (T, B, I))``: the cells a call runs instead of ``self.cells``.
@@ -103,7 +103,13 @@ class Recurrent(RecurrentBase):
 
     # ---- what RecurrentBase asks ---------------------------------------------------------------
 
+    def _state_shapes(self, batch: int, like: Tensor) -> tuple[bool, list[tuple[int, ...]]]:
+        template = self._state_template(batch, like)
+        leaves = [template] if isinstance(template, Tensor) else list(template)
+        return isinstance(template, Tensor), [tuple(leaf.shape) for leaf in leaves]
+
     def _state_template(self, batch: int, like: Tensor) -> State:
+        """The first cell's ``init_state``: the structure every layer-direction's state has."""
         return self.cells[0].init_state(batch, dtype=like.dtype, device=like.device)
 
     def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:

@@ -7,7 +7,7 @@
   (:mod:`unrolled.inputs` turns each into time-major ``(T, B, I)`` plus lengths, and back);
 * state handling: a state is one tensor or a tuple of tensors (the cells' ``init_state``
   structure), stacked over layer-directions on dim 0 (row ``l * D + d``), checked leaf by leaf,
-  split into one state per cell and stacked back (:func:`unrolled.scan.map_state`);
+  split into one state per cell and stacked back (``scan.split_states``, ``scan.stack_states``);
 * ``step()``: one time step through all layers (:func:`unrolled.stack.step_layers`).
 
 A subclass says what differs: which cells run (``_step_cells``), how a whole sequence runs
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from . import checks
 from .inputs import map_leaves, to_time_major
-from .scan import State, map_state
+from .scan import State, split_states, stack_states
 from .stack import step_layers
 
 
@@ -51,18 +50,14 @@ class RecurrentBase(nn.Module):
 
     # ---- what a subclass says ----------------------------------------------------------------
 
-    def _state_template(self, batch: int, like: Tensor) -> State:
-        """One layer-direction's state at ``t = 0``, leaves ``(B, *)``: its structure and leaf
-        shapes are what a user's state must have (stacked: ``(L*D, B, *)``)."""
-        raise NotImplementedError
-
     #: What ``forward``'s errors call the state: ``hidden`` (torch's word) or ``state``; its
     #: leaves are ``hidden[k]``. ``step()``'s errors call it ``state``, its argument's name.
     _state_word = "state"
 
     def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:
-        """Raise if ``state`` (as the user gave it) does not have ``_state_template``'s
-        structure, or its leaves do not have ``state_dim`` dims (3 batched, 2 unbatched)."""
+        """Raise if ``state`` (as the user gave it) does not have the structure of one
+        layer-direction's state, or its leaves do not have ``state_dim`` dims (3 batched, 2
+        unbatched)."""
         raise NotImplementedError
 
     def _check_input(self, inputs: Tensor, name: str = "input") -> None:
@@ -113,10 +108,8 @@ class RecurrentBase(nn.Module):
 
     def _state_shapes(self, batch: int, like: Tensor) -> tuple[bool, list[tuple[int, ...]]]:
         """``(single, leaf shapes (B, *))`` of one layer-direction's state: whether it is one
-        tensor, and each leaf's shape. From ``_state_template``, unless a subclass knows them
-        without making tensors (``step()`` at batch 1 pays for every allocation)."""
-        template = self._state_template(batch, like)
-        return isinstance(template, Tensor), [tuple(leaf.shape) for leaf in _leaves(template)]
+        tensor, and each leaf's shape; a user's stacked state has leaves ``(L*D, B, *)``."""
+        raise NotImplementedError
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -150,16 +143,6 @@ class RecurrentBase(nn.Module):
             output = output.squeeze(0)
             new_state = map_leaves(lambda s: s.squeeze(1), new_state)
         return output, new_state
-
-
-def split_states(stacked: State, rows: int) -> list[State]:
-    """Leaves ``(L*D, B, *)`` -> ``L*D`` states with leaves ``(B, *)``."""
-    return [map_state(lambda s, k=k: s[k], stacked) for k in range(rows)]
-
-
-def stack_states(states: Sequence[State]) -> State:
-    """``L*D`` states with leaves ``(B, *)`` -> one with leaves ``(L*D, B, *)``."""
-    return map_state(lambda *leaves: torch.stack(leaves), *states)
 
 
 def _leaves(state) -> list[Tensor]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from .builtin import bind
+from .scan import split_states, stack_states
 from .stack import stack
 from .weights import LayerWeights
 
@@ -45,23 +45,14 @@ def run(
     """
     if cells is None:
         cells = bind(mode, weights)
-    if mode == "LSTM":
-        h0, c0 = hx
-        initial = [(h0[k], c0[k]) for k in range(len(cells))]
-    else:
-        initial = list(hx.unbind(0))
     output, finals = stack(
         cells,
         inputs,
-        initial,
+        split_states(tuple(hx) if mode == "LSTM" else hx, len(cells)),
         num_layers=num_layers,
         num_directions=num_directions,
         dropout=dropout,
         training=training,
         lengths=lengths,
     )
-    if mode == "LSTM":
-        h_n = torch.stack([h for h, _ in finals])  # (L*D, B, P)
-        c_n = torch.stack([c for _, c in finals])  # (L*D, B, H)
-        return output, (h_n, c_n)
-    return output, torch.stack(finals)  # (L*D, B, H)
+    return output, stack_states(finals)  # h_n (L*D, B, P); LSTM (h_n, c_n (L*D, B, H))

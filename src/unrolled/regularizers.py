@@ -141,5 +141,7 @@ def make_cells(
         if training and recurrent_dropout > 0:
             state_size = w.w_hh.shape[1]  # weight_hh (G*H, P)
             mask = sample_recurrent_mask(batch, state_size, recurrent_dropout, like)  # (B, P)
-        made.append(RegularizedCell(mode, LayerWeights(*w), False, mask, zoneout, training))
+        made.append(
+            RegularizedCell(mode, w, recurrent_mask=mask, zoneout=zoneout, training=training)
+        )
     return made

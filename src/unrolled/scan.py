@@ -12,7 +12,7 @@ forward or in reverse, and keeps each sequence's state frozen outside its valid 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Union
 
@@ -29,6 +29,16 @@ def map_state(fn: Callable[..., Tensor], *states: State) -> State:
     if isinstance(states[0], Tensor):
         return fn(*states)
     return tuple(fn(*leaves) for leaves in zip(*states))
+
+
+def split_states(stacked: State, rows: int) -> list[State]:
+    """Leaves ``(L*D, B, *)`` -> ``L*D`` states with leaves ``(B, *)``."""
+    return [map_state(lambda s, k=k: s[k], stacked) for k in range(rows)]
+
+
+def stack_states(states: Sequence[State]) -> State:
+    """``L*D`` states with leaves ``(B, *)`` -> one with leaves ``(L*D, B, *)``."""
+    return map_state(lambda *leaves: torch.stack(leaves), *states)
 
 
 def valid_steps(lengths: Tensor, num_steps: int) -> Tensor:

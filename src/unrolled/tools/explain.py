@@ -98,7 +98,7 @@ class Trace:
         pairs = [(self.output, self.torch_output), (self.h_n, self.torch_h_n)]
         if self.c_n is not None:
             pairs.append((self.c_n, self.torch_c_n))
-        return max(float((a - b).abs().max()) for a, b in pairs)
+        return max(compare.largest_difference(a, b) for a, b in pairs)
 
 
 # ---- the equations: the cells' tables -------------------------------------------------------
@@ -193,7 +193,7 @@ def trace(config: Config) -> Trace:
                 values = _step_values(config.mode, x_t, state, w)
                 new_state = _cell_state(config.mode, x_t, state, w)
                 # The printed values must be what the cell's step computes.
-                gap = float((values["h'"] - new_state[0]).abs().max())
+                gap = compare.largest_difference(values["h'"], new_state[0])
                 result.cell_difference = max(result.cell_difference, gap)
                 result.steps.append(Step(layer, direction, t, order, x_t, state, values, new_state))
                 by_time[t] = new_state[0]
@@ -382,7 +382,7 @@ def _render_assembly(result: Trace, values: bool) -> list[str]:
                 lines.append(f"           {_numbers(result.h_n[row])}")
     if D == 2 and T > 1:
         wrong = result.output[:, T - 1, P:]
-        gap = float((wrong - result.h_n[(L - 1) * D + 1]).abs().max())
+        gap = compare.largest_difference(wrong, result.h_n[(L - 1) * D + 1])
         lines.append(
             f"  (the common mistake, output[:, -1, {P}:], differs from h_n[{(L - 1) * D + 1}] "
             f"by up to {gap:.3f})"
