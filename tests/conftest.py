@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 
@@ -12,3 +14,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# Plans that do not depend on the machine's mood: no measuring of runners (unrolled.tuning),
+# the fused engine wherever it applies. tests/test_tuning.py measures on purpose.
+os.environ.setdefault("UNROLLED_TUNING", "off")

@@ -77,24 +77,66 @@ STEPS, BATCH, INPUT = 6, 5, 3
 # --- LSTM ----------------------------------------------------------------------------------------
 
 
+#: How the native LSTM forward may run: the per-step BLAS loop or the fused engine, each with
+#: the input part hoisted by the caller (in ``gates``) or computed by the loop (``inputs``).
+LSTM_ENGINES = ["blas", "blas+inputs", "fused", "fused+inputs"]
+
+
 @pytest.mark.parametrize(
-    "directions,proj,bias,lengths,keep",
-    list(itertools.product([1, 2], [0, 3], [True, False], [None, SORTED_LENGTHS], [True, False])),
+    "directions,proj,bias,lengths,keep,engine",
+    [
+        case
+        for case in itertools.product(
+            [1, 2], [0, 3], [True, False], [None, SORTED_LENGTHS], [True, False], LSTM_ENGINES
+        )
+        if not (case[1] and case[5].startswith("fused"))  # the engine has no projection
+    ],
 )
-def test_lstm_forward_buffers(directions, proj, bias, lengths, keep):
-    hidden = 4
+def test_lstm_forward_buffers(directions, proj, bias, lengths, keep, engine):
+    lstm_forward_buffers(directions, proj, bias, lengths, keep, engine, hidden=4, batch=BATCH)
+
+
+@pytest.mark.parametrize(
+    "directions,lengths,keep,engine,threads",
+    list(
+        itertools.product(
+            [1, 2], [None, [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]], [True, False],
+            ["fused", "fused+inputs"], [1, 2],
+        )
+    ),
+)  # fmt: skip
+def test_lstm_fused_engine_buffers_with_several_panels_tiles_and_threads(
+    directions, lengths, keep, engine, threads
+):
+    """H = 37: three panels of units on AVX-512 (16, 16, 5), more on AVX2, shared by the team;
+    13 rows: several tiles of rows; one thread, or a team of two per direction or one each."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lstm_forward_buffers(directions, 0, True, lengths, keep, engine, hidden=37, batch=13,
+                             steps=13, input_size=11)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def lstm_forward_buffers(
+    directions, proj, bias, lengths, keep, engine, hidden, batch, steps=STEPS, input_size=INPUT
+):
     out_size = proj or hidden
     every_cell = keep or lengths is not None
-    live = live_rows(lengths, STEPS)
+    live = live_rows(lengths, steps)
+    fused, with_inputs = engine.startswith("fused"), engine.endswith("+inputs")
 
     def make():
-        gates = rand(directions, STEPS, BATCH, 4 * hidden)
+        gates = rand(directions, steps, batch, 4 * hidden)
         b = rand(directions, 4 * hidden) if bias else none()
-        w_rec = rand(directions, out_size, 4 * hidden)
+        w_rec = rand(directions, out_size, 4 * hidden) / 2
         w_proj = rand(directions, hidden, proj) if proj else none()
-        cs = rand(directions, STEPS + 1 if every_cell else 1, BATCH, hidden)
-        hs = rand(directions, STEPS + 1, BATCH, out_size)
-        return [gates, b, w_rec, w_proj, cs, hs, live, keep, False]
+        cs = rand(directions, steps + 1 if every_cell else 1, batch, hidden)
+        hs = rand(directions, steps + 1, batch, out_size)
+        inputs = [rand(steps, batch, input_size) for _ in range(directions)] if with_inputs else []
+        w_in = [rand(4 * hidden, input_size) for _ in inputs]
+        return [gates, b, w_rec, w_proj, cs, hs, live, keep, False, fused, inputs, w_in]
 
     results = run_both("lstm_forward", make, [0, 4, 5])
     names = ["gates", "cs", "hs"]
@@ -121,38 +163,62 @@ def test_lstm_forward_packed_gemm_computes_the_same(bidirectional):
         w_rec = rand(directions, hidden, 4 * hidden, dtype=torch.float32) / 20
         cs = rand(directions, 3, batch, hidden, dtype=torch.float32)
         hs = rand(directions, 3, batch, hidden, dtype=torch.float32)
-        return [gates, b, w_rec, none(torch.float32), cs, hs, [], True, True]
+        return [gates, b, w_rec, none(torch.float32), cs, hs, [], True, True, False, [], []]
 
     native_out, python_out = run_both("lstm_forward", make, [0, 4, 5])
     assert_same_buffers([native_out, python_out], ["gates", "cs", "hs"], atol=1e-5)
 
 
 @pytest.mark.parametrize(
-    "directions,proj,lengths,keep_r,over_gates",
+    "directions,proj,lengths,keep_r,over_gates,fused",
     [
         case
         for case in itertools.product(
-            [1, 2], [0, 3], [None, SORTED_LENGTHS], [True, False], [False, True]
+            [1, 2], [0, 3], [None, SORTED_LENGTHS], [True, False], [False, True], [False, True]
         )
-        if case[1] or not case[3]  # r is only asked for with a projection
-    ],
+        if (case[1] or not case[3]) and not (case[1] and case[5])
+    ],  # r is only asked for with a projection; the fused engine has none
 )
-def test_lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates):
-    hidden = 4
+def test_lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates, fused):
+    lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates, fused, 4, BATCH)
+
+
+@pytest.mark.parametrize(
+    "directions,lengths,over_gates,threads",
+    list(
+        itertools.product(
+            [1, 2], [None, [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]], [False, True], [1, 2]
+        )
+    ),
+)
+def test_lstm_fused_backward_buffers_with_several_panels_tiles_and_threads(
+    directions, lengths, over_gates, threads
+):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lstm_backward_buffers(directions, 0, lengths, False, over_gates, True, 37, 13, steps=13)
+    finally:
+        torch.set_num_threads(before)
+
+
+def lstm_backward_buffers(
+    directions, proj, lengths, keep_r, over_gates, fused, hidden, batch, steps=STEPS
+):
     out_size = proj or hidden
-    live = live_rows(lengths, STEPS)
+    live = live_rows(lengths, steps)
 
     def make():
-        gates = rand(directions, STEPS, BATCH, 4 * hidden, low=0.0)  # activated: in (0, 1)
-        cs = rand(directions, STEPS + 1, BATCH, hidden)
-        d_h = rand(directions, STEPS, BATCH, out_size)
-        dc = rand(directions, BATCH, hidden)
-        arrivals = rand(directions, STEPS, BATCH, hidden) if lengths else none()
-        w_rec = rand(directions, 4 * hidden, out_size)
+        gates = rand(directions, steps, batch, 4 * hidden, low=0.0)  # activated: in (0, 1)
+        cs = rand(directions, steps + 1, batch, hidden)
+        d_h = rand(directions, steps, batch, out_size)
+        dc = rand(directions, batch, hidden)
+        arrivals = rand(directions, steps, batch, hidden) if lengths else none()
+        w_rec = rand(directions, 4 * hidden, out_size) / 2
         w_proj = rand(directions, out_size, hidden) if proj else none()
-        d_pre = torch.empty(directions, STEPS, BATCH, 4 * hidden, dtype=torch.float64)
-        r = torch.empty(directions, STEPS, BATCH, hidden, dtype=torch.float64) if keep_r else none()
-        return [gates, cs, d_h, dc, arrivals, w_rec, w_proj, d_pre, r, live]
+        d_pre = torch.empty(directions, steps, batch, 4 * hidden, dtype=torch.float64)
+        r = torch.empty(directions, steps, batch, hidden, dtype=torch.float64) if keep_r else none()
+        return [gates, cs, d_h, dc, arrivals, w_rec, w_proj, d_pre, r, live, fused]
 
     def write_over_gates(args):  # a released graph: d_pre is the saved gates' own buffer
         args[7] = args[0]
@@ -166,52 +232,105 @@ def test_lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates):
 
 # --- GRU -----------------------------------------------------------------------------------------
 
+#: A bigger case for the fused engine: H = 37 (panels of units on any vector width, the last
+#: one partial), 13 rows (several tiles), sorted lengths (the batch shrinks), 1 or 2 threads.
+BIG = dict(hidden=37, batch=13, steps=13)
+BIG_LENGTHS = [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]
+
+
+def with_threads(threads, run):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run()
+    finally:
+        torch.set_num_threads(before)
+
 
 @pytest.mark.parametrize(
-    "directions,bias,lengths,keep",
-    list(itertools.product([1, 2], [True, False], [None, SORTED_LENGTHS], [True, False])),
+    "directions,bias,lengths,keep,fused",
+    list(
+        itertools.product(
+            [1, 2], [True, False], [None, SORTED_LENGTHS], [True, False], [False, True]
+        )
+    ),
 )
-def test_gru_forward_buffers(directions, bias, lengths, keep):
-    hidden = 4
-    live = live_rows(lengths, STEPS)
-    slots = STEPS if keep else 1
+def test_gru_forward_buffers(directions, bias, lengths, keep, fused):
+    gru_forward_buffers(directions, bias, lengths, keep, fused)
+
+
+@pytest.mark.parametrize(
+    "directions,lengths,keep,threads",
+    list(itertools.product([1, 2], [None, BIG_LENGTHS], [True, False], [1, 2])),
+)
+def test_gru_fused_forward_buffers_with_several_panels_tiles_and_threads(
+    directions, lengths, keep, threads
+):
+    with_threads(threads, lambda: gru_forward_buffers(directions, True, lengths, keep, True, **BIG))
+
+
+def gru_forward_buffers(directions, bias, lengths, keep, fused, hidden=4, batch=BATCH, steps=STEPS):
+    live = live_rows(lengths, steps)
+    slots = steps if keep else 1
 
     def make():
-        xw = rand(directions, STEPS, BATCH, 3 * hidden)
-        hh = rand(directions, slots, BATCH, 3 * hidden)
-        ns = rand(directions, slots, BATCH, hidden)
-        hs = rand(directions, STEPS + 1, BATCH, hidden)
-        w_rec = rand(directions, hidden, 3 * hidden)
+        xw = rand(directions, steps, batch, 3 * hidden)
+        hh = rand(directions, slots, batch, 3 * hidden)
+        ns = rand(directions, slots, batch, hidden)
+        hs = rand(directions, steps + 1, batch, hidden)
+        w_rec = rand(directions, hidden, 3 * hidden) / 2
         biases = [rand(3 * hidden) for _ in range(2 * directions)] if bias else []
-        return [xw, hh, ns, hs, w_rec, biases, live]
+        return [xw, hh, ns, hs, w_rec, biases, live, fused]
 
     results = run_both("gru_forward", make, [1, 2, 3])
     names = ["hh", "ns", "hs"]
     if not keep:  # one reused slot: only the states are the forward's result
         results = [r[2:] for r in results]
         names = names[2:]
+    else:  # nor of a step's rows past its live rows: no one reads them
+        for hh, ns, _ in results:
+            for s, rows in enumerate(live):
+                hh[:, s, rows:] = 0
+                ns[:, s, rows:] = 0
     assert_same_buffers(results, names)
 
 
 @pytest.mark.parametrize(
-    "directions,lengths,over_saved",
-    list(itertools.product([1, 2], [None, SORTED_LENGTHS], [False, True])),
+    "directions,lengths,over_saved,fused",
+    list(itertools.product([1, 2], [None, SORTED_LENGTHS], [False, True], [False, True])),
 )
-def test_gru_backward_buffers(directions, lengths, over_saved):
-    hidden = 4
-    live = live_rows(lengths, STEPS)
+def test_gru_backward_buffers(directions, lengths, over_saved, fused):
+    gru_backward_buffers(directions, lengths, over_saved, fused)
+
+
+@pytest.mark.parametrize(
+    "directions,lengths,over_saved,threads",
+    list(itertools.product([1, 2], [None, BIG_LENGTHS], [False, True], [1, 2])),
+)
+def test_gru_fused_backward_buffers_with_several_panels_tiles_and_threads(
+    directions, lengths, over_saved, threads
+):
+    with_threads(
+        threads, lambda: gru_backward_buffers(directions, lengths, over_saved, True, **BIG)
+    )
+
+
+def gru_backward_buffers(
+    directions, lengths, over_saved, fused, hidden=4, batch=BATCH, steps=STEPS
+):
+    live = live_rows(lengths, steps)
 
     def make():
-        hh = rand(directions, STEPS, BATCH, 3 * hidden)
+        hh = rand(directions, steps, batch, 3 * hidden)
         hh[..., : 2 * hidden].uniform_(0, 1)  # r, z are gates
-        ns = rand(directions, STEPS, BATCH, hidden)
-        hs = rand(directions, STEPS + 1, BATCH, hidden)
-        grads = [rand(STEPS, BATCH, hidden) for _ in range(directions)]
-        w_hh = [rand(3 * hidden, hidden) for _ in range(directions)]
-        factors = [torch.empty(STEPS, BATCH, 3 * hidden, dtype=torch.float64)] * directions
+        ns = rand(directions, steps, batch, hidden)
+        hs = rand(directions, steps + 1, batch, hidden)
+        grads = [rand(steps, batch, hidden) for _ in range(directions)]
+        w_hh = [rand(3 * hidden, hidden) / 2 for _ in range(directions)]
+        factors = [torch.empty(steps, batch, 3 * hidden, dtype=torch.float64)] * directions
         factors = [f.clone() for f in factors]
-        d_h0 = torch.empty(directions, BATCH, hidden, dtype=torch.float64)
-        return [hh, ns, hs, grads, w_hh, factors, d_h0, live]
+        d_h0 = torch.empty(directions, batch, hidden, dtype=torch.float64)
+        return [hh, ns, hs, grads, w_hh, factors, d_h0, live, fused]
 
     def write_over_saved(args):  # a released graph: [n_x, r, z] overwrite hh's [r, z, a]
         args[5] = list(args[0].unbind(0))
@@ -226,31 +345,45 @@ def test_gru_backward_buffers(directions, lengths, over_saved):
 
 
 @pytest.mark.parametrize(
-    "directions,relu,lengths",
-    list(itertools.product([1, 2], [False, True], [None, SORTED_LENGTHS])),
+    "directions,relu,lengths,fused",
+    list(itertools.product([1, 2], [False, True], [None, SORTED_LENGTHS], [False, True])),
 )
-def test_rnn_buffers(directions, relu, lengths):
-    hidden = 4
-    live = live_rows(lengths, STEPS)
+def test_rnn_buffers(directions, relu, lengths, fused):
+    rnn_buffers(directions, relu, lengths, fused)
+
+
+@pytest.mark.parametrize(
+    "directions,relu,lengths,threads",
+    list(itertools.product([1, 2], [False, True], [None, BIG_LENGTHS], [1, 2])),
+)
+def test_rnn_fused_buffers_with_several_panels_tiles_and_threads(
+    directions, relu, lengths, threads
+):
+    with_threads(threads, lambda: rnn_buffers(directions, relu, lengths, True, **BIG))
+
+
+def rnn_buffers(directions, relu, lengths, fused, hidden=4, batch=BATCH, steps=STEPS):
+    live = live_rows(lengths, steps)
 
     def make_forward():
         return [
-            rand(directions, STEPS + 1, BATCH, hidden),
-            rand(directions, hidden, hidden),
+            rand(directions, steps + 1, batch, hidden),
+            rand(directions, hidden, hidden) / 2,
             relu,
             live,
+            fused,
         ]
 
     assert_same_buffers(run_both("rnn_forward", make_forward, [0]), ["hs"])
 
     def make_backward():
-        hs = rand(directions, STEPS + 1, BATCH, hidden)
+        hs = rand(directions, steps + 1, batch, hidden)
         if relu:
             hs.clamp_(min=0)  # relu states; a few exact zeros test the kink
             hs[:, :, 0, 0] = 0
-        grads = [rand(STEPS, BATCH, hidden) for _ in range(directions)]
-        w_hh = [rand(hidden, hidden) for _ in range(directions)]
-        return [hs, grads, w_hh, relu, live]
+        grads = [rand(steps, batch, hidden) for _ in range(directions)]
+        w_hh = [rand(hidden, hidden) / 2 for _ in range(directions)]
+        return [hs, grads, w_hh, relu, live, fused]
 
     assert_same_buffers(run_both("rnn_backward", make_backward, [1]), ["grads"])
 
@@ -270,9 +403,9 @@ class MixedPlanModule(torch.nn.Module):
     """Runs ``ours`` with a plan whose forward functions are one runner's and whose backward
     functions are the other's (as a layer would if it switched loops in between)."""
 
-    def __init__(self, ours, forward_loops, backward_loops):
+    def __init__(self, ours, forward_loops, backward_loops, fused=False):
         super().__init__()
-        self.ours = ours
+        self.ours, self.fused = ours, fused
         family = {"RNN_TANH": "rnn", "RNN_RELU": "rnn"}.get(ours.mode, ours.mode.lower())
         self.loops = types.SimpleNamespace(
             **{f"{family}_forward": getattr(LOOPS[forward_loops](), f"{family}_forward"),
@@ -286,7 +419,7 @@ class MixedPlanModule(torch.nn.Module):
         def mixed_plan(inputs, weights, lengths):
             plan = real_plan(inputs, weights, lengths)
             assert plan.runner != backends.REFERENCE
-            return backends.Plan(plan.mode, "mixed", "test", loops=self.loops)
+            return backends.Plan(plan.mode, "mixed", "test", loops=self.loops, fused=self.fused)
 
         ours._plan = mixed_plan
         try:
@@ -296,6 +429,7 @@ class MixedPlanModule(torch.nn.Module):
 
 
 @pytest.mark.parametrize("forward_loops,backward_loops", list(itertools.product(LOOPS, LOOPS)))
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize(
     "mode,bidirectional,proj,lengths",
     [
@@ -307,13 +441,15 @@ class MixedPlanModule(torch.nn.Module):
     ],
 )
 def test_every_loop_combination_equals_torch(
-    mode, bidirectional, proj, lengths, forward_loops, backward_loops
+    mode, bidirectional, proj, lengths, forward_loops, backward_loops, fused
 ):
+    """``fused``: the native loops run the fused engine (as the plan asks without a
+    projection; the Python loops are the same either way)."""
     torch.manual_seed(11)
     extra = {"proj_size": proj} if proj else {}
     theirs = TORCH_MODES[mode](3, 4, num_layers=2, bidirectional=bidirectional, **extra).double()
     ours = unrolled.from_torch(theirs)
-    mixed = MixedPlanModule(ours, forward_loops, backward_loops)
+    mixed = MixedPlanModule(ours, forward_loops, backward_loops, fused=fused and not proj)
     mixed.named_parameters, mixed.parameters = ours.named_parameters, ours.parameters
     x = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
     inputs = (pack_padded_sequence(x, torch.tensor([3, 6, 1, 5, 2]), enforce_sorted=False),)

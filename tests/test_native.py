@@ -231,10 +231,11 @@ def test_nan_in_the_input_reaches_the_same_outputs_as_torch(dtype, mode):
 @needs_native
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_large_lstm_weights_take_mkls_packed_gemm(bidirectional):
-    """W_hh of 2^20 elements or more (here 2080 x 520), float32, full batch: the forward's
-    recurrent product runs through MKL's packed GEMM where torch has it."""
+    """With a projection (no fused engine), W_hh of 2^20 elements or more (here 2080 x 510),
+    float32, full batch: the forward's recurrent product runs through MKL's packed GEMM where
+    torch has it."""
     torch.manual_seed(7)
-    theirs = torch.nn.LSTM(3, 520, bidirectional=bidirectional)
+    theirs = torch.nn.LSTM(3, 520, bidirectional=bidirectional, proj_size=510)
     ours = unrolled.from_torch(theirs, backend="fast")
     x = torch.randn(4, 2, 3, requires_grad=True)
     compare(ours, theirs, (x,), dtype=torch.float32)

@@ -23,13 +23,15 @@ question of a module, for users who want to know why a layer is slow.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from . import fast, modes, precision, reference
+from . import fast, modes, precision, reference, tuning
 from .fast import loops as python_loops
 from .fast import native
 from .fast.layer import transforms_active
@@ -60,6 +62,11 @@ class Plan:
             transposed view (faster small GEMMs; not worth it for large weights or one step).
         per_sample: the weights are ``ExpandedWeight``: the reference runs with them told that
             each step's input is batch-first.
+        fused: the native loops run the fused engine (``native/engine.h``): the project's own
+            vector kernel on ``W_hh`` packed once per call, each step's gate math on the tile
+            it just computed, one team of threads for the whole sequence.
+        measured: where the runner was chosen by measuring the candidates on this machine
+            (:mod:`unrolled.tuning`), their times; else empty.
     """
 
     mode: str
@@ -69,6 +76,21 @@ class Plan:
     packed_gemm: bool = False
     row_major: bool = False
     per_sample: bool = False
+    fused: bool = False
+    measured: str = ""
+
+    def fuses_input(
+        self, num_directions: int, input_size: int, hidden_size: int, dtype: torch.dtype
+    ) -> bool:
+        """Whether the fused engine also computes a layer's input part, tile by tile
+        (``[x_s, h_{s-1}] @ [W_ih; W_hh]^T``), instead of one hoisted GEMM before the loop: yes
+        while the packed weights of all directions fit in the last-level cache, which they are
+        then read from at every step (measured: ``docs/performance.md``)."""
+        if not self.fused:
+            return False
+        element = torch.empty((), dtype=dtype).element_size()
+        packed = num_directions * (input_size + hidden_size) * 4 * hidden_size * element
+        return packed <= last_level_cache_bytes()
 
     def arrange(self, transposed: Tensor) -> Tensor:
         """A transposed weight view as the plan's loops take it: a row-major copy or the view."""
@@ -84,8 +106,11 @@ class Plan:
             variants.append("W_hh by MKL's packed GEMM")
         if self.row_major:
             variants.append("row-major W_hh^T")
+        if self.fused:
+            variants.append(f"fused engine ({native.engine_instruction_set()} kernel)")
         details = "".join(f", {variant}" for variant in variants)
-        return f"{self.mode}: {how}{details}; reason: {self.reason}"
+        measured = f"; {self.measured}" if self.measured else ""
+        return f"{self.mode}: {how}{details}; reason: {self.reason}{measured}"
 
 
 def plan(
@@ -96,6 +121,7 @@ def plan(
     backend: str = "fast",
     lengths: Tensor | None = None,
     custom_step: str = "",
+    num_directions: int = 1,
 ) -> Plan:
     """Choose the runner for one call of a layer.
 
@@ -108,12 +134,13 @@ def plan(
         lengths: ``(B,)`` valid steps per sequence, or None.
         custom_step: non-empty when the step is not one of the hand-written cells (recurrent
             dropout, zoneout): what it is, for the reason.
+        num_directions: ``D``, for the shape class a runner is measured for.
     """
     check_backend(backend)
 
     def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False,
-              per_sample=False) -> Plan:  # fmt: skip
-        key = (mode, runner, reason, loops, packed_gemm, row_major, per_sample)
+              per_sample=False, fused=False, measured="") -> Plan:  # fmt: skip
+        key = (mode, runner, reason, loops, packed_gemm, row_major, per_sample, fused, measured)
         made = _PLANS.get(key)
         if made is None:
             made = _PLANS[key] = Plan(*key)
@@ -157,13 +184,91 @@ def plan(
         and native.packed_gemm_available()
     )
     reason = NATIVE_REASONS[inputs.dtype]
-    return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
+    if LayerWeights(*weights[0]).w_hr is not None:  # the engine has no projection
+        return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
+    engine = chose(NATIVE_LOOPS, reason, loops=kernels, fused=True)
+    if not tuning.enabled():
+        return engine
+    candidates = {
+        "fused engine": engine,
+        "native BLAS loop": chose(
+            NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major
+        ),
+        "Python loops": chose(PYTHON_LOOPS, reason, loops=python_loops, row_major=row_major),
+    }
+    batch, input_size, hidden = inputs.shape[1], inputs.shape[2], w_hh.shape[1]
+    key = tuning.shape_class(mode, inputs.dtype, num_directions, batch, input_size, hidden)
+    verdict = tuning.fastest(key, lambda: trials(candidates, inputs, weights[0], num_directions))
+    fastest = candidates[verdict.fastest]
+    return chose(
+        fastest.runner, "the fastest runner for this shape class here", loops=fastest.loops,
+        packed_gemm=fastest.packed_gemm, row_major=fastest.row_major, fused=fastest.fused,
+        measured=f"{key}: {verdict}",
+    )  # fmt: skip
+
+
+def trials(
+    candidates: dict[str, Plan], inputs: Tensor, first: LayerWeights, num_directions: int
+) -> dict:
+    """One trial per candidate plan, for :mod:`unrolled.tuning`: a forward and a backward of one
+    layer shaped like the call's first layer, ``tuning.trial_steps`` steps, on weights and an
+    input of its own (drawn from a generator of its own: the caller's random stream is left
+    alone)."""
+    first = LayerWeights(*first)
+    generator = torch.Generator(device=inputs.device).manual_seed(0)
+    batch, input_size = inputs.shape[1], inputs.shape[2]
+    gate_rows, hidden = first.w_hh.shape  # (G*H, H): no projection here
+
+    def rand(*shape: int) -> Tensor:
+        out = torch.rand(*shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+        return (out - 0.5) / hidden**0.5
+
+    step_flops = 6 * num_directions * batch * (input_size + hidden) * gate_rows  # fwd + bwd
+    x = rand(tuning.trial_steps(step_flops), batch, input_size)  # (T, B, I)
+    weights = [
+        LayerWeights(
+            rand(gate_rows, input_size).requires_grad_(),
+            rand(gate_rows, hidden).requires_grad_(),
+            rand(gate_rows).requires_grad_(),
+            rand(gate_rows).requires_grad_(),
+            None,
+        )
+        for _ in range(num_directions)
+    ]
+    h0 = x.new_zeros(num_directions, batch, hidden)
+    mode = next(iter(candidates.values())).mode
+    hx = (h0, h0.clone()) if mode == "LSTM" else h0
+
+    def trial(plan: Plan) -> None:
+        with torch.enable_grad():
+            output, _ = fast.run(plan, x, hx, weights, num_layers=1, num_directions=num_directions)
+            output.sum().backward()
+
+    return {name: (lambda plan=plan: trial(plan)) for name, plan in candidates.items()}
 
 
 NATIVE_REASONS = {dtype: f"{dtype} on CPU, native loops built here".removeprefix("torch.")
                   for dtype in FAST_DTYPES}  # fmt: skip
 #: Plans are immutable, and a layer makes one per call: the few distinct ones are made once.
 _PLANS: dict[tuple, Plan] = {}
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The CPU's last-level cache as Linux reports it (``/sys/devices/system/cpu``); 16 MiB
+    where it does not say."""
+    sizes = {}
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((entry / "level").read_text())
+            text = (entry / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes[level] = int(digits) * scale
+    return sizes[max(sizes)] if sizes else 16 << 20
 
 
 def run(

@@ -158,7 +158,9 @@ def rnn(
             checks.check_state_tensor(name, state, (rows, batch, size), input)
     if lengths is not None:
         lengths = checks.check_lengths(lengths, batch, num_steps, input.device)
-    plan = backends.plan(mode, input, weights, backend=backend, lengths=lengths)
+    plan = backends.plan(
+        mode, input, weights, backend=backend, lengths=lengths, num_directions=num_directions
+    )
     return backends.run(
         plan,
         input,

@@ -257,7 +257,7 @@ class RNNBase(RecurrentBase):
         """The one decision of which code runs this call (time-major ``inputs (T, B, I)``)."""
         return backends.plan(
             self.mode, inputs, weights, backend=self.backend, lengths=lengths,
-            custom_step=self._custom_step(),
+            custom_step=self._custom_step(), num_directions=self.num_directions,
         )  # fmt: skip
 
     # ---- beyond torch: recurrent dropout and zoneout (LSTM, GRU) -----------------------------

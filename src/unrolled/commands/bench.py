@@ -101,6 +101,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
     settings = _settings(args)
     points = _points(args)
     load_before = benchmark.load_average()
+    peak_flops = benchmark.peak_gemm_flops(getattr(torch, args.dtype))
     records = []
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)  # fmt: skip
@@ -109,7 +110,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
         for point in points:
             label = f"{point.mode} {point.shape.name} {point.config}"
             progress.update(task, description=f"{label}: timing")
-            record = benchmark.run_point(point, settings)
+            record = benchmark.run_point(point, settings, peak_flops)
             if args.memory:
                 progress.update(task, description=f"{label}: memory")
                 record["memory"] = _memory(point, settings, args.threads)
@@ -117,6 +118,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
             progress.advance(task)
     environment = benchmark.environment(torch.get_num_threads())
     environment["load_average"] = {"before": load_before, "after": benchmark.load_average()}
+    environment["peak_gflops"] = peak_flops / 1e9
     return {
         "environment": environment,
         "settings": {

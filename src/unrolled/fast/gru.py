@@ -101,7 +101,7 @@ def gru_layer_forward(
     xw = project(inputs, [w.w_ih for w in weights], [None] * num_directions)  # (D, T, B, 3H)
     biases = [b.contiguous() for w in weights for b in (w.b_ih, w.b_hh) if b is not None]  # (3H,)
     w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,H,3H)
-    plan.loops.gru_forward(xw, hh, ns, hs, w_rec, biases, timeline.live_rows)
+    plan.loops.gru_forward(xw, hh, ns, hs, w_rec, biases, timeline.live_rows, plan.fused)
     output = timeline.output(hs[:, 1:])
     return output, timeline.final(hs), (ns, hh, hs)
 
@@ -158,7 +158,9 @@ class GRULayer(torch.autograd.Function):
             x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
         d_h0 = hh.new_empty(num_directions, batch, hidden)  # (D, B, H)
         w_hh = [w.w_hh for w in weights]  # D x (3H, H)
-        ctx.plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, d_h0, timeline.live_rows)
+        ctx.plan.loops.gru_backward(
+            hh, n, hs, n_h, w_hh, x_side, d_h0, timeline.live_rows, ctx.plan.fused
+        )
         h_prev = hs[:, :num_steps]  # (D, T, B, H)
 
         if wanted.weights:  # W_hh and biases first: the factors are handed over to the input side

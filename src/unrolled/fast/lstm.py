@@ -103,18 +103,36 @@ def lstm_layer_forward(
     hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
     cs[:, 0] = c0
     hs[:, 0] = h0
-    # A plain GEMM: the loop adds the bias in its elementwise pass (addmm would first copy the
-    # bias into all T*B rows).
-    inputs = timeline.directions(x, num_directions)
-    gates = project(inputs, [w.w_ih for w in weights], [None] * num_directions)  # (D, T, B, 4H)
     none = x.new_empty(0)
+    inputs = timeline.directions(x, num_directions)  # D x (T, B, I), step-major
+    w_ih = [w.w_ih for w in weights]
+    if plan.fuses_input(
+        num_directions, x.shape[-1], hidden, x.dtype
+    ):  # the fused engine multiplies [x_s, h_{s-1}] by [W_ih; W_hh]^T per tile
+        gates = x.new_empty(num_directions, num_steps, batch, 4 * hidden) if keep else none
+        step_inputs = [seq.contiguous() for seq in inputs]
+    else:  # hoisted: one GEMM; the loop adds the bias in its elementwise pass (addmm would
+        # first copy the bias into all T*B rows)
+        gates = project(inputs, w_ih, [None] * num_directions)  # (D, T, B, 4H)
+        step_inputs = w_ih = []
     bias = none if weights[0].b_ih is None else torch.stack([w.b_ih + w.b_hh for w in weights])
     w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,P,4H)
     w_proj = none
     if weights[0].w_hr is not None:  # W_hr^T: (D, H, P)
         w_proj = plan.arrange(stack_directions([w.w_hr for w in weights]).transpose(1, 2))
     plan.loops.lstm_forward(
-        gates, bias, w_rec, w_proj, cs, hs, timeline.live_rows, keep, plan.packed_gemm
+        gates,
+        bias,
+        w_rec,
+        w_proj,
+        cs,
+        hs,
+        timeline.live_rows,
+        keep,
+        plan.packed_gemm,
+        plan.fused,
+        step_inputs,
+        w_ih,
     )
     output = timeline.output(hs[:, 1:])
     c_n = timeline.final(cs) if every_cell else cs[:, 0]
@@ -163,7 +181,17 @@ class LSTMLayer(torch.autograd.Function):
         d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D, T, B, 4H)
         r = torch.empty_like(cs[:, 1:]) if keep_r else none  # (D, T, B, H)
         ctx.plan.loops.lstm_backward(
-            gates, cs, d_h, dc, dc_arrivals, w_hh, w_hr, d_pre, r, timeline.live_rows
+            gates,
+            cs,
+            d_h,
+            dc,
+            dc_arrivals,
+            w_hh,
+            w_hr,
+            d_pre,
+            r,
+            timeline.live_rows,
+            ctx.plan.fused,
         )
         one_direction = num_directions == 1
         w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)

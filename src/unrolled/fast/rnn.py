@@ -74,7 +74,7 @@ def rnn_layer_forward(plan: Plan, num_directions: int, timeline: Timeline, x, h0
     # Slots 1..T first hold the hoisted input part, then (in place) the states.
     project(timeline.directions(x, num_directions), [w.w_ih for w in weights], bias, out=hs[:, 1:])
     w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D, H, H)
-    plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", timeline.live_rows)
+    plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", timeline.live_rows, plan.fused)
     output = timeline.output(hs[:, 1:])
     return output, timeline.final(hs), hs
 
@@ -106,7 +106,7 @@ class RNNLayer(torch.autograd.Function):
         # gradients are done.
         d_pre = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
         relu = ctx.plan.mode == "RNN_RELU"
-        ctx.plan.loops.rnn_backward(hs, d_pre, w_hh, relu, timeline.live_rows)
+        ctx.plan.loops.rnn_backward(hs, d_pre, w_hh, relu, timeline.live_rows, ctx.plan.fused)
         d_h0 = hs.new_empty(num_directions, *hs.shape[2:])  # (D, B, H)
         for d in range(num_directions):
             torch.mm(d_pre[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)

@@ -277,8 +277,9 @@ def check_parity(layers: dict[str, nn.Module], inputs, dtype: torch.dtype) -> di
     return {"max_abs_diff": found.error, "ok": found.passed}
 
 
-def run_point(point: Point, settings: Settings) -> dict:
-    """Time forward and training step of torch and unrolled for one point."""
+def run_point(point: Point, settings: Settings, peak_flops: float | None = None) -> dict:
+    """Time forward and training step of torch and unrolled for one point; with the machine's
+    ``peak_flops`` (:func:`peak_gemm_flops`), each forward's fraction of it too."""
     layers = {name: build(point, name, settings.backend, settings.seed) for name in IMPLEMENTATIONS}
     inputs = make_input(point, settings.seed + 1)
     for layer in layers.values():
@@ -294,6 +295,11 @@ def run_point(point: Point, settings: Settings) -> dict:
     )
     for phase, timing in (("forward", forward), ("train", train)):
         record[phase] = {**timing, "ratio": ratio(timing)}
+    record["forward_flops"] = forward_flops(point)
+    if peak_flops:
+        for name in IMPLEMENTATIONS:
+            rate = record["forward_flops"] / forward[name]["median_s"]
+            record["forward"][name]["peak_fraction"] = rate / peak_flops
     record["noise"] = max(t[name]["noise"] for t in (forward, train) for name in IMPLEMENTATIONS)
     return record
 
@@ -329,16 +335,51 @@ def summarize(records: list[dict]) -> dict[str, dict[str, float]]:
 # where it ran
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what the platform module knows."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first ``name`` line of /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what the platform module knows."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_vendor() -> str:
+    """``AuthenticAMD``, ``GenuineIntel``, ... (/proc/cpuinfo), else the machine's kind."""
+    return cpuinfo_field("vendor_id") or platform.machine() or "unknown"
+
+
+def peak_gemm_flops(
+    dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5
+) -> float:
+    """The machine's measured peak matrix-multiply rate (FLOP/s) with the threads in use: the
+    best of ``repeats`` square ``torch.mm``s of ``size``. What "fraction of peak" is taken of."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator, dtype=dtype)
+    b = torch.randn(size, size, generator=generator, dtype=dtype)
+    torch.mm(a, b)  # warm up
+    best = min(_sample(lambda: torch.mm(a, b), 1) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def forward_flops(point: Point) -> int:
+    """Multiply-add FLOPs of one forward of a point: ``2 T B (I_l + H) G H`` per layer and
+    direction (``I_l`` the layer's input, ``G`` the gates); the elementwise math is not counted."""
+    shape, gates = point.shape, modes.of(modes.CLI_NAMES[point.mode]).num_gates
+    directions = 2 if point.bidirectional else 1
+    total = 0
+    for layer in range(point.layers):
+        layer_input = shape.input_size if layer == 0 else directions * shape.hidden_size
+        total += directions * 2 * shape.steps * shape.batch * (layer_input + shape.hidden_size)
+    return total * gates * shape.hidden_size
 
 
 def load_average() -> float | None:
@@ -356,7 +397,9 @@ def environment(threads: int) -> dict:
         "unrolled": unrolled.__version__,
         "python": platform.python_version(),
         "cpu": cpu_model(),
+        "vendor": cpu_vendor(),
         "isa": native.instruction_set(),
+        "engine_isa": native.engine_instruction_set(),
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),

@@ -23,9 +23,15 @@ def header(console: Console, report: dict) -> None:
         console.print(f"  plan {line}")
     console.print(
         f"  {env['date']} | torch {env['torch']} | unrolled {env['unrolled']} | "
-        f"python {env['python']}\n  CPU {env['cpu']} ({env.get('isa', '?')}) | torch threads "
+        f"python {env['python']}\n  CPU {env['cpu']} ({env.get('vendor', '?')}, "
+        f"{env.get('isa', '?')}; engine kernel {env.get('engine_isa') or '-'}) | torch threads "
         f"{env['threads']}"
     )
+    if env.get("peak_gflops"):
+        console.print(
+            f'  peak: {env["peak_gflops"]:.0f} GFLOP/s (best square torch.mm here); "fwd %peak" '
+            "is unrolled's forward multiply-adds over its time, as a share of it"
+        )
     console.print(
         f"  median of {settings['repeats']} interleaved samples (each >= "
         f"{settings['min_sample_s'] * 1e3:.0f} ms); ratio = unrolled / torch, below 1 = faster"
@@ -63,6 +69,10 @@ def _ratio(value: float | None) -> str:
     return f"[{colour}]{value:.2f}[/]"
 
 
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.0%}"
+
+
 def _mib(n_bytes: int) -> str:
     return f"{n_bytes / MIB:.3g}"
 
@@ -77,6 +87,9 @@ def mode_table(mode: str, records: list[dict], geomean: dict) -> Table:
     table.add_column("torch\nfwd ms", justify="right")
     table.add_column("unrolled\nfwd ms", justify="right")
     table.add_column("fwd\nratio", justify="right", footer=_ratio(geomean["forward"]))
+    with_peak = any("peak_fraction" in r["forward"]["unrolled"] for r in records)
+    if with_peak:
+        table.add_column("fwd\n%peak", justify="right")
     table.add_column("torch\ntrain ms", justify="right")
     table.add_column("unrolled\ntrain ms", justify="right")
     table.add_column("train\nratio", justify="right", footer=_ratio(geomean["train"]))
@@ -95,6 +108,7 @@ def mode_table(mode: str, records: list[dict], geomean: dict) -> Table:
             _ms(r["forward"]["torch"]["median_s"]),
             _ms(r["forward"]["unrolled"]["median_s"]),
             _ratio(r["forward"]["ratio"]),
+            *([_percent(r["forward"]["unrolled"].get("peak_fraction"))] if with_peak else []),
             _ms(r["train"]["torch"]["median_s"]),
             _ms(r["train"]["unrolled"]["median_s"]),
             _ratio(r["train"]["ratio"]),

@@ -65,9 +65,11 @@ def gru_forward(
     w_rec: Tensor,
     biases: Sequence[Tensor],
     live: Sequence[int],
+    fused: bool = False,
 ) -> None:
     """Forward (``forward_loop`` in C++): ``w_rec = W_hh^T (D, H, 3H)``; ``biases`` D x
-    ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False)."""
+    ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False). ``fused`` (the C++ loop's engine
+    switch) changes nothing here."""
     directions, steps, batch, gate_rows = xw.shape
     hidden = gate_rows // 3
     h_bias = None
@@ -151,6 +153,7 @@ def gru_backward(
     factors: Sequence[Tensor],
     d_h0: Tensor,
     live: Sequence[int],
+    fused: bool = False,
 ) -> None:
     """Backward (``backward_loop`` in C++). ``grads`` D x ``(T, B, H)``: d_h_s on entry, d_a on
     exit; ``factors`` D x ``(T, B, 3H)``: ``[n_x, r, z]`` per step (may be ``hh[d]``);

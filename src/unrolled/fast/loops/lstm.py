@@ -72,11 +72,17 @@ def lstm_forward(
     live: Sequence[int],
     keep: bool,
     packed: bool,
+    fused: bool,
+    inputs: Sequence[Tensor] = (),
+    w_in: Sequence[Tensor] = (),
 ) -> None:
-    """Forward (``forward_loop`` in C++). ``keep`` and ``packed`` are the C++ loop's speed
-    switches (store the activated gates only when a backward reads them; MKL's packed GEMM for
-    the recurrent product): here the gates are activated in place either way and the product is
-    a plain GEMM, as the contract allows."""
+    """Forward (``forward_loop`` in C++). ``keep``, ``packed`` and ``fused`` are the C++ loop's
+    speed switches (store the activated gates only when a backward reads them; MKL's packed
+    GEMM for the recurrent product; the fused engine): here the gates are activated in place
+    either way and the product is a plain GEMM, as the contract allows. With ``inputs`` the
+    loop computes the input part itself, into ``gates``."""
+    for x, w, target in zip(inputs, w_in, gates):  # (T, B, I) @ (I, 4H) -> (T, B, 4H)
+        torch.matmul(x, w.t(), out=target)
     directions, steps, batch, four_hidden = gates.shape
     has_projection, every_cell = given(w_proj), cs.shape[1] > 1
     if given(bias):
@@ -180,8 +186,10 @@ def lstm_backward(
     d_pre: Tensor,
     r: Tensor,
     live: Sequence[int],
+    fused: bool,
 ) -> None:
-    """Backward (``backward_loop`` in C++)."""
+    """Backward (``backward_loop`` in C++; ``fused``, the C++ loop's engine switch, changes
+    nothing here)."""
     directions, steps, batch, four_hidden = gates.shape
     hidden = four_hidden // 4
     has_projection, arrivals = given(w_proj), given(dc_arrivals)

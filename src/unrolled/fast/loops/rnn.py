@@ -27,8 +27,11 @@ def activate_rows(h: Tensor, relu: bool) -> None:
         h.tanh_()
 
 
-def rnn_forward(hs: Tensor, w_rec: Tensor, relu: bool, live: Sequence[int]) -> None:
-    """Forward: ``h_s = act(hs[s+1] + h_{s-1} @ W_hh^T)``, ``w_rec = W_hh^T (D, H, H)``."""
+def rnn_forward(
+    hs: Tensor, w_rec: Tensor, relu: bool, live: Sequence[int], fused: bool = False
+) -> None:
+    """Forward: ``h_s = act(hs[s+1] + h_{s-1} @ W_hh^T)``, ``w_rec = W_hh^T (D, H, H)``.
+    ``fused`` (the C++ loop's engine switch) changes nothing here."""
     directions, slots, batch = hs.shape[:3]
     one = directions == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
@@ -58,7 +61,12 @@ def backward_rows(slope: Tensor, grad: Tensor, relu: bool) -> None:
 
 
 def rnn_backward(
-    hs: Tensor, grads: Sequence[Tensor], w_hh: Sequence[Tensor], relu: bool, live: Sequence[int]
+    hs: Tensor,
+    grads: Sequence[Tensor],
+    w_hh: Sequence[Tensor],
+    relu: bool,
+    live: Sequence[int],
+    fused: bool = False,
 ) -> None:
     """Backward: ``grads`` D x ``(T, B, H)`` holds the gradient reaching each h_s on entry and
     ``d_pre_s`` on exit (step s turns its own d_h_s into d_pre_s once the later steps have

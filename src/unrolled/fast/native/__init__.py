@@ -107,6 +107,13 @@ def instruction_set() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def engine_instruction_set() -> str:
+    """The vector code of the fused engine's kernel in the loaded build (``AVX-512``, ``AVX2``,
+    ``NEON`` or ``scalar``: what the compiler targets here, ``-march=native``); "" while the
+    native loops are not loaded. Never builds anything."""
+    return str(_ops.engine_instruction_set()) if _ops is not None else ""
+
+
 def status() -> str:
     """One line: whether this thread's layers run the native loops, and if not, why."""
     if is_disabled():
@@ -119,6 +126,7 @@ def status() -> str:
 __all__ = [
     "BuildError",
     "disabled",
+    "engine_instruction_set",
     "graph_released",
     "instruction_set",
     "is_disabled",

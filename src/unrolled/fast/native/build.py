@@ -42,9 +42,9 @@ except ImportError:  # not POSIX: torch's own lock file only
 NAME = "unrolled_native"
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp", "graph.cpp")
+    for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp", "graph.cpp", "engine.cpp")
 ]
-HEADERS = [Path(__file__).with_name("common.h")]
+HEADERS = [Path(__file__).with_name(name) for name in ("common.h", "engine.h")]
 DEFAULT_WAIT_SECONDS = 600.0
 
 
@@ -61,8 +61,17 @@ def compile_flags() -> list[str]:
     """Optimise for this machine: the extension is built where it runs."""
     flags = ["-O3", "-fno-math-errno"]  # no errno: lets the compiler vectorise nearbyint
     if platform.machine().lower() in ("x86_64", "amd64"):
-        flags.append("-march=native")
+        flags.append(f"-march={os.environ.get('UNROLLED_NATIVE_MARCH', 'native')}")
+    flags += openmp_flags()
     return flags
+
+
+def openmp_flags() -> list[str]:
+    """ATen's ``parallel_for`` is an OpenMP region compiled into the caller: without
+    ``-fopenmp`` it runs on the calling thread alone. Linux only (torch's wheels there use GNU
+    OpenMP, whose ``libgomp.so.1`` torch has loaded already, so the loops join torch's one
+    thread pool); elsewhere the loops run their teams on one thread."""
+    return ["-fopenmp"] if platform.system() == "Linux" else []
 
 
 def cache_root() -> Path:
@@ -212,6 +221,7 @@ def load(progress: Callable[[int, int], None] | None = None) -> Path:
                 name=NAME,
                 sources=[str(path) for path in SOURCES],
                 extra_cflags=compile_flags(),
+                extra_ldflags=openmp_flags(),
                 build_directory=str(directory),
                 is_python_module=False,
                 verbose=os.environ.get("UNROLLED_NATIVE_VERBOSE") == "1",

@@ -11,38 +11,48 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "engine.h"
 
 namespace unrolled {
 namespace {
 
-// One step, rows [first, last): the elementwise part of unrolled.cells.gru, with x_* the rows
-// of x W_ih^T (xw) and hh_* those of h_prev W_hh^T (hh), torch's biases b_ih, b_hh (3H each,
-// rows r, z, n) added here: b_hn to hh_n before r multiplies it, a = hh_n + b_hn. Writes
-// [r, z, a] over hh, n, and h = n + z * (h_prev - n).
-template <typename T>
-void forward_rows(const T* xw, T* hh, const T* b_ih, const T* b_hh, T* n_out, const T* h_prev,
-                  T* h, int64_t first, int64_t last, int64_t hidden) {
-  const T* b_ir = b_ih;
-  const T* b_iz = b_ih + hidden;
-  const T* b_in = b_ih + 2 * hidden;
-  const T* b_hr = b_hh;
-  const T* b_hz = b_hh + hidden;
-  const T* b_hn = b_hh + 2 * hidden;
-  for (int64_t b = first; b < last; ++b) {
-    const T* x_r = xw + b * 3 * hidden;
+// One step, rows [first_row, last_row) and hidden units [first_unit, last_unit): the
+// elementwise part of unrolled.cells.gru, with x_* the rows of x W_ih^T (xw) and hh_* those of
+// h_prev W_hh^T (in hh, or with `has_extra` in `extra`: unit first_unit + j of gate g in row b
+// at extra[b * extra_row + g * extra_gate + j], the fused engine's tile), torch's biases b_ih,
+// b_hh (3H each, rows r, z, n) added here: b_hn to hh_n before r multiplies it, a = hh_n +
+// b_hn. Writes [r, z, a] into hh, n, and h = n + z * (h_prev - n).
+template <typename T, bool has_extra>
+void forward_rows(const T* xw, T* hh, const T* extra, int64_t extra_row, int64_t extra_gate,
+                  const T* b_ih, const T* b_hh, T* n_out, const T* h_prev, T* h,
+                  int64_t first_row, int64_t last_row, int64_t first_unit, int64_t last_unit,
+                  int64_t hidden) {
+  const int64_t units = last_unit - first_unit;
+  const T* b_ir = b_ih + first_unit;
+  const T* b_iz = b_ir + hidden;
+  const T* b_in = b_iz + hidden;
+  const T* b_hr = b_hh + first_unit;
+  const T* b_hz = b_hr + hidden;
+  const T* b_hn = b_hz + hidden;
+  for (int64_t b = first_row; b < last_row; ++b) {
+    const T* x_r = xw + b * 3 * hidden + first_unit;
     const T* x_z = x_r + hidden;
     const T* x_n = x_z + hidden;
-    T* r = hh + b * 3 * hidden;
+    T* r = hh + b * 3 * hidden + first_unit;
     T* z = r + hidden;
     T* a = z + hidden;
-    T* n_row = n_out + b * hidden;
-    const T* h_prev_row = h_prev + b * hidden;
-    T* h_row = h + b * hidden;
+    const T* hh_r = has_extra ? extra + b * extra_row : r;
+    const T* hh_z = has_extra ? hh_r + extra_gate : z;
+    const T* hh_n = has_extra ? hh_z + extra_gate : a;
+    const int64_t at = b * hidden + first_unit;
+    T* n_row = n_out + at;
+    const T* h_prev_row = h_prev + at;
+    T* h_row = h + at;
     UNROLLED_VECTOR_LOOP
-    for (int64_t j = 0; j < hidden; ++j) {
-      const T r_j = sigmoid(x_r[j] + b_ir[j] + b_hr[j] + r[j]);
-      const T z_j = sigmoid(x_z[j] + b_iz[j] + b_hz[j] + z[j]);
-      const T a_j = a[j] + b_hn[j];
+    for (int64_t j = 0; j < units; ++j) {
+      const T r_j = sigmoid(x_r[j] + b_ir[j] + b_hr[j] + hh_r[j]);
+      const T z_j = sigmoid(x_z[j] + b_iz[j] + b_hz[j] + hh_z[j]);
+      const T a_j = hh_n[j] + b_hn[j];
       const T n_j = tanh(x_n[j] + b_in[j] + r_j * a_j);
       r[j] = r_j;
       z[j] = z_j;
@@ -53,7 +63,8 @@ void forward_rows(const T* xw, T* hh, const T* b_ih, const T* b_hh, T* n_out, co
   }
 }
 
-// One step backward, rows [first, last), from d_h (all of the gradient reaching h_s):
+// One step backward, rows [first_row, last_row) and hidden units [first_unit, last_unit), from
+// d_h (all of the gradient reaching h_s):
 //   d_pre_n = d_h (1 - z)(1 - n^2)          (what x_n, W_in saw)
 //   d_pre_r = d_pre_n * a * r (1 - r)       d_pre_z = d_h (h_prev - n) z (1 - z)
 //   d_a     = d_pre_n * r                   (what W_hn, b_hn saw)
@@ -63,21 +74,24 @@ void forward_rows(const T* xw, T* hh, const T* b_ih, const T* b_hh, T* n_out, co
 // the inputs: [n_x, r, z] the [r, z, a] block of hh, d_a the d_h block.
 template <typename T>
 void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* d_h, T* factors,
-                   T* d_a_out, T* d_h_prev, int64_t first, int64_t last, int64_t hidden) {
-  for (int64_t b = first; b < last; ++b) {
-    const T* r = hh + b * 3 * hidden;
+                   T* d_a_out, T* d_h_prev, int64_t first_row, int64_t last_row,
+                   int64_t first_unit, int64_t last_unit, int64_t hidden) {
+  const int64_t units = last_unit - first_unit;
+  for (int64_t b = first_row; b < last_row; ++b) {
+    const T* r = hh + b * 3 * hidden + first_unit;
     const T* z = r + hidden;
     const T* a = z + hidden;
-    const T* n = n_in + b * hidden;
-    const T* h_prev_row = h_prev + b * hidden;
-    const T* d_h_row = d_h + b * hidden;
-    T* d_pre_n_row = factors + b * 3 * hidden;  // n_x
+    const int64_t at = b * hidden + first_unit;
+    const T* n = n_in + at;
+    const T* h_prev_row = h_prev + at;
+    const T* d_h_row = d_h + at;
+    T* d_pre_n_row = factors + b * 3 * hidden + first_unit;  // n_x
     T* d_pre_r_row = d_pre_n_row + hidden;
     T* d_pre_z_row = d_pre_r_row + hidden;
-    T* d_a_row = d_a_out + b * hidden;
-    T* d_h_prev_row = d_h_prev + b * hidden;
+    T* d_a_row = d_a_out + at;
+    T* d_h_prev_row = d_h_prev + at;
     UNROLLED_VECTOR_LOOP
-    for (int64_t j = 0; j < hidden; ++j) {
+    for (int64_t j = 0; j < units; ++j) {
       const T r_j = r[j], z_j = z[j], a_j = a[j], n_j = n[j], d_h_j = d_h_row[j];
       const T d_pre_n = d_h_j * (T(1) - z_j) * (T(1) - n_j * n_j);
       d_pre_n_row[j] = d_pre_n;
@@ -117,8 +131,8 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
       Tensor hh_live = matrix(hh_s, rows, gate_rows, options);
       matmul_into(hh_live, matrix(h_prev, rows, hidden, options), w);  // (rows,H) @ (H,3H)
       for_rows(rows, gate_rows, [&](int64_t first, int64_t last) {
-        forward_rows<T>(x_base + s * batch * gate_rows, hh_s, b_ih, b_hh, n_s, h_prev, h, first,
-                        last, hidden);
+        forward_rows<T, false>(x_base + s * batch * gate_rows, hh_s, nullptr, 0, 0, b_ih, b_hh,
+                               n_s, h_prev, h, first, last, 0, hidden, hidden);
       });
       zero_rows(h, rows, batch, hidden);
     }
@@ -157,7 +171,7 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
       T* d_h_prev = s > 0 ? grad_s - step : d_h0_base;
       for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
         backward_rows<T>(hh_base + s * batch * gate_rows, n_base + s * step, h_base + s * step,
-                         grad_s, f_s, grad_s, d_h_prev, first, last, hidden);
+                         grad_s, f_s, grad_s, d_h_prev, first, last, 0, hidden, hidden);
       });
       zero_rows(f_s, rows, batch, gate_rows);
       zero_rows(grad_s, rows, batch, hidden);
@@ -171,8 +185,139 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
   });
 }
 
+// ---- The fused engine (engine.h): one packed W_hh per call, a team for the whole sequence.
+
+// Forward, every direction: each member computes, at each step, h_{s-1} W_hh^T for its own
+// hidden units (its panels, [r, z, n] columns of those units) tile by tile of batch rows and
+// applies the cell to each tile at once; the team meets once per step, when h_s is complete.
+template <typename T>
+void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
+                        const Tensor& w_rec, const Tensor& zeros, at::TensorList biases,
+                        at::IntArrayRef live) {
+  using L = engine::Layout<T, 3>;
+  const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
+  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, panels = L::panels(hidden);
+  const bool every_step = hh.size(1) > 1;
+  Tensor packed = at::empty({directions, panels, hidden, L::columns}, xw.options());
+  engine::for_direction_shares(
+      directions, panels, 2 * batch * hidden * gate_rows,
+      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+        const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 3H): element (g*H + j, k) below
+        T* panel_base = packed.select(0, d).data_ptr<T>();
+        for (int64_t p = p0; p < p1; ++p) {
+          engine::pack_panel<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
+                                   panel_base + p * hidden * L::columns);
+        }
+        const T* x_base = xw.select(0, d).data_ptr<T>();  // (T, B, 3H)
+        T* hh_base = hh.select(0, d).data_ptr<T>();  // (T or 1, B, 3H)
+        T* n_base = ns.select(0, d).data_ptr<T>();  // (T or 1, B, H)
+        T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        const T* b_ih = (biases.empty() ? zeros : biases[2 * d]).data_ptr<T>();  // (3H,)
+        const T* b_hh = (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>();  // (3H,)
+        const int64_t first_unit = p0 * L::units;
+        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        alignas(64) T tile[L::max_rows * L::columns];
+        for (int64_t s = 0; s < steps; ++s) {
+          const int64_t rows = live_rows(live, s, batch);
+          const int64_t slot = every_step ? s : 0;
+          const T* x_s = x_base + s * batch * gate_rows;
+          T* hh_s = hh_base + slot * batch * gate_rows;
+          T* n_s = n_base + slot * batch * hidden;
+          const T* h_prev = h_base + s * batch * hidden;
+          T* h = h_base + (s + 1) * batch * hidden;
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
+            const T* panel = panel_base + p * hidden * L::columns;  // (H, 3 * units)
+            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+              // tile = h_prev[r0 : r0 + tile_rows] @ panel: (rows, H) @ (H, 3 * units)
+              engine::multiply<T, 3>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0, panel,
+                                     tile, tile_rows);
+              forward_rows<T, true>(x_s + r0 * gate_rows, hh_s + r0 * gate_rows, tile,
+                                    L::columns, L::units, b_ih, b_hh, n_s + r0 * hidden,
+                                    h_prev + r0 * hidden, h + r0 * hidden, 0, tile_rows, unit,
+                                    unit + units, hidden);
+            });
+          }
+          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
+            std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
+          }
+          barrier.wait();  // h_s complete: the next step reads all of it
+        }
+      });
+}
+
+// Backward, every direction: each member owns the same hidden units in both halves of a step:
+// the elementwise backward of its units, then, after the team has met, its columns of
+// d_h_{s-1} += [d_pre_r, d_pre_z, d_a]_s @ W_hh, (rows, 3H) @ (3H, its units), from its own
+// panels of W_hh: the columns its next step reads, so one meeting per step suffices.
+template <typename T>
+void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
+                         at::TensorList grads, at::TensorList w_hh, at::TensorList factors,
+                         Tensor& d_h0, at::IntArrayRef live) {
+  using L = engine::Layout<T, 1>;
+  const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
+  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
+  const int64_t panels = L::panels(hidden);
+  Tensor packed = at::empty({directions, panels, gate_rows, L::columns}, hh.options());
+  engine::for_direction_shares(
+      directions, panels, 2 * batch * gate_rows * hidden,
+      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+        const Tensor& w = w_hh[d];  // W_hh (3H, H): element (j, k) = W_hh[k, j]
+        T* panel_base = packed.select(0, d).data_ptr<T>();
+        for (int64_t p = p0; p < p1; ++p) {
+          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, gate_rows,
+                                   p, panel_base + p * gate_rows * L::columns);
+        }
+        const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
+        const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
+        const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_a out
+        T* f_base = factors[d].data_ptr<T>();  // (T, B, 3H): [n_x, r, z]
+        T* d_h0_base = d_h0.select(0, d).data_ptr<T>();  // (B, H)
+        const int64_t first_unit = p0 * L::units;
+        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        for (int64_t b = 0; b < batch; ++b) {
+          std::fill(d_h0_base + b * hidden + first_unit, d_h0_base + b * hidden + last_unit, T(0));
+        }
+        alignas(64) T tile[L::max_rows * L::columns];
+        for (int64_t s = steps - 1; s >= 0; --s) {
+          const int64_t rows = live_rows(live, s, batch);
+          T* f_s = f_base + s * batch * gate_rows;
+          T* grad_s = grad_base + s * step;
+          T* d_h_prev = s > 0 ? grad_s - step : d_h0_base;
+          backward_rows<T>(hh_base + s * batch * gate_rows, n_base + s * step, h_base + s * step,
+                           grad_s, f_s, grad_s, d_h_prev, 0, rows, first_unit, last_unit, hidden);
+          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
+            for (int64_t g = 0; g < 3; ++g) {
+              T* row = f_s + b * gate_rows + g * hidden;
+              std::fill(row + first_unit, row + last_unit, T(0));
+            }
+            std::fill(grad_s + b * hidden + first_unit, grad_s + b * hidden + last_unit, T(0));
+          }
+          barrier.wait();  // [d_pre_r, d_pre_z] and d_a of step s complete
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
+            const T* panel = panel_base + p * gate_rows * L::columns;  // (3H, units)
+            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+              // tile = [d_pre_r, d_pre_z, d_a][r0 : r0 + tile_rows] @ panel: (rows, 3H) @
+              // (3H, units), the first two from the factors, d_a from the grads
+              engine::multiply<T, 1>(f_s + r0 * gate_rows + hidden, gate_rows, 2 * hidden,
+                                     grad_s + r0 * hidden, hidden, hidden, panel, tile,
+                                     tile_rows);
+              for (int64_t r = 0; r < tile_rows; ++r) {
+                T* target = d_h_prev + (r0 + r) * hidden + unit;
+                const T* source = tile + r * L::columns;
+                UNROLLED_VECTOR_LOOP
+                for (int64_t j = 0; j < units; ++j) target[j] += source[j];
+              }
+            });
+          }
+        }
+      });
+}
+
 void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor& w_rec,
-                 at::TensorList biases, at::IntArrayRef live) {
+                 at::TensorList biases, at::IntArrayRef live, bool fused) {
   TORCH_CHECK(xw.is_contiguous() && hh.is_contiguous() && ns.is_contiguous() &&
                   hs.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -184,13 +329,18 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor
                 "unrolled native GRU: each bias must be contiguous (3H,)");
   }
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
-    forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, live);
+    if (fused) {
+      const Tensor zeros = at::zeros({3 * hs.size(3)}, xw.options());
+      fused_forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, zeros, biases, live);
+    } else {
+      forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, live);
+    }
   });
 }
 
 void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
                   at::TensorList w_hh, at::TensorList factors, Tensor d_h0,
-                  at::IntArrayRef live) {
+                  at::IntArrayRef live, bool fused) {
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
                   d_h0.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -201,7 +351,11 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
     TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: factors must be contiguous");
   }
   AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
-    backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, live);
+    if (fused) {
+      fused_backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, live);
+    } else {
+      backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, live);
+    }
   });
 }
 
@@ -210,9 +364,9 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
-        "Tensor[] biases, int[] live) -> ()",
+        "Tensor[] biases, int[] live, bool fused) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, "
-        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live) -> ()",
+        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live, bool fused) -> ()",
         &unrolled::gru_backward);
 }

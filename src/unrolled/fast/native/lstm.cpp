@@ -16,37 +16,55 @@
 #include <type_traits>
 
 #include "common.h"
+#include "engine.h"
 
 namespace unrolled {
 namespace {
 
-// One step, rows [first_row, last_row): the elementwise part of unrolled.cells.lstm, from the
-// pre-activations a = gates + bias to c and out = o * tanh(c).
-// `out` is h (no projection) or r, the input of W_hr. c_prev may alias c (one reused slot).
-// The activated gates are stored back only when a backward will read them (`keep`). With
-// `extra` (B, 4H), the recurrent product computed elsewhere (packed GEMM), a = gates + extra +
-// bias.
-template <typename T, bool keep, bool has_extra>
-void forward_rows(T* gates, const T* extra, const T* bias, const T* c_prev, T* c, T* out,
-                  int64_t first_row, int64_t last_row, int64_t hidden) {
+// One step, rows [first_row, last_row) and hidden units [first_unit, last_unit): the
+// elementwise part of unrolled.cells.lstm, from the pre-activations a = gates + bias (+ extra)
+// to c and out = o * tanh(c). `out` is h (no projection) or r, the input of W_hr. c_prev may
+// alias c (one reused slot). The activated gates are stored back only when a backward will
+// read them (`keep`). `extra` is the recurrent product computed elsewhere, added here: unit
+// first_unit + j of gate g in row b at extra[b * extra_row + g * extra_gate + j] (the fused
+// engine's tile, or MKL's packed GEMM's (B, 4H) result). Without `reads_gates` the gates
+// block holds nothing yet (extra has the input part too: the fused engine's tile of
+// [x_s, h_{s-1}] @ [W_ih; W_hh]^T) and is only written, and only with `keep`.
+template <typename T, bool keep, bool has_extra, bool reads_gates = true>
+void forward_rows(T* gates, const T* extra, int64_t extra_row, int64_t extra_gate,
+                  const T* bias, const T* c_prev, T* c, T* out, int64_t first_row,
+                  int64_t last_row, int64_t first_unit, int64_t last_unit, int64_t hidden) {
+  const int64_t units = last_unit - first_unit;
+  const T* b_i = bias + first_unit;
+  const T* b_f = b_i + hidden;
+  const T* b_g = b_f + hidden;
+  const T* b_o = b_g + hidden;
   for (int64_t b = first_row; b < last_row; ++b) {
-    T* i = gates + b * 4 * hidden;
+    T* i = gates + b * 4 * hidden + first_unit;
     T* f = i + hidden;
     T* g = f + hidden;
     T* o = g + hidden;
-    const T* e = has_extra ? extra + b * 4 * hidden : bias;  // read only when has_extra
-    const T* c_prev_row = c_prev + b * hidden;
-    T* c_row = c + b * hidden;
-    T* out_row = out + b * hidden;
+    const T* e_i = has_extra ? extra + b * extra_row : bias;  // read only when has_extra
+    const T* e_f = e_i + (has_extra ? extra_gate : 0);
+    const T* e_g = e_f + (has_extra ? extra_gate : 0);
+    const T* e_o = e_g + (has_extra ? extra_gate : 0);
+    const T* c_prev_row = c_prev + b * hidden + first_unit;
+    T* c_row = c + b * hidden + first_unit;
+    T* out_row = out + b * hidden + first_unit;
     UNROLLED_VECTOR_LOOP
-    for (int64_t j = 0; j < hidden; ++j) {
-      T a_i = i[j] + bias[j], a_f = f[j] + bias[hidden + j];
-      T a_g = g[j] + bias[2 * hidden + j], a_o = o[j] + bias[3 * hidden + j];
+    for (int64_t j = 0; j < units; ++j) {
+      T a_i = b_i[j], a_f = b_f[j], a_g = b_g[j], a_o = b_o[j];
+      if constexpr (reads_gates) {
+        a_i += i[j];
+        a_f += f[j];
+        a_g += g[j];
+        a_o += o[j];
+      }
       if constexpr (has_extra) {
-        a_i += e[j];
-        a_f += e[hidden + j];
-        a_g += e[2 * hidden + j];
-        a_o += e[3 * hidden + j];
+        a_i += e_i[j];
+        a_f += e_f[j];
+        a_g += e_g[j];
+        a_o += e_o[j];
       }
       const T i_j = sigmoid(a_i), f_j = sigmoid(a_f), g_j = tanh(a_g), o_j = sigmoid(a_o);
       const T c_j = f_j * c_prev_row[j] + i_j * g_j;
@@ -62,9 +80,10 @@ void forward_rows(T* gates, const T* extra, const T* bias, const T* c_prev, T* c
   }
 }
 
-// One step backward, rows [first_row, last_row). `d_r` is the gradient reaching
-// r = o * tanh(c) (d_h, or d_h @ W_hr); `dc` holds c_s's gradient on entry (plus `dc_arrival`,
-// the c_n gradient entering at this step) and c_{s-1}'s on exit:
+// One step backward, rows [first_row, last_row) and hidden units [first_unit, last_unit).
+// `d_r` is the gradient reaching r = o * tanh(c) (d_h, or d_h @ W_hr); `dc` holds c_s's
+// gradient on entry (plus `dc_arrival`, the c_n gradient entering at this step) and
+// c_{s-1}'s on exit:
 //   dc      += d_r * o * (1 - tanh(c)^2)
 //   d_pre_o  = d_r * tanh(c) * o (1 - o)     d_pre_i = dc * g * i (1 - i)
 //   d_pre_f  = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
@@ -74,17 +93,18 @@ void forward_rows(T* gates, const T* extra, const T* bias, const T* c_prev, T* c
 template <typename T>
 void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T* dc,
                    const T* dc_arrival, T* d_pre, T* r, int64_t first_row, int64_t last_row,
-                   int64_t hidden) {
+                   int64_t first_unit, int64_t last_unit, int64_t hidden) {
+  const int64_t units = last_unit - first_unit;
   for (int64_t b = first_row; b < last_row; ++b) {
-    const T* i = gates + b * 4 * hidden;
+    const T* i = gates + b * 4 * hidden + first_unit;
     const T* f = i + hidden;
     const T* g = f + hidden;
     const T* o = g + hidden;
-    T* d_pre_i = d_pre + b * 4 * hidden;
+    T* d_pre_i = d_pre + b * 4 * hidden + first_unit;
     T* d_pre_f = d_pre_i + hidden;
     T* d_pre_g = d_pre_f + hidden;
     T* d_pre_o = d_pre_g + hidden;
-    const int64_t at = b * hidden;
+    const int64_t at = b * hidden + first_unit;
     const T* c_prev_row = c_prev + at;
     const T* c_row = c + at;
     const T* d_r_row = d_r + at;
@@ -92,7 +112,7 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
     T* dc_row = dc + at;
     T* r_row = r == nullptr ? nullptr : r + at;
     UNROLLED_VECTOR_LOOP
-    for (int64_t j = 0; j < hidden; ++j) {
+    for (int64_t j = 0; j < units; ++j) {
       const T i_j = i[j], f_j = f[j], g_j = g[j], o_j = o[j];
       const T tanh_c = tanh(c_row[j]);
       const T d_r_j = d_r_row[j];
@@ -150,7 +170,8 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
     for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
       auto run = [&](auto keep_tag, auto extra_tag) {
         forward_rows<T, decltype(keep_tag)::value, decltype(extra_tag)::value>(
-            gate_ptr, extra, bias_ptr, c_prev, c, out, first, last, hidden);
+            gate_ptr, extra, 4 * hidden, hidden, bias_ptr, c_prev, c, out, first, last, 0,
+            hidden, hidden);
       };
       using yes = std::true_type;
       using no = std::false_type;
@@ -217,7 +238,7 @@ void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor
     T* r_ptr = keep_r ? r_base + s * cell_step : nullptr;
     for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
       backward_rows<T>(gate_ptr, c_prev, c_prev + cell_step, d_r_ptr, dc_ptr, arrival,
-                       d_pre_ptr, r_ptr, first, last, hidden);
+                       d_pre_ptr, r_ptr, first, last, 0, hidden, hidden);
     });
     zero_rows(d_pre_ptr, rows, batch, 4 * hidden);
     if (keep_r) zero_rows(r_ptr, rows, batch, hidden);
@@ -239,25 +260,204 @@ void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& d
   });
 }
 
+// ---- The fused engine (engine.h): no projection, one packed W_hh per call, persistent team.
+
+// Forward, every direction: member `m` of the team computes, at each step, the gates of its
+// own hidden units from its panels of [W_ih; W_hh]^T (packed by itself), tile by tile of
+// batch rows, [x_s, h_{s-1}] @ panel, and applies the cell to each tile at once; the team
+// meets once per step, when h_s is complete. Without `inputs` (empty) the input part is
+// already in `gates` (hoisted by the caller) and the panels hold W_hh^T alone.
+template <typename T, bool keep>
+void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, Tensor& cs,
+                        Tensor& hs, at::IntArrayRef live, at::TensorList inputs,
+                        at::TensorList w_in) {
+  using L = engine::Layout<T, 4>;
+  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
+  const int64_t hidden = hs.size(3), panels = L::panels(hidden);
+  const int64_t input_size = inputs.empty() ? 0 : inputs[0].size(2);
+  const int64_t depth = input_size + hidden;
+  const bool every_cell = cs.size(1) > 1;
+  // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is W_hh^T (D, H, 4H), w_in
+  // D x W_ih (4H, I), any strides.
+  Tensor packed = at::empty({directions, panels, depth, L::columns}, hs.options());
+  engine::for_direction_shares(
+      directions, panels, 2 * batch * depth * 4 * hidden,
+      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+        const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 4H): element (g*H + j, k) below
+        T* panel_base = packed.select(0, d).data_ptr<T>();
+        for (int64_t p = p0; p < p1; ++p) {
+          T* panel = panel_base + p * depth * L::columns;
+          if (input_size > 0) {  // rows [0, I): W_ih^T
+            const Tensor& wi = w_in[d];
+            engine::pack_panel<T, 4>(wi.data_ptr<T>(), wi.stride(0), wi.stride(1), hidden,
+                                     input_size, p, panel);
+          }
+          engine::pack_panel<T, 4>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
+                                   p, panel + input_size * L::columns);
+        }
+        T* gate_base = keep || input_size == 0 ? gates.select(0, d).data_ptr<T>() : nullptr;
+        const T* x_base = input_size > 0 ? inputs[d].data_ptr<T>() : nullptr;  // (T, B, I)
+        T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
+        T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
+        const int64_t first_unit = p0 * L::units;
+        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        alignas(64) T tile[L::max_rows * L::columns];
+        for (int64_t s = 0; s < steps; ++s) {
+          const int64_t rows = live_rows(live, s, batch);
+          T* gate_s = gate_base == nullptr ? nullptr : gate_base + s * batch * 4 * hidden;
+          const T* x_s = x_base == nullptr ? nullptr : x_base + s * batch * input_size;
+          const T* h_prev = h_base + s * batch * hidden;
+          T* h = h_base + (s + 1) * batch * hidden;
+          T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
+          T* c = every_cell ? c_prev + batch * hidden : c_prev;
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
+            const T* panel = panel_base + p * depth * L::columns;  // (I + H, 4 * units)
+            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+              // tile = [x_s, h_prev][r0 : r0 + tile_rows] @ panel: (rows, I + H) @ (I + H,
+              // 4 * units), the x_s part only with inputs
+              engine::multiply<T, 4>(x_s + r0 * input_size, input_size, input_size,
+                                     h_prev + r0 * hidden, hidden, hidden, panel, tile,
+                                     tile_rows);
+              T* gate_rows = gate_s == nullptr ? nullptr : gate_s + r0 * 4 * hidden;
+              auto apply = [&](auto keep_tag, auto reads_tag) {
+                forward_rows<T, decltype(keep_tag)::value, true, decltype(reads_tag)::value>(
+                    gate_rows, tile, L::columns, L::units, bias_ptr, c_prev + r0 * hidden,
+                    c + r0 * hidden, h + r0 * hidden, 0, tile_rows, unit, unit + units,
+                    hidden);
+              };
+              using yes = std::true_type;
+              using no = std::false_type;
+              if (input_size > 0) {
+                keep ? apply(yes{}, no{}) : apply(no{}, no{});
+              } else {
+                keep ? apply(yes{}, yes{}) : apply(no{}, yes{});
+              }
+            });
+          }
+          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
+            std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
+            if (every_cell) std::fill(c + b * hidden + first_unit, c + b * hidden + last_unit, T(0));
+          }
+          barrier.wait();  // h_s complete: the next step reads all of it
+        }
+      });
+}
+
+// Backward, every direction: member `m` owns the same hidden units in both halves of a step:
+// the elementwise backward of its units (d_pre's columns of its units in all four gates), then,
+// after the team has met (d_pre_s complete), its columns of d_h_{s-1} += d_pre_s @ W_hh,
+// (rows, 4H) @ (4H, its units), from its own panels of W_hh. Those are the columns its next
+// step reads, so one meeting per step suffices.
+template <typename T>
+void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
+                         const Tensor& dc_arrivals, const Tensor& w_rec, Tensor& d_pre,
+                         at::IntArrayRef live) {
+  using L = engine::Layout<T, 1>;
+  const int64_t directions = gates.size(0), steps = gates.size(1), batch = gates.size(2);
+  const int64_t hidden = gates.size(3) / 4, panels = L::panels(hidden);
+  const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
+  const bool arrivals = given(dc_arrivals);
+  // W_hh panels, (D, panels, 4H, units); w_rec is W_hh (D, 4H, H), any strides.
+  Tensor packed = at::empty({directions, panels, 4 * hidden, L::columns}, gates.options());
+  engine::for_direction_shares(
+      directions, panels, 2 * batch * hidden * 4 * hidden,
+      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+        const Tensor w = w_rec.select(0, d);  // W_hh (4H, H): element (j, k) = W_hh[k, j]
+        T* panel_base = packed.select(0, d).data_ptr<T>();
+        for (int64_t p = p0; p < p1; ++p) {
+          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden,
+                                   4 * hidden, p, panel_base + p * 4 * hidden * L::columns);
+        }
+        const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
+        const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
+        T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
+        const T* arrival_base = arrivals ? dc_arrivals.select(0, d).data_ptr<T>() : nullptr;
+        T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
+        const int64_t first_unit = p0 * L::units;
+        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        alignas(64) T tile[L::max_rows * L::columns];
+        for (int64_t s = steps - 1; s >= 0; --s) {
+          const int64_t rows = live_rows(live, s, batch);
+          T* d_h_s = d_h_base + s * cell_step;
+          const T* c_prev = c_base + s * cell_step;
+          T* d_pre_s = d_pre_base + s * gate_step;
+          backward_rows<T>(gate_base + s * gate_step, c_prev, c_prev + cell_step, d_h_s,
+                           dc_ptr, arrivals ? arrival_base + s * cell_step : nullptr, d_pre_s,
+                           nullptr, 0, rows, first_unit, last_unit, hidden);
+          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
+            for (int64_t g = 0; g < 4; ++g) {
+              T* row = d_pre_s + b * 4 * hidden + g * hidden;
+              std::fill(row + first_unit, row + last_unit, T(0));
+            }
+          }
+          barrier.wait();  // d_pre_s complete: every member's product reads all of it
+          if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
+          T* d_h_prev = d_h_s - cell_step;
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
+            const T* panel = panel_base + p * 4 * hidden * L::columns;  // (4H, units)
+            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+              // tile = d_pre_s[r0 : r0 + tile_rows] @ panel: (rows, 4H) @ (4H, units)
+              engine::multiply<T, 1>(d_pre_s + r0 * 4 * hidden, 4 * hidden, 4 * hidden,
+                                     nullptr, 0, 0, panel, tile, tile_rows);
+              for (int64_t r = 0; r < tile_rows; ++r) {
+                T* target = d_h_prev + (r0 + r) * hidden + unit;
+                const T* source = tile + r * L::columns;
+                UNROLLED_VECTOR_LOOP
+                for (int64_t j = 0; j < units; ++j) target[j] += source[j];
+              }
+            });
+          }
+        }
+      });
+}
+
 void check_contiguous(const Tensor& t, const char* name) {
   TORCH_CHECK(!given(t) || t.is_contiguous(), "unrolled native LSTM: ", name,
               " must be contiguous");
 }
 
 void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor cs, Tensor hs, at::IntArrayRef live, bool keep, bool packed) {
+                  Tensor cs, Tensor hs, at::IntArrayRef live, bool keep, bool packed,
+                  bool fused, at::TensorList inputs, at::TensorList w_in) {
   check_contiguous(gates, "gates");
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
+  for (const Tensor& x : inputs) check_contiguous(x, "inputs");
+  TORCH_CHECK(inputs.size() == w_in.size() &&
+                  (inputs.empty() || static_cast<int64_t>(inputs.size()) == hs.size(0)),
+              "unrolled native LSTM: inputs and w_in must be empty or one per direction, got ",
+              inputs.size(), " and ", w_in.size(), " for ", hs.size(0), " directions");
   // The plan asks for the packed variant only where it exists and applies; a request that does
   // not fit is a bug in the caller, never silently ignored.
-  TORCH_CHECK(!packed || (packed_gemm() != nullptr && gates.scalar_type() == at::kFloat &&
+  TORCH_CHECK(!packed || (packed_gemm() != nullptr && hs.scalar_type() == at::kFloat &&
                           live.empty()),
               "unrolled native LSTM: packed=True needs MKL's packed GEMM (this torch has it: ",
-              packed_gemm() != nullptr, "), float32 (got ", gates.scalar_type(),
+              packed_gemm() != nullptr, "), float32 (got ", hs.scalar_type(),
               ") and the full batch at every step");
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward", [&] {
-    forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep, packed);
+  TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
+              "projection (proj_size=0)");
+  TORCH_CHECK(keep || fused || inputs.empty() || given(gates),
+              "unrolled native LSTM: gates must be given unless fused=True and keep=False");
+  AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_forward", [&] {
+    if (!fused) {
+      for (size_t d = 0; d < inputs.size(); ++d) {  // the input part first: (T*B, I) @ (I, 4H)
+        Tensor target = gates.select(0, d).flatten(0, 1);
+        matmul_into(target, inputs[d].flatten(0, 1), w_in[d].t());
+      }
+      forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep, packed);
+      return;
+    }
+    const Tensor b = given(bias) ? bias.contiguous()
+                                 : at::zeros({hs.size(0), 4 * cs.size(3)}, hs.options());
+    if (keep) {
+      fused_forward_loop<scalar_t, true>(gates, b, w_rec, cs, hs, live, inputs, w_in);
+    } else {
+      fused_forward_loop<scalar_t, false>(gates, b, w_rec, cs, hs, live, inputs, w_in);
+    }
   });
 }
 
@@ -265,14 +465,20 @@ bool packed_gemm_available() { return packed_gemm() != nullptr; }
 
 void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
                    const Tensor& dc_arrivals, const Tensor& w_rec, const Tensor& w_proj,
-                   Tensor d_pre, Tensor r, at::IntArrayRef live) {
+                   Tensor d_pre, Tensor r, at::IntArrayRef live, bool fused) {
   for (const auto& [t, name] : {std::pair{gates, "gates"}, {cs, "cs"}, {d_h, "d_h"},
                                 {dc, "dc"}, {dc_arrivals, "dc_arrivals"}, {d_pre, "d_pre"},
                                 {r, "r"}}) {
     check_contiguous(t, name);
   }
+  TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
+              "projection (proj_size=0)");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
-    backward_loop<scalar_t>(gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, live);
+    if (fused) {
+      fused_backward_loop<scalar_t>(gates, cs, d_h, dc, dc_arrivals, w_rec, d_pre, live);
+    } else {
+      backward_loop<scalar_t>(gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, live);
+    }
   });
 }
 
@@ -281,11 +487,12 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
-        "Tensor(c!) hs, int[] live, bool keep, bool packed) -> ()",
+        "Tensor(c!) hs, int[] live, bool keep, bool packed, bool fused, Tensor[] inputs, "
+        "Tensor[] w_in) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
         "Tensor dc_arrivals, Tensor w_rec, Tensor w_proj, Tensor(c!) d_pre, Tensor(d!) r, "
-        "int[] live) -> ()",
+        "int[] live, bool fused) -> ()",
         &unrolled::lstm_backward);
   m.def("packed_gemm_available() -> bool", &unrolled::packed_gemm_available);
 }

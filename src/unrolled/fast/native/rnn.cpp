@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "engine.h"
 
 namespace unrolled {
 namespace {
@@ -98,21 +99,140 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
   });
 }
 
-void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
+// ---- The fused engine (engine.h): one packed W_hh per call, a team for the whole sequence.
+
+// Forward, every direction: each member computes, at each step, h_{s-1} W_hh^T for its own
+// hidden units (its panels) tile by tile of batch rows, adds it to the tile's input part in hs
+// and activates it at once; the team meets once per step, when h_s is complete.
+template <typename T>
+void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
+  using L = engine::Layout<T, 1>;
+  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
+  const int64_t hidden = hs.size(3), panels = L::panels(hidden);
+  Tensor packed = at::empty({directions, panels, hidden, L::columns}, hs.options());
+  engine::for_direction_shares(
+      directions, panels, 2 * batch * hidden * hidden,
+      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+        const Tensor w = w_rec.select(0, d);  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
+        T* panel_base = packed.select(0, d).data_ptr<T>();
+        for (int64_t p = p0; p < p1; ++p) {
+          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
+                                   panel_base + p * hidden * L::columns);
+        }
+        T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        const int64_t first_unit = p0 * L::units;
+        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        alignas(64) T tile[L::max_rows * L::columns];
+        for (int64_t s = 0; s < steps; ++s) {
+          const int64_t rows = live_rows(live, s, batch);
+          const T* h_prev = base + s * batch * hidden;
+          T* h = base + (s + 1) * batch * hidden;
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
+            const T* panel = panel_base + p * hidden * L::columns;  // (H, units)
+            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+              // tile = h_prev[r0 : r0 + tile_rows] @ panel: (rows, H) @ (H, units)
+              engine::multiply<T, 1>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0, panel,
+                                     tile, tile_rows);
+              for (int64_t r = 0; r < tile_rows; ++r) {
+                T* row = h + (r0 + r) * hidden + unit;
+                const T* product = tile + r * L::columns;
+                UNROLLED_VECTOR_LOOP
+                for (int64_t j = 0; j < units; ++j) row[j] += product[j];
+              }
+              for (int64_t r = 0; r < tile_rows; ++r) {
+                activate_rows<T>(h + (r0 + r) * hidden + unit, 0, 1, units, relu);
+              }
+            });
+          }
+          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
+            std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
+          }
+          barrier.wait();  // h_s complete: the next step reads all of it
+        }
+      });
+}
+
+// Backward, every direction: each member turns its units' d_h_s into d_pre_s, then, after the
+// team has met, adds d_pre_s @ W_hh, (rows, H) @ (H, its units), to its columns of d_h_{s-1},
+// from its own panels of W_hh: the columns its next step reads.
+template <typename T>
+void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh,
+                         bool relu, at::IntArrayRef live) {
+  using L = engine::Layout<T, 1>;
+  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
+  const int64_t hidden = hs.size(3), step = batch * hidden, panels = L::panels(hidden);
+  Tensor packed = at::empty({directions, panels, hidden, L::columns}, hs.options());
+  engine::for_direction_shares(
+      directions, panels, 2 * batch * hidden * hidden,
+      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+        const Tensor& w = w_hh[d];  // W_hh (H, H): element (j, k) = W_hh[k, j]
+        T* panel_base = packed.select(0, d).data_ptr<T>();
+        for (int64_t p = p0; p < p1; ++p) {
+          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
+                                   panel_base + p * hidden * L::columns);
+        }
+        const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
+        T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
+        const int64_t first_unit = p0 * L::units;
+        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        alignas(64) T tile[L::max_rows * L::columns];
+        for (int64_t s = steps - 1; s >= 0; --s) {
+          const int64_t rows = live_rows(live, s, batch);
+          T* grad_s = grad_base + s * step;
+          for (int64_t b = 0; b < rows; ++b) {
+            const int64_t at = b * hidden + first_unit;
+            backward_rows<T>(h_base + s * step + at, grad_s + at, grad_s + at, 0, 1,
+                             last_unit - first_unit, relu);
+          }
+          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
+            std::fill(grad_s + b * hidden + first_unit, grad_s + b * hidden + last_unit, T(0));
+          }
+          barrier.wait();  // d_pre_s complete: every member's product reads all of it
+          if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
+          T* d_h_prev = grad_s - step;
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
+            const T* panel = panel_base + p * hidden * L::columns;  // (H, units)
+            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+              // tile = d_pre_s[r0 : r0 + tile_rows] @ panel: (rows, H) @ (H, units)
+              engine::multiply<T, 1>(grad_s + r0 * hidden, hidden, hidden, nullptr, 0, 0, panel,
+                                     tile, tile_rows);
+              for (int64_t r = 0; r < tile_rows; ++r) {
+                T* target = d_h_prev + (r0 + r) * hidden + unit;
+                const T* source = tile + r * L::columns;
+                UNROLLED_VECTOR_LOOP
+                for (int64_t j = 0; j < units; ++j) target[j] += source[j];
+              }
+            });
+          }
+        }
+      });
+}
+
+void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live, bool fused) {
   TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
-    forward_loop<scalar_t>(hs, w_rec, relu, live);
+    if (fused) {
+      fused_forward_loop<scalar_t>(hs, w_rec, relu, live);
+    } else {
+      forward_loop<scalar_t>(hs, w_rec, relu, live);
+    }
   });
 }
 
 void rnn_backward(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, bool relu,
-                  at::IntArrayRef live) {
+                  at::IntArrayRef live, bool fused) {
   TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
   for (const Tensor& t : grads) {
     TORCH_CHECK(t.is_contiguous(), "unrolled native RNN: grads must be contiguous");
   }
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
-    backward_loop<scalar_t>(hs, grads, w_hh, relu, live);
+    if (fused) {
+      fused_backward_loop<scalar_t>(hs, grads, w_hh, relu, live);
+    } else {
+      backward_loop<scalar_t>(hs, grads, w_hh, relu, live);
+    }
   });
 }
 
@@ -120,8 +240,9 @@ void rnn_backward(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, b
 }  // namespace unrolled
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
-  m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live) -> ()",
+  m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live, bool fused) -> ()",
         &unrolled::rnn_forward);
-  m.def("rnn_backward(Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, bool relu, int[] live) -> ()",
+  m.def("rnn_backward(Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, bool relu, int[] live, "
+        "bool fused) -> ()",
         &unrolled::rnn_backward);
 }

@@ -1,0 +1,360 @@
+// The fused recurrence engine: the recurrent product of a step computed by the project's own
+// vector kernel on a weight packed once per layer call, the cell's elementwise math applied to
+// each tile while it is in L1, and threads that live through the whole sequence, each owning a
+// slice of hidden units (and the slice of W_hh they need, which then stays in that core's
+// cache), meeting once per step at a spin barrier.
+//
+// Why not one BLAS call per step (the loops' other kernel, `common.h`): a step's product is a
+// GEMM with few rows (the batch) and a fixed right operand. A BLAS call repacks that operand at
+// every step, forks and joins its threads around every call (the caller's elementwise pass
+// runs between the joins), and how fast it runs with few rows depends on the vendor's code path
+// for the CPU at hand (measured on AMD Zen: MKL's per-step sgemm at 103-128 GFLOP/s against
+// 160-184 for the same library's large GEMMs). Here W_hh is packed once, each thread multiplies
+// only by its own columns, and the two threads of a 2-core machine never meet except at the
+// step's barrier.
+//
+// Vector code: AVX-512, AVX2+FMA and NEON through their intrinsics (chosen at build time by the
+// compiler's target, `-march=native`), and a scalar fallback that compiles anywhere. No BLAS.
+#pragma once
+
+#include "common.h"
+
+#include <atomic>
+#include <thread>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+namespace unrolled {
+namespace engine {
+
+// One vector register of T for the build's target: load, store, broadcast, fused multiply-add.
+// `registers` is how many the ISA has (sizes the kernel's tile so the accumulators stay in them).
+template <typename T>
+struct Simd;
+
+#if defined(__AVX512F__)
+constexpr const char* kInstructionSet = "AVX-512";
+template <>
+struct Simd<float> {
+  using V = __m512;
+  static constexpr int width = 16, registers = 32;
+  static UNROLLED_INLINE V zero() { return _mm512_setzero_ps(); }
+  static UNROLLED_INLINE V load(const float* p) { return _mm512_loadu_ps(p); }
+  static UNROLLED_INLINE void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static UNROLLED_INLINE V broadcast(float x) { return _mm512_set1_ps(x); }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+template <>
+struct Simd<double> {
+  using V = __m512d;
+  static constexpr int width = 8, registers = 32;
+  static UNROLLED_INLINE V zero() { return _mm512_setzero_pd(); }
+  static UNROLLED_INLINE V load(const double* p) { return _mm512_loadu_pd(p); }
+  static UNROLLED_INLINE void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static UNROLLED_INLINE V broadcast(double x) { return _mm512_set1_pd(x); }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr const char* kInstructionSet = "AVX2";
+template <>
+struct Simd<float> {
+  using V = __m256;
+  static constexpr int width = 8, registers = 16;
+  static UNROLLED_INLINE V zero() { return _mm256_setzero_ps(); }
+  static UNROLLED_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
+  static UNROLLED_INLINE void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static UNROLLED_INLINE V broadcast(float x) { return _mm256_set1_ps(x); }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+template <>
+struct Simd<double> {
+  using V = __m256d;
+  static constexpr int width = 4, registers = 16;
+  static UNROLLED_INLINE V zero() { return _mm256_setzero_pd(); }
+  static UNROLLED_INLINE V load(const double* p) { return _mm256_loadu_pd(p); }
+  static UNROLLED_INLINE void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static UNROLLED_INLINE V broadcast(double x) { return _mm256_set1_pd(x); }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+};
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+constexpr const char* kInstructionSet = "NEON";
+template <>
+struct Simd<float> {
+  using V = float32x4_t;
+  static constexpr int width = 4, registers = 32;
+  static UNROLLED_INLINE V zero() { return vdupq_n_f32(0.0f); }
+  static UNROLLED_INLINE V load(const float* p) { return vld1q_f32(p); }
+  static UNROLLED_INLINE void store(float* p, V v) { vst1q_f32(p, v); }
+  static UNROLLED_INLINE V broadcast(float x) { return vdupq_n_f32(x); }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return vfmaq_f32(c, a, b); }
+};
+template <>
+struct Simd<double> {
+  using V = float64x2_t;
+  static constexpr int width = 2, registers = 32;
+  static UNROLLED_INLINE V zero() { return vdupq_n_f64(0.0); }
+  static UNROLLED_INLINE V load(const double* p) { return vld1q_f64(p); }
+  static UNROLLED_INLINE void store(double* p, V v) { vst1q_f64(p, v); }
+  static UNROLLED_INLINE V broadcast(double x) { return vdupq_n_f64(x); }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return vfmaq_f64(c, a, b); }
+};
+#else
+constexpr const char* kInstructionSet = "scalar";
+template <typename T>
+struct ScalarSimd {
+  using V = T;
+  static constexpr int width = 1, registers = 16;
+  static UNROLLED_INLINE V zero() { return T(0); }
+  static UNROLLED_INLINE V load(const T* p) { return *p; }
+  static UNROLLED_INLINE void store(T* p, V v) { *p = v; }
+  static UNROLLED_INLINE V broadcast(T x) { return x; }
+  static UNROLLED_INLINE V fma(V a, V b, V c) { return std::fma(a, b, c); }
+};
+template <>
+struct Simd<float> : ScalarSimd<float> {};
+template <>
+struct Simd<double> : ScalarSimd<double> {};
+#endif
+
+// The shape of a packed weight and of the kernel's tile, for `gates` gates of T.
+//
+// A packed weight is a sequence of panels. Panel p covers `units` consecutive output units
+// (hidden units of the layer, or columns of the backward's product) of every gate, and holds
+// for each k of the depth (the product's inner dimension) the row
+//     [gate 0: units values][gate 1: units values]...      (`columns` = gates * units values)
+// so that the kernel reads one contiguous row of `vectors` vectors per k. A tile is `max_rows`
+// batch rows of such a row of outputs. One gate (RNN, the backward's product) takes two
+// vectors of units per panel, so the kernel still has several independent accumulators.
+template <typename T, int gates>
+struct Layout {
+  static constexpr int width = Simd<T>::width;
+  static constexpr int vectors_per_gate = gates == 1 ? 2 : 1;
+  static constexpr int vectors = gates * vectors_per_gate;
+  static constexpr int units = vectors_per_gate * width;
+  static constexpr int columns = gates * units;
+  // Accumulators: rows x vectors, leaving registers for one row of the panel and a broadcast.
+  static constexpr int max_rows =
+      std::clamp((Simd<T>::registers - vectors - 1) / vectors, 1, 8);
+  static int64_t panels(int64_t outputs) { return (outputs + units - 1) / units; }
+};
+
+// acc[r] += sum_k a[r * lda + k] * panel[k * columns ...] over k < depth, r < rows.
+template <typename T, int gates, int rows>
+UNROLLED_INLINE void accumulate(typename Simd<T>::V (&acc)[rows][Layout<T, gates>::vectors],
+                                const T* a, int64_t lda, int64_t depth, const T* panel) {
+  using S = Simd<T>;
+  using L = Layout<T, gates>;
+  for (int64_t k = 0; k < depth; ++k) {
+    const T* row = panel + k * L::columns;
+    typename S::V b[L::vectors];
+#pragma GCC unroll 8
+    for (int v = 0; v < L::vectors; ++v) b[v] = S::load(row + v * S::width);
+#pragma GCC unroll 8
+    for (int r = 0; r < rows; ++r) {
+      const typename S::V a_rk = S::broadcast(a[r * lda + k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < L::vectors; ++v) acc[r][v] = S::fma(a_rk, b[v], acc[r][v]);
+    }
+  }
+}
+
+// tile[r * columns + v * width + c] = sum_k a[r * lda + k] * panel[k * columns + v * width + c]
+// + sum_k a2[r * lda2 + k] * panel[(depth + k) * columns + v * width + c], for r < rows (a
+// compile-time count, so that the accumulators are registers). The second operand (depth2
+// may be 0) is how a step multiplies [x_s, h_{s-1}] by [W_ih; W_hh] in one pass.
+template <typename T, int gates, int rows>
+UNROLLED_INLINE void multiply_tile(const T* a, int64_t lda, int64_t depth, const T* a2,
+                                   int64_t lda2, int64_t depth2, const T* panel, T* tile) {
+  using S = Simd<T>;
+  using L = Layout<T, gates>;
+  typename S::V acc[rows][L::vectors];
+#pragma GCC unroll 8
+  for (int r = 0; r < rows; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < L::vectors; ++v) acc[r][v] = S::zero();
+  }
+  accumulate<T, gates, rows>(acc, a, lda, depth, panel);
+  if (depth2 > 0) accumulate<T, gates, rows>(acc, a2, lda2, depth2, panel + depth * L::columns);
+#pragma GCC unroll 8
+  for (int r = 0; r < rows; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < L::vectors; ++v) S::store(tile + r * L::columns + v * S::width, acc[r][v]);
+  }
+}
+
+// multiply_tile for a run-time row count 1 <= rows <= Layout::max_rows.
+template <typename T, int gates, int candidate = Layout<T, gates>::max_rows>
+UNROLLED_INLINE void multiply(const T* a, int64_t lda, int64_t depth, const T* a2, int64_t lda2,
+                              int64_t depth2, const T* panel, T* tile, int64_t rows) {
+  if (rows == candidate) {
+    multiply_tile<T, gates, candidate>(a, lda, depth, a2, lda2, depth2, panel, tile);
+  } else if constexpr (candidate > 1) {
+    multiply<T, gates, candidate - 1>(a, lda, depth, a2, lda2, depth2, panel, tile, rows);
+  }
+}
+
+// body(first_row, count) over [0, rows) in tiles of at most max_rows rows, as even as
+// possible (32 rows in tiles of 6: 6, 6, 5, 5, 5, 5, not five of 6 and one of 2: a short tile
+// keeps too few accumulators busy).
+template <typename F>
+UNROLLED_INLINE void for_tiles(int64_t rows, int64_t max_rows, const F& body) {
+  const int64_t tiles = (rows + max_rows - 1) / max_rows;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t first = rows * t / tiles;
+    body(first, rows * (t + 1) / tiles - first);
+  }
+}
+
+// Panel p of a weight whose output unit j of gate g, input k, is weight(g * outputs + j, k)
+// for a strided 2-D view `weight` (rows: gates * outputs, columns: depth). Units past
+// `outputs` (the last panel's padding) are zero.
+template <typename T, int gates>
+void pack_panel(const T* weight, int64_t row_stride, int64_t col_stride, int64_t outputs,
+                int64_t depth, int64_t p, T* panel) {
+  using L = Layout<T, gates>;
+  const int64_t first = p * L::units, count = std::min<int64_t>(L::units, outputs - first);
+  for (int64_t k = 0; k < depth; ++k) {
+    T* row = panel + k * L::columns;
+    for (int g = 0; g < gates; ++g) {
+      const T* source = weight + (g * outputs + first) * row_stride + k * col_stride;
+      T* target = row + g * L::units;
+      for (int64_t j = 0; j < count; ++j) target[j] = source[j * row_stride];
+      for (int64_t j = count; j < L::units; ++j) target[j] = T(0);
+    }
+  }
+}
+
+// Barrier for a team of threads, reusable step after step. Spins (the wait is one step of
+// arithmetic, microseconds), and yields the core after a while so that an oversubscribed
+// machine (more threads than cores, as under a parallel test runner) still makes progress.
+// Sized by `resize` before any member waits (run_team's `prepare`).
+class Barrier {
+ public:
+  void resize(int size) { size_ = size; }
+
+  void wait() {
+    if (size_ <= 1) return;
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < 4096) {
+        pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  static UNROLLED_INLINE void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
+  int size_ = 1;
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> generation_{0};
+};
+
+// Run body(member, team_size) on a team of up to `wanted` threads that all run at once (so
+// they may wait for each other at a Barrier), drawn from torch's intra-op pool, after
+// prepare(team_size) has run once (size the barriers there). The team may be smaller than
+// asked (a nested parallel region, fewer threads free): body divides its work by the
+// team_size it is given, and a team of one runs everything on the calling thread.
+template <typename Prepare, typename Body>
+void run_team(int64_t wanted, const Prepare& prepare, const Body& body) {
+#if AT_PARALLEL_OPENMP
+  if (wanted > 1 && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    // OpenMP runs the members of a parallel region at once. Each invocation of the lambda gets
+    // a chunk of [0, wanted) and counts itself in; the one that completes the count (a single
+    // invocation may claim every index) knows the team's size, prepares, and lets all start.
+    std::atomic<int64_t> claimed{0};
+    std::atomic<int> joined{0};
+    std::atomic<bool> ready{false};
+    at::parallel_for(0, wanted, 1, [&](int64_t first, int64_t last) {
+      const int member = joined.fetch_add(1, std::memory_order_acq_rel);
+      const int64_t count = last - first;
+      if (claimed.fetch_add(count, std::memory_order_acq_rel) + count == wanted) {
+        prepare(joined.load(std::memory_order_acquire));
+        ready.store(true, std::memory_order_release);
+      } else {
+        while (!ready.load(std::memory_order_acquire)) std::this_thread::yield();
+      }
+      body(member, joined.load(std::memory_order_acquire));
+    });
+    return;
+  }
+#endif
+  prepare(1);
+  body(0, 1);
+}
+
+// [first, last) of `count` items for member m of a team of n, in contiguous near-equal parts.
+inline std::pair<int64_t, int64_t> share(int64_t count, int64_t m, int64_t n) {
+  return {count * m / n, count * (m + 1) / n};
+}
+
+// How the members of a team are spread over the D directions of a layer: direction d gets the
+// members with member % directions == d (with one member only, it runs every direction in
+// turn). Each direction's members share one Barrier.
+struct Crew {
+  int64_t directions, size;
+  // Members working on direction d, and member m's index among them.
+  int64_t on(int64_t d) const {
+    return size >= directions ? (size - d + directions - 1) / directions : 1;
+  }
+  int64_t index(int64_t m) const { return size >= directions ? m / directions : 0; }
+  // The directions member m works on: [m % D] or, alone, all of them.
+  std::pair<int64_t, int64_t> directions_of(int64_t m) const {
+    return size >= directions ? std::pair{m % directions, m % directions + 1}
+                              : std::pair{int64_t(0), directions};
+  }
+};
+
+// How many threads a fused loop asks for: one per direction at least where the machine has
+// them, more per direction only while each member keeps a panel and a step's product is big
+// enough (in FLOPs per member) to pay for a meeting per step.
+inline int64_t team_size(int64_t directions, int64_t panels, int64_t step_flops) {
+  constexpr int64_t kFlopsPerMember = int64_t(1) << 17;  // measured: docs/performance.md
+  const int64_t per_direction =
+      std::clamp<int64_t>(step_flops / kFlopsPerMember, 1, std::max<int64_t>(1, panels));
+  return std::min<int64_t>(at::get_num_threads(), directions * per_direction);
+}
+
+// The engine's one schedule: a team for the whole call (team_size), spread over the layer's
+// directions (Crew); body(d, first_panel, last_panel, barrier) runs direction d's share of
+// `panels` for one member, `barrier` being the one that direction's members meet at. A
+// `step_flops` is one direction's product per step.
+template <typename F>
+void for_direction_shares(int64_t directions, int64_t panels, int64_t step_flops,
+                          const F& body) {
+  Barrier barriers[2];
+  Crew crew{directions, 1};
+  run_team(
+      team_size(directions, panels, step_flops),
+      [&](int64_t size) {
+        crew.size = size;
+        for (int64_t d = 0; d < directions; ++d) barriers[d].resize(crew.on(d));
+      },
+      [&](int64_t member, int64_t) {
+        const auto [first_direction, last_direction] = crew.directions_of(member);
+        for (int64_t d = first_direction; d < last_direction; ++d) {
+          const auto [first, last] = share(panels, crew.index(member), crew.on(d));
+          body(d, first, last, barriers[d]);
+        }
+      });
+}
+
+}  // namespace engine
+}  // namespace unrolled

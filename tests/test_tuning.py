@@ -1,0 +1,93 @@
+"""The runner of a shape class is measured once per machine, remembered, and reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import unrolled
+from unrolled import backends, tuning
+from unrolled.fast import native
+
+needs_native = pytest.mark.skipif(
+    native.ops() is None, reason=f"native loops unavailable: {native.status()}"
+)
+
+
+@pytest.fixture
+def measuring(tmp_path, monkeypatch):
+    """Tuning on, verdicts in a file of this test's own."""
+    monkeypatch.setenv("UNROLLED_TUNING", "on")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "tuning.json")
+    tuning.forget()
+    yield tmp_path / "tuning.json"
+    tuning.forget()
+
+
+def test_shape_classes_round_sizes_up_to_powers_of_two():
+    key = tuning.shape_class("LSTM", torch.float32, 2, 24, 384, 768)
+    assert key == f"LSTM float32 D2 threads{torch.get_num_threads()} B32 I512 H1024"
+    assert tuning.shape_class("GRU", torch.float64, 1, 1, 1, 1).endswith("B1 I1 H1")
+
+
+def test_trials_are_short_for_large_layers():
+    assert tuning.trial_steps(1e3) == tuning.MAX_TRIAL_STEPS
+    assert tuning.trial_steps(1e12) == tuning.MIN_TRIAL_STEPS
+
+
+def test_the_fastest_trial_wins_and_is_remembered_on_disk(measuring):
+    calls = []
+
+    def make_trials():
+        calls.append(1)
+        return {"slow": lambda: sum(range(200_000)), "quick": lambda: None}
+
+    verdict = tuning.fastest("class A", make_trials)
+    assert verdict.fastest == "quick" and set(verdict.seconds) == {"slow", "quick"}
+    assert tuning.fastest("class A", make_trials) is verdict and len(calls) == 1
+    stored = json.loads(measuring.read_text())
+    assert stored["class A"]["fastest"] == "quick"
+    tuning.forget()  # a new process: reads the file, measures nothing
+    assert tuning.fastest("class A", make_trials).fastest == "quick" and len(calls) == 1
+    assert "measured here: slow" in str(verdict)
+
+
+def test_an_unreadable_file_is_measured_again(measuring):
+    measuring.write_text("not json")
+    assert tuning.fastest("class B", lambda: {"only": lambda: None}).fastest == "only"
+    assert "class B" in json.loads(measuring.read_text())
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_a_layer_plans_the_measured_runner_and_says_so(measuring, mode):
+    layer = getattr(unrolled, mode)(5, 24, bidirectional=True)
+    x = torch.randn(6, 3, 5)
+    random_state = torch.get_rng_state()
+    plan = unrolled.plan(layer, x)
+    assert torch.equal(torch.get_rng_state(), random_state)  # trials draw from their own
+    assert "measured here: fused engine" in str(plan) and "Python loops" in str(plan)
+    assert plan.runner in (backends.NATIVE_LOOPS, backends.PYTHON_LOOPS)
+    key = tuning.shape_class(layer.mode, torch.float32, 2, 3, 5, 24)
+    assert key in str(plan) and key in json.loads(measuring.read_text())
+    assert unrolled.plan(layer, x) is plan  # remembered: the same plan object
+    theirs = getattr(torch.nn, mode)(5, 24, bidirectional=True)
+    ours = unrolled.from_torch(theirs)
+    with torch.no_grad():  # whatever runs, it equals torch
+        torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=3e-5, rtol=1e-4)
+
+
+@needs_native
+def test_off_plans_the_engine_without_measuring(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNROLLED_TUNING", "off")
+    monkeypatch.setattr(tuning, "cache_file", lambda: tmp_path / "tuning.json")
+    plan = unrolled.plan(unrolled.GRU(5, 24), torch.randn(6, 3, 5))
+    assert plan.fused and not plan.measured and not (tmp_path / "tuning.json").exists()
+
+
+@needs_native
+def test_layers_with_a_projection_are_not_measured(measuring):
+    plan = unrolled.plan(unrolled.LSTM(5, 24, proj_size=7), torch.randn(6, 3, 5))
+    assert not plan.fused and not plan.measured and not measuring.exists()
