@@ -23,10 +23,8 @@ question of a module, for users who want to know why a layer is slow.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -63,8 +61,9 @@ class Plan:
         per_sample: the weights are ``ExpandedWeight``: the reference runs with them told that
             each step's input is batch-first.
         fused: the native loops run the fused engine (``native/engine.h``): the project's own
-            vector kernel on ``W_hh`` packed once per call, each step's gate math on the tile
-            it just computed, one team of threads for the whole sequence.
+            vector kernel on ``W_hh`` packed once per call (LSTM: ``[W_ih; W_hh]``, the input
+            part computed in the same pass), each step's gate math on the tile it just
+            computed, one team of threads for the whole sequence.
         measured: where the runner was chosen by measuring the candidates on this machine
             (:mod:`unrolled.tuning`), their times; else empty.
     """
@@ -78,19 +77,6 @@ class Plan:
     per_sample: bool = False
     fused: bool = False
     measured: str = ""
-
-    def fuses_input(
-        self, num_directions: int, input_size: int, hidden_size: int, dtype: torch.dtype
-    ) -> bool:
-        """Whether the fused engine also computes a layer's input part, tile by tile
-        (``[x_s, h_{s-1}] @ [W_ih; W_hh]^T``), instead of one hoisted GEMM before the loop: yes
-        while the packed weights of all directions fit in the last-level cache, which they are
-        then read from at every step (measured: ``docs/performance.md``)."""
-        if not self.fused:
-            return False
-        element = torch.empty((), dtype=dtype).element_size()
-        packed = num_directions * (input_size + hidden_size) * 4 * hidden_size * element
-        return packed <= last_level_cache_bytes()
 
     def arrange(self, transposed: Tensor) -> Tensor:
         """A transposed weight view as the plan's loops take it: a row-major copy or the view."""
@@ -197,7 +183,9 @@ def plan(
         "Python loops": chose(PYTHON_LOOPS, reason, loops=python_loops, row_major=row_major),
     }
     batch, input_size, hidden = inputs.shape[1], inputs.shape[2], w_hh.shape[1]
-    key = tuning.shape_class(mode, inputs.dtype, num_directions, batch, input_size, hidden)
+    key = tuning.shape_class(
+        mode, inputs.dtype, num_directions, num_steps, batch, input_size, hidden
+    )
     verdict = tuning.fastest(key, lambda: trials(candidates, inputs, weights[0], num_directions))
     fastest = candidates[verdict.fastest]
     return chose(
@@ -223,8 +211,7 @@ def trials(
         out = torch.rand(*shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
         return (out - 0.5) / hidden**0.5
 
-    step_flops = 6 * num_directions * batch * (input_size + hidden) * gate_rows  # fwd + bwd
-    x = rand(tuning.trial_steps(step_flops), batch, input_size)  # (T, B, I)
+    x = rand(tuning.trial_steps(inputs.shape[0]), batch, input_size)  # (T, B, I)
     weights = [
         LayerWeights(
             rand(gate_rows, input_size).requires_grad_(),
@@ -251,24 +238,6 @@ NATIVE_REASONS = {dtype: f"{dtype} on CPU, native loops built here".removeprefix
                   for dtype in FAST_DTYPES}  # fmt: skip
 #: Plans are immutable, and a layer makes one per call: the few distinct ones are made once.
 _PLANS: dict[tuple, Plan] = {}
-
-
-@functools.cache
-def last_level_cache_bytes() -> int:
-    """The CPU's last-level cache as Linux reports it (``/sys/devices/system/cpu``); 16 MiB
-    where it does not say."""
-    sizes = {}
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((entry / "level").read_text())
-            text = (entry / "size").read_text().strip().upper()
-        except (OSError, ValueError):
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes[level] = int(digits) * scale
-    return sizes[max(sizes)] if sizes else 16 << 20
 
 
 def run(

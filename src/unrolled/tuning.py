@@ -10,10 +10,10 @@ weights and inputs of its own, never the caller's random stream), keeps the fast
 the verdict to ``tuning.json`` beside the native build, so that later processes on the machine
 do not measure again. :func:`unrolled.plan` reports the verdict and its times.
 
-A shape class is the mode, dtype, number of directions and of threads, and the batch, input
-and hidden sizes each rounded up to a power of two. ``UNROLLED_TUNING=off`` skips measuring:
-the fused engine runs wherever it applies (the test suite runs so, for plans that do not depend
-on the machine's mood).
+A shape class is the mode, dtype, number of directions and of threads, and the number of steps
+(up to 64), batch, input and hidden sizes, each rounded up to a power of two.
+``UNROLLED_TUNING=off`` skips measuring: the fused engine runs wherever it applies (the test
+suite runs so, for plans that do not depend on the machine's mood).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from pathlib import Path
 
 import torch
 
-#: Steps of the measuring sequence: enough for the per-step costs to show (at most 32), few
-#: enough that a trial stays near TRIAL_FLOPS (at least 2), so that measuring even a large
-#: layer takes a fraction of a second.
-MAX_TRIAL_STEPS, MIN_TRIAL_STEPS, TRIAL_FLOPS = 32, 2, 1e9
-ROUNDS = 5
+#: Steps of a trial: the call's own T up to this many. A trial must be as long as the calls it
+#: stands for: the fused engine packs its weights once per call, which a trial of 2 steps
+#: charges to 2 steps instead of T (measured: on 2-step trials the engine lost shape classes it
+#: wins 2:1 at T = 32).
+MAX_TRIAL_STEPS = 64
+ROUNDS = 3
 FILE_NAME = "tuning.json"
 
 _lock = threading.Lock()
@@ -58,19 +59,19 @@ def enabled() -> bool:
     return os.environ.get("UNROLLED_TUNING", "on").lower() not in ("off", "0", "no")
 
 
-def shape_class(mode: str, dtype: torch.dtype, directions: int, batch: int, input_size: int,
-                hidden: int) -> str:  # fmt: skip
-    """The key of a shape class, e.g. ``LSTM float32 D1 threads2 B32 I256 H512``."""
+def shape_class(mode: str, dtype: torch.dtype, directions: int, num_steps: int, batch: int,
+                input_size: int, hidden: int) -> str:  # fmt: skip
+    """The key of a shape class, e.g. ``LSTM float32 D1 threads2 T64 B32 I256 H512``."""
     dtype_name = str(dtype).removeprefix("torch.")
     threads = torch.get_num_threads()
-    sizes = f"B{_ceil_pow2(batch)} I{_ceil_pow2(input_size)} H{_ceil_pow2(hidden)}"
+    sizes = (f"T{_ceil_pow2(trial_steps(num_steps))} B{_ceil_pow2(batch)} "
+             f"I{_ceil_pow2(input_size)} H{_ceil_pow2(hidden)}")  # fmt: skip
     return f"{mode} {dtype_name} D{directions} threads{threads} {sizes}"
 
 
-def trial_steps(step_flops: float) -> int:
-    """How many steps a trial runs, for a layer whose step (forward and backward, every
-    direction) costs ``step_flops``."""
-    return int(min(MAX_TRIAL_STEPS, max(MIN_TRIAL_STEPS, TRIAL_FLOPS // max(step_flops, 1))))
+def trial_steps(num_steps: int) -> int:
+    """How many steps a trial of a call with ``num_steps`` steps runs."""
+    return max(1, min(MAX_TRIAL_STEPS, num_steps))
 
 
 def fastest(key: str, make_trials: Callable[[], dict[str, Callable[[], None]]]) -> Verdict:
@@ -88,7 +89,7 @@ def fastest(key: str, make_trials: Callable[[], dict[str, Callable[[], None]]]) 
 
 def _measure(trials: dict[str, Callable[[], None]]) -> Verdict:
     for trial in trials.values():  # warm up: first-touch allocations, caches, thread wake-up
-        trial()
+        trial()  # (and the trial that could not be measured fairly without one)
     samples: dict[str, list[float]] = {name: [] for name in trials}
     for _ in range(ROUNDS):
         for name, trial in trials.items():

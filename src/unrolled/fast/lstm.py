@@ -56,10 +56,14 @@ r               (D, T, B, H)      backward out, with projection: ``o tanh(c)``, 
 live            [] or T ints      step ``s`` advances rows ``[0, live[s])`` (batch sorted by
                                   length); rows past them are zero in ``hs``, ``cs`` (forward)
                                   and ``d_pre``, ``r`` (backward), unspecified in ``gates``
+inputs, w_in    D x (T, B, I),    forward, optional: the step-major layer input and ``W_ih``;
+                D x (4H, I)       given, the loop computes the input part itself and ``gates``
+                                  holds nothing on entry (without ``keep`` it may be empty)
 ==============  ================  ==========================================================
 
 ``packed`` (forward) asks the native loop for MKL's packed GEMM on ``W_hh`` (float32, full
-batch); the Python loop computes the same product with a plain GEMM.
+batch); ``fused`` (forward and backward) for the fused engine (no projection); the Python loop
+computes the same products with plain GEMMs.
 """
 
 from __future__ import annotations
@@ -106,9 +110,7 @@ def lstm_layer_forward(
     none = x.new_empty(0)
     inputs = timeline.directions(x, num_directions)  # D x (T, B, I), step-major
     w_ih = [w.w_ih for w in weights]
-    if plan.fuses_input(
-        num_directions, x.shape[-1], hidden, x.dtype
-    ):  # the fused engine multiplies [x_s, h_{s-1}] by [W_ih; W_hh]^T per tile
+    if plan.fused:  # the fused engine multiplies [x_s, h_{s-1}] by [W_ih; W_hh]^T per tile
         gates = x.new_empty(num_directions, num_steps, batch, 4 * hidden) if keep else none
         step_inputs = [seq.contiguous() for seq in inputs]
     else:  # hoisted: one GEMM; the loop adds the bias in its elementwise pass (addmm would

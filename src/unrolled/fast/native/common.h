@@ -153,13 +153,13 @@ UNROLLED_INLINE T tanh(T x) {
   return std::copysign(-m / (T(2) + m), x);
 }
 
-// Two directions of a layer run on two threads at once, each its own whole sequence (they
-// never wait for each other; BLAS and parallel_for inside run on the calling thread). Measured
-// ~10-15% faster than running them one after the other with two-threaded GEMMs. Tiny steps
-// (batch * in * out below 2^16) run one direction after the other on one thread: there waking
-// a thread costs more than the step. One direction uses all threads in each step's GEMM (BLAS)
-// and elementwise pass (for_rows); splitting a step by hidden units across threads, each with
-// its own GEMMs, measured slower than that.
+// The per-step BLAS loops below (the runner of LSTMs with a projection, and the fused engine's
+// measured alternative): two directions of a layer run on two threads at once, each its own
+// whole sequence (they never wait for each other; BLAS and parallel_for inside run on the
+// calling thread). Tiny steps (batch * in * out below 2^16) run one direction after the other
+// on one thread: there waking a thread costs more than the step. One direction uses all threads
+// in each step's GEMM (BLAS) and elementwise pass (for_rows). (These parallel_for calls only
+// run in parallel since the loops are built with -fopenmp: build.py.)
 template <typename F>
 inline void for_directions(int64_t directions, int64_t step_flops, const F& body) {
   if (directions > 1 && at::get_num_threads() > 1 && step_flops >= (1 << 16)) {

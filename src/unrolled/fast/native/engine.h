@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <thread>
+#include <vector>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
@@ -211,21 +212,54 @@ UNROLLED_INLINE void for_tiles(int64_t rows, int64_t max_rows, const F& body) {
 
 // Panel p of a weight whose output unit j of gate g, input k, is weight(g * outputs + j, k)
 // for a strided 2-D view `weight` (rows: gates * outputs, columns: depth). Units past
-// `outputs` (the last panel's padding) are zero.
+// `outputs` (the last panel's padding) are zero. A transposition, done in blocks of 16 inputs x
+// the panel's units, each read and written as whole cache lines whichever of the two strides is
+// the contiguous one (element by element, a gate's 16 units read 16 rows at once and the
+// packing of a large layer took longer than several of its steps).
 template <typename T, int gates>
 void pack_panel(const T* weight, int64_t row_stride, int64_t col_stride, int64_t outputs,
                 int64_t depth, int64_t p, T* panel) {
   using L = Layout<T, gates>;
+  constexpr int64_t kBlock = 16;
   const int64_t first = p * L::units, count = std::min<int64_t>(L::units, outputs - first);
-  for (int64_t k = 0; k < depth; ++k) {
-    T* row = panel + k * L::columns;
-    for (int g = 0; g < gates; ++g) {
-      const T* source = weight + (g * outputs + first) * row_stride + k * col_stride;
-      T* target = row + g * L::units;
-      for (int64_t j = 0; j < count; ++j) target[j] = source[j * row_stride];
-      for (int64_t j = count; j < L::units; ++j) target[j] = T(0);
+  T block[kBlock][L::units];
+  for (int g = 0; g < gates; ++g) {
+    const T* rows = weight + (g * outputs + first) * row_stride;  // unit j: rows + j * row_stride
+    for (int64_t k0 = 0; k0 < depth; k0 += kBlock) {
+      const int64_t inputs = std::min(kBlock, depth - k0);
+      const T* source = rows + k0 * col_stride;
+      if (col_stride <= row_stride) {  // along k is the contiguous direction
+        for (int64_t j = 0; j < count; ++j) {
+          for (int64_t k = 0; k < inputs; ++k) block[k][j] = source[j * row_stride + k * col_stride];
+        }
+      } else {  // along j is
+        for (int64_t k = 0; k < inputs; ++k) {
+          for (int64_t j = 0; j < count; ++j) block[k][j] = source[j * row_stride + k * col_stride];
+        }
+      }
+      for (int64_t k = 0; k < inputs; ++k) {
+        T* target = panel + (k0 + k) * L::columns + g * L::units;
+        std::copy(block[k], block[k] + count, target);
+        std::fill(target + count, target + L::units, T(0));
+      }
     }
   }
+}
+
+// Room for a call's packed weights, (directions, panels, depth, columns) of T: one buffer per
+// calling thread, kept between calls and grown when a layer needs more. A new buffer per call
+// would be fresh pages from the operating system every time, and touching them for the first
+// time (page faults) cost more than packing into them (measured: 25 MB of LSTM weights at
+// B = 32, H = 1024, I = 512).
+template <typename T>
+T* packing_room(int64_t directions, int64_t panels, int64_t depth, int64_t columns) {
+  thread_local std::vector<T> room;
+  const size_t needed = static_cast<size_t>(directions * panels * depth * columns);
+  if (room.size() < needed) {
+    room = std::vector<T>();  // release the old buffer before taking the new one
+    room.resize(needed);
+  }
+  return room.data();
 }
 
 // Barrier for a team of threads, reusable step after step. Spins (the wait is one step of

@@ -8,6 +8,9 @@
 // after the forward, what the backward writes where). `unrolled/fast/loops/gru.py` is the same
 // loop in torch ops, function for function: forward_rows / backward_rows (one step's
 // elementwise math) and forward_loop / backward_loop (the time loop of each direction).
+// `fused` (the caller's plan decides): the fused engine (engine.h: W_hh packed once per call,
+// the project's own kernel, the gate math on each tile, one team of threads per call), else
+// one BLAS call per step and one elementwise pass.
 #include <torch/library.h>
 
 #include "common.h"
@@ -198,12 +201,12 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
   const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
   const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, panels = L::panels(hidden);
   const bool every_step = hh.size(1) > 1;
-  Tensor packed = at::empty({directions, panels, hidden, L::columns}, xw.options());
+  T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * gate_rows,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 3H): element (g*H + j, k) below
-        T* panel_base = packed.select(0, d).data_ptr<T>();
+        T* panel_base = packed + d * panels * hidden * L::columns;
         for (int64_t p = p0; p < p1; ++p) {
           engine::pack_panel<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
                                    panel_base + p * hidden * L::columns);
@@ -258,12 +261,12 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
   const int64_t panels = L::panels(hidden);
-  Tensor packed = at::empty({directions, panels, gate_rows, L::columns}, hh.options());
+  T* packed = engine::packing_room<T>(directions, panels, gate_rows, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * gate_rows * hidden,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (3H, H): element (j, k) = W_hh[k, j]
-        T* panel_base = packed.select(0, d).data_ptr<T>();
+        T* panel_base = packed + d * panels * gate_rows * L::columns;
         for (int64_t p = p0; p < p1; ++p) {
           engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, gate_rows,
                                    p, panel_base + p * gate_rows * L::columns);

@@ -9,8 +9,12 @@
 // elementwise math), forward_direction / backward_direction (one direction's time loop),
 // forward_loop / backward_loop (the directions).
 //
-// One speed variant, chosen by the caller's plan (`unrolled.backends.plan`), never here:
-// `packed` runs the forward's recurrent product through MKL's packed GEMM (see PackedGemm).
+// Two ways to run the loops, chosen by the caller's plan (`unrolled.backends.plan`), never here:
+// `fused` runs the fused engine (engine.h: packed panels, the project's own kernel, the gate
+// math on each tile, one team of threads per call; no projection), else one BLAS call per step
+// and one elementwise pass, where `packed` multiplies by W_hh through MKL's packed GEMM (see
+// PackedGemm). `inputs`/`w_in` given: the loop computes the input part itself (the engine in
+// the same pass as the recurrent part), instead of reading it from `gates`.
 #include <torch/library.h>
 
 #include <type_traits>
@@ -279,12 +283,12 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
   const bool every_cell = cs.size(1) > 1;
   // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is W_hh^T (D, H, 4H), w_in
   // D x W_ih (4H, I), any strides.
-  Tensor packed = at::empty({directions, panels, depth, L::columns}, hs.options());
+  T* packed = engine::packing_room<T>(directions, panels, depth, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * depth * 4 * hidden,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 4H): element (g*H + j, k) below
-        T* panel_base = packed.select(0, d).data_ptr<T>();
+        T* panel_base = packed + d * panels * depth * L::columns;
         for (int64_t p = p0; p < p1; ++p) {
           T* panel = panel_base + p * depth * L::columns;
           if (input_size > 0) {  // rows [0, I): W_ih^T
@@ -360,12 +364,12 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
   const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
   const bool arrivals = given(dc_arrivals);
   // W_hh panels, (D, panels, 4H, units); w_rec is W_hh (D, 4H, H), any strides.
-  Tensor packed = at::empty({directions, panels, 4 * hidden, L::columns}, gates.options());
+  T* packed = engine::packing_room<T>(directions, panels, 4 * hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * 4 * hidden,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh (4H, H): element (j, k) = W_hh[k, j]
-        T* panel_base = packed.select(0, d).data_ptr<T>();
+        T* panel_base = packed + d * panels * (4 * hidden) * L::columns;
         for (int64_t p = p0; p < p1; ++p) {
           engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden,
                                    4 * hidden, p, panel_base + p * 4 * hidden * L::columns);

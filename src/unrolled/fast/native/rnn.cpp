@@ -8,6 +8,9 @@
 // Buffers: the RNN buffer contract in `unrolled/fast/rnn.py`. `unrolled/fast/loops/rnn.py` is
 // the same loop in torch ops, function for function: activate_rows / backward_rows (one step's
 // elementwise math) and forward_loop / backward_loop (the time loop of each direction).
+// `fused` (the caller's plan decides): the fused engine (engine.h: W_hh packed once per call,
+// the project's own kernel, the gate math on each tile, one team of threads per call), else
+// one BLAS call per step and one elementwise pass.
 #include <torch/library.h>
 
 #include "common.h"
@@ -109,12 +112,12 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
   using L = engine::Layout<T, 1>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), panels = L::panels(hidden);
-  Tensor packed = at::empty({directions, panels, hidden, L::columns}, hs.options());
+  T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * hidden,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
-        T* panel_base = packed.select(0, d).data_ptr<T>();
+        T* panel_base = packed + d * panels * hidden * L::columns;
         for (int64_t p = p0; p < p1; ++p) {
           engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
                                    panel_base + p * hidden * L::columns);
@@ -162,12 +165,12 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
   using L = engine::Layout<T, 1>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), step = batch * hidden, panels = L::panels(hidden);
-  Tensor packed = at::empty({directions, panels, hidden, L::columns}, hs.options());
+  T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * hidden,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (H, H): element (j, k) = W_hh[k, j]
-        T* panel_base = packed.select(0, d).data_ptr<T>();
+        T* panel_base = packed + d * panels * hidden * L::columns;
         for (int64_t p = p0; p < p1; ++p) {
           engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
                                    panel_base + p * hidden * L::columns);
