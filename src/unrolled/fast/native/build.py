@@ -59,7 +59,11 @@ class BuildError(RuntimeError):
 
 def compile_flags() -> list[str]:
     """Optimise for this machine: the extension is built where it runs."""
-    flags = ["-O3", "-fno-math-errno"]  # no errno: lets the compiler vectorise nearbyint
+    # No errno and no floating-point traps: the elementwise loops' clamps and roundings stay
+    # branch-free, so the compiler vectorises them for every target, not only where AVX-512's
+    # masks hide the difference (built for AVX2 without them, the cell math ran scalar: 5-10x
+    # slower). Neither changes a result: IEEE arithmetic, NaN and signed zeros are untouched.
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags.append(f"-march={os.environ.get('UNROLLED_NATIVE_MARCH', 'native')}")
     flags += openmp_flags()

@@ -121,6 +121,24 @@ template <>
 struct Simd<double> : ScalarSimd<double> {};
 #endif
 
+// Keeps v in a register from here on: without it GCC folds the load of a panel vector into
+// each of the rows' multiply-adds, one load per multiply-add instead of one per vector (the
+// AVX2 kernel, LSTM forward on 2 Zen 4 cores: 102-153 GFLOP/s without, 167-186 with).
+template <typename V>
+UNROLLED_INLINE void in_register(V& v) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__AVX512F__)
+  asm("" : "+v"(v));
+#else
+  asm("" : "+x"(v));
+#endif
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+  asm("" : "+w"(v));
+#else
+  (void)v;
+#endif
+}
+
 // The shape of a packed weight and of the kernel's tile, for `gates` gates of T.
 //
 // A packed weight is a sequence of panels. Panel p covers `units` consecutive output units
@@ -137,9 +155,9 @@ struct Layout {
   static constexpr int vectors = gates * vectors_per_gate;
   static constexpr int units = vectors_per_gate * width;
   static constexpr int columns = gates * units;
-  // Accumulators: rows x vectors, leaving registers for one row of the panel and a broadcast.
-  static constexpr int max_rows =
-      std::clamp((Simd<T>::registers - vectors - 1) / vectors, 1, 8);
+  // Accumulators: rows x vectors, with registers left for one broadcast per row and one
+  // vector of the panel (the kernel loads the panel's row one vector at a time).
+  static constexpr int max_rows = std::clamp((Simd<T>::registers - 1) / (vectors + 1), 1, 8);
   static int64_t panels(int64_t outputs) { return (outputs + units - 1) / units; }
 };
 
@@ -151,25 +169,28 @@ UNROLLED_INLINE void accumulate(typename Simd<T>::V (&acc)[rows][Layout<T, gates
   using L = Layout<T, gates>;
   for (int64_t k = 0; k < depth; ++k) {
     const T* row = panel + k * L::columns;
-    typename S::V b[L::vectors];
+    typename S::V a_k[rows];
 #pragma GCC unroll 8
-    for (int v = 0; v < L::vectors; ++v) b[v] = S::load(row + v * S::width);
+    for (int r = 0; r < rows; ++r) a_k[r] = S::broadcast(a[r * lda + k]);
 #pragma GCC unroll 8
-    for (int r = 0; r < rows; ++r) {
-      const typename S::V a_rk = S::broadcast(a[r * lda + k]);
+    for (int v = 0; v < L::vectors; ++v) {
+      typename S::V b = S::load(row + v * S::width);
+      in_register(b);
 #pragma GCC unroll 8
-      for (int v = 0; v < L::vectors; ++v) acc[r][v] = S::fma(a_rk, b[v], acc[r][v]);
+      for (int r = 0; r < rows; ++r) acc[r][v] = S::fma(a_k[r], b, acc[r][v]);
     }
   }
 }
 
-// tile[r * columns + v * width + c] = sum_k a[r * lda + k] * panel[k * columns + v * width + c]
-// + sum_k a2[r * lda2 + k] * panel[(depth + k) * columns + v * width + c], for r < rows (a
-// compile-time count, so that the accumulators are registers). The second operand (depth2
-// may be 0) is how a step multiplies [x_s, h_{s-1}] by [W_ih; W_hh] in one pass.
+// out[r * out_row + g * out_gate + u] = sum_k a[r * lda + k] * panel[k * columns + g * units
+// + u] + sum_k a2[r * lda2 + k] * panel[(depth + k) * columns + g * units + u], for the rows
+// r < rows (a compile-time count, so that the accumulators are registers), gates g and the
+// panel's units u. The second operand (depth2 may be 0) is how a step multiplies
+// [x_s, h_{s-1}] by [W_ih; W_hh] in one pass.
 template <typename T, int gates, int rows>
 UNROLLED_INLINE void multiply_tile(const T* a, int64_t lda, int64_t depth, const T* a2,
-                                   int64_t lda2, int64_t depth2, const T* panel, T* tile) {
+                                   int64_t lda2, int64_t depth2, const T* panel, T* out,
+                                   int64_t out_row, int64_t out_gate) {
   using S = Simd<T>;
   using L = Layout<T, gates>;
   typename S::V acc[rows][L::vectors];
@@ -183,18 +204,66 @@ UNROLLED_INLINE void multiply_tile(const T* a, int64_t lda, int64_t depth, const
 #pragma GCC unroll 8
   for (int r = 0; r < rows; ++r) {
 #pragma GCC unroll 8
-    for (int v = 0; v < L::vectors; ++v) S::store(tile + r * L::columns + v * S::width, acc[r][v]);
+    for (int v = 0; v < L::vectors; ++v) {
+      const int gate = v / L::vectors_per_gate, part = v % L::vectors_per_gate;
+      S::store(out + r * out_row + gate * out_gate + part * S::width, acc[r][v]);
+    }
   }
 }
 
 // multiply_tile for a run-time row count 1 <= rows <= Layout::max_rows.
 template <typename T, int gates, int candidate = Layout<T, gates>::max_rows>
 UNROLLED_INLINE void multiply(const T* a, int64_t lda, int64_t depth, const T* a2, int64_t lda2,
-                              int64_t depth2, const T* panel, T* tile, int64_t rows) {
+                              int64_t depth2, const T* panel, T* out, int64_t out_row,
+                              int64_t out_gate, int64_t rows) {
   if (rows == candidate) {
-    multiply_tile<T, gates, candidate>(a, lda, depth, a2, lda2, depth2, panel, tile);
+    multiply_tile<T, gates, candidate>(a, lda, depth, a2, lda2, depth2, panel, out, out_row,
+                                       out_gate);
   } else if constexpr (candidate > 1) {
-    multiply<T, gates, candidate - 1>(a, lda, depth, a2, lda2, depth2, panel, tile, rows);
+    multiply<T, gates, candidate - 1>(a, lda, depth, a2, lda2, depth2, panel, out, out_row,
+                                      out_gate, rows);
+  }
+}
+
+// A member's units are worked through in chunks of a few panels, at least kChunkUnits units:
+// each tile of rows is multiplied by the chunk's panels into a scratch block (rows, gates,
+// chunk units), and the cell's math then runs over the chunk's units in one loop. Per panel,
+// that loop would run over one vector of units, too short for the compiler's vectorised loop
+// (with AVX2, 8 units: it ran the scalar remainder loop, 5-10x slower); a whole member's units
+// at once would read its panels from the last-level cache once per tile instead of once.
+constexpr int64_t kChunkUnits = 16;
+
+template <typename T, int gates>
+struct Chunks {
+  using L = Layout<T, gates>;
+  static constexpr int64_t panels = std::max<int64_t>(1, kChunkUnits / L::units);
+  static constexpr int64_t units = panels * L::units;
+  // The scratch block of one tile: (max_rows, gates, units).
+  static constexpr int64_t scratch = L::max_rows * gates * units;
+};
+
+// body(first_panel, last_panel, first_unit, last_unit) for each chunk of panels [p0, p1) of a
+// layer with `outputs` units.
+template <typename T, int gates, typename F>
+UNROLLED_INLINE void for_chunks(int64_t p0, int64_t p1, int64_t outputs, const F& body) {
+  using C = Chunks<T, gates>;
+  for (int64_t c0 = p0; c0 < p1; c0 += C::panels) {
+    const int64_t c1 = std::min(c0 + C::panels, p1);
+    body(c0, c1, c0 * C::L::units, std::min(c1 * C::L::units, outputs));
+  }
+}
+
+// scratch[r][g][u] for the units u of panels [c0, c1) (a chunk): rows [0, rows) of a (and a2)
+// times those panels; the scratch block is laid out (rows, gates, Chunks::units).
+template <typename T, int gates>
+UNROLLED_INLINE void multiply_chunk(const T* a, int64_t lda, int64_t depth, const T* a2,
+                                    int64_t lda2, int64_t depth2, const T* panel_base,
+                                    int64_t panel_size, int64_t c0, int64_t c1, T* scratch,
+                                    int64_t rows) {
+  using C = Chunks<T, gates>;
+  for (int64_t p = c0; p < c1; ++p) {
+    multiply<T, gates>(a, lda, depth, a2, lda2, depth2, panel_base + p * panel_size,
+                       scratch + (p - c0) * C::L::units, gates * C::units, C::units, rows);
   }
 }
 
@@ -230,11 +299,15 @@ void pack_panel(const T* weight, int64_t row_stride, int64_t col_stride, int64_t
       const T* source = rows + k0 * col_stride;
       if (col_stride <= row_stride) {  // along k is the contiguous direction
         for (int64_t j = 0; j < count; ++j) {
-          for (int64_t k = 0; k < inputs; ++k) block[k][j] = source[j * row_stride + k * col_stride];
+          for (int64_t k = 0; k < inputs; ++k) {
+            block[k][j] = source[j * row_stride + k * col_stride];
+          }
         }
       } else {  // along j is
         for (int64_t k = 0; k < inputs; ++k) {
-          for (int64_t j = 0; j < count; ++j) block[k][j] = source[j * row_stride + k * col_stride];
+          for (int64_t j = 0; j < count; ++j) {
+            block[k][j] = source[j * row_stride + k * col_stride];
+          }
         }
       }
       for (int64_t k = 0; k < inputs; ++k) {
@@ -360,7 +433,7 @@ struct Crew {
 // them, more per direction only while each member keeps a panel and a step's product is big
 // enough (in FLOPs per member) to pay for a meeting per step.
 inline int64_t team_size(int64_t directions, int64_t panels, int64_t step_flops) {
-  constexpr int64_t kFlopsPerMember = int64_t(1) << 17;  // measured: docs/performance.md
+  constexpr int64_t kFlopsPerMember = int64_t(1) << 14;  // measured: docs/performance.md
   const int64_t per_direction =
       std::clamp<int64_t>(step_flops / kFlopsPerMember, 1, std::max<int64_t>(1, panels));
   return std::min<int64_t>(at::get_num_threads(), directions * per_direction);

@@ -198,6 +198,7 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
                         const Tensor& w_rec, const Tensor& zeros, at::TensorList biases,
                         at::IntArrayRef live) {
   using L = engine::Layout<T, 3>;
+  using C = engine::Chunks<T, 3>;
   const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
   const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, panels = L::panels(hidden);
   const bool every_step = hh.size(1) > 1;
@@ -219,7 +220,7 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
         const T* b_hh = (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>();  // (3H,)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[L::max_rows * L::columns];
+        alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps; ++s) {
           const int64_t rows = live_rows(live, s, batch);
           const int64_t slot = every_step ? s : 0;
@@ -228,19 +229,20 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
           T* n_s = n_base + slot * batch * hidden;
           const T* h_prev = h_base + s * batch * hidden;
           T* h = h_base + (s + 1) * batch * hidden;
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
-            const T* panel = panel_base + p * hidden * L::columns;  // (H, 3 * units)
+          engine::for_chunks<T, 3>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
+                                                            int64_t unit_end) {
+            const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = h_prev[r0 : r0 + tile_rows] @ panel: (rows, H) @ (H, 3 * units)
-              engine::multiply<T, 3>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0, panel,
-                                     tile, tile_rows);
+              // tile = h_prev[r0 : r0 + tile_rows] @ the chunk's panels: (rows, H) @ (H, 3 * units)
+              engine::multiply_chunk<T, 3>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0,
+                                           panel_base, hidden * L::columns, c0, c1, tile,
+                                           tile_rows);
               forward_rows<T, true>(x_s + r0 * gate_rows, hh_s + r0 * gate_rows, tile,
-                                    L::columns, L::units, b_ih, b_hh, n_s + r0 * hidden,
+                                    3 * C::units, C::units, b_ih, b_hh, n_s + r0 * hidden,
                                     h_prev + r0 * hidden, h + r0 * hidden, 0, tile_rows, unit,
                                     unit + units, hidden);
             });
-          }
+          });
           for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
             std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
           }
@@ -258,6 +260,7 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
                          at::TensorList grads, at::TensorList w_hh, at::TensorList factors,
                          Tensor& d_h0, at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
+  using C = engine::Chunks<T, 1>;
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
   const int64_t panels = L::panels(hidden);
@@ -282,7 +285,7 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
         for (int64_t b = 0; b < batch; ++b) {
           std::fill(d_h0_base + b * hidden + first_unit, d_h0_base + b * hidden + last_unit, T(0));
         }
-        alignas(64) T tile[L::max_rows * L::columns];
+        alignas(64) T tile[C::scratch];
         for (int64_t s = steps - 1; s >= 0; --s) {
           const int64_t rows = live_rows(live, s, batch);
           T* f_s = f_base + s * batch * gate_rows;
@@ -298,23 +301,23 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
             std::fill(grad_s + b * hidden + first_unit, grad_s + b * hidden + last_unit, T(0));
           }
           barrier.wait();  // [d_pre_r, d_pre_z] and d_a of step s complete
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
-            const T* panel = panel_base + p * gate_rows * L::columns;  // (3H, units)
+          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
+                                                            int64_t unit_end) {
+            const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = [d_pre_r, d_pre_z, d_a][r0 : r0 + tile_rows] @ panel: (rows, 3H) @
-              // (3H, units), the first two from the factors, d_a from the grads
-              engine::multiply<T, 1>(f_s + r0 * gate_rows + hidden, gate_rows, 2 * hidden,
-                                     grad_s + r0 * hidden, hidden, hidden, panel, tile,
-                                     tile_rows);
+              // tile = [d_pre_r, d_pre_z, d_a][r0 : r0 + tile_rows] @ the chunk's panels:
+              // (rows, 3H) @ (3H, units), the first two from the factors, d_a from the grads
+              engine::multiply_chunk<T, 1>(f_s + r0 * gate_rows + hidden, gate_rows, 2 * hidden,
+                                           grad_s + r0 * hidden, hidden, hidden, panel_base,
+                                           gate_rows * L::columns, c0, c1, tile, tile_rows);
               for (int64_t r = 0; r < tile_rows; ++r) {
                 T* target = d_h_prev + (r0 + r) * hidden + unit;
-                const T* source = tile + r * L::columns;
+                const T* source = tile + r * C::units;
                 UNROLLED_VECTOR_LOOP
                 for (int64_t j = 0; j < units; ++j) target[j] += source[j];
               }
             });
-          }
+          });
         }
       });
 }

@@ -200,7 +200,8 @@ void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const 
   const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
   Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
   // No bias (bias=False): zeros, so the loop has one shape.
-  const Tensor b = given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, gates.options());
+  const Tensor b =
+      given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, gates.options());
   for_directions(directions, gates.size(2) * hs.size(3) * 4 * hidden, [&](int64_t d) {
     forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live, keep, packed);
   });
@@ -276,6 +277,7 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
                         Tensor& hs, at::IntArrayRef live, at::TensorList inputs,
                         at::TensorList w_in) {
   using L = engine::Layout<T, 4>;
+  using C = engine::Chunks<T, 4>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), panels = L::panels(hidden);
   const int64_t input_size = inputs.empty() ? 0 : inputs[0].size(2);
@@ -306,7 +308,7 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
         const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[L::max_rows * L::columns];
+        alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps; ++s) {
           const int64_t rows = live_rows(live, s, batch);
           T* gate_s = gate_base == nullptr ? nullptr : gate_base + s * batch * 4 * hidden;
@@ -315,19 +317,19 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
           T* h = h_base + (s + 1) * batch * hidden;
           T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
           T* c = every_cell ? c_prev + batch * hidden : c_prev;
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
-            const T* panel = panel_base + p * depth * L::columns;  // (I + H, 4 * units)
+          engine::for_chunks<T, 4>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
+                                                            int64_t unit_end) {
+            const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = [x_s, h_prev][r0 : r0 + tile_rows] @ panel: (rows, I + H) @ (I + H,
-              // 4 * units), the x_s part only with inputs
-              engine::multiply<T, 4>(x_s + r0 * input_size, input_size, input_size,
-                                     h_prev + r0 * hidden, hidden, hidden, panel, tile,
-                                     tile_rows);
+              // tile = [x_s, h_prev][r0 : r0 + tile_rows] @ the chunk's panels: (rows, I + H)
+              // @ (I + H, 4 * units), the x_s part only with inputs
+              engine::multiply_chunk<T, 4>(x_s + r0 * input_size, input_size, input_size,
+                                           h_prev + r0 * hidden, hidden, hidden, panel_base,
+                                           depth * L::columns, c0, c1, tile, tile_rows);
               T* gate_rows = gate_s == nullptr ? nullptr : gate_s + r0 * 4 * hidden;
               auto apply = [&](auto keep_tag, auto reads_tag) {
                 forward_rows<T, decltype(keep_tag)::value, true, decltype(reads_tag)::value>(
-                    gate_rows, tile, L::columns, L::units, bias_ptr, c_prev + r0 * hidden,
+                    gate_rows, tile, 4 * C::units, C::units, bias_ptr, c_prev + r0 * hidden,
                     c + r0 * hidden, h + r0 * hidden, 0, tile_rows, unit, unit + units,
                     hidden);
               };
@@ -339,10 +341,12 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
                 keep ? apply(yes{}, yes{}) : apply(no{}, yes{});
               }
             });
-          }
+          });
           for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
             std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
-            if (every_cell) std::fill(c + b * hidden + first_unit, c + b * hidden + last_unit, T(0));
+            if (every_cell) {
+              std::fill(c + b * hidden + first_unit, c + b * hidden + last_unit, T(0));
+            }
           }
           barrier.wait();  // h_s complete: the next step reads all of it
         }
@@ -359,6 +363,7 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
                          const Tensor& dc_arrivals, const Tensor& w_rec, Tensor& d_pre,
                          at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
+  using C = engine::Chunks<T, 1>;
   const int64_t directions = gates.size(0), steps = gates.size(1), batch = gates.size(2);
   const int64_t hidden = gates.size(3) / 4, panels = L::panels(hidden);
   const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
@@ -382,7 +387,7 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
         T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[L::max_rows * L::columns];
+        alignas(64) T tile[C::scratch];
         for (int64_t s = steps - 1; s >= 0; --s) {
           const int64_t rows = live_rows(live, s, batch);
           T* d_h_s = d_h_base + s * cell_step;
@@ -400,21 +405,22 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
           barrier.wait();  // d_pre_s complete: every member's product reads all of it
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
           T* d_h_prev = d_h_s - cell_step;
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
-            const T* panel = panel_base + p * 4 * hidden * L::columns;  // (4H, units)
+          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
+                                                            int64_t unit_end) {
+            const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = d_pre_s[r0 : r0 + tile_rows] @ panel: (rows, 4H) @ (4H, units)
-              engine::multiply<T, 1>(d_pre_s + r0 * 4 * hidden, 4 * hidden, 4 * hidden,
-                                     nullptr, 0, 0, panel, tile, tile_rows);
+              // tile = d_pre_s[r0 : r0 + tile_rows] @ the chunk's panels: (rows, 4H) @ (4H, units)
+              engine::multiply_chunk<T, 1>(d_pre_s + r0 * 4 * hidden, 4 * hidden, 4 * hidden,
+                                           nullptr, 0, 0, panel_base, 4 * hidden * L::columns,
+                                           c0, c1, tile, tile_rows);
               for (int64_t r = 0; r < tile_rows; ++r) {
                 T* target = d_h_prev + (r0 + r) * hidden + unit;
-                const T* source = tile + r * L::columns;
+                const T* source = tile + r * C::units;
                 UNROLLED_VECTOR_LOOP
                 for (int64_t j = 0; j < units; ++j) target[j] += source[j];
               }
             });
-          }
+          });
         }
       });
 }

@@ -110,6 +110,7 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
 template <typename T>
 void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
+  using C = engine::Chunks<T, 1>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
@@ -125,21 +126,22 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
         T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[L::max_rows * L::columns];
+        alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps; ++s) {
           const int64_t rows = live_rows(live, s, batch);
           const T* h_prev = base + s * batch * hidden;
           T* h = base + (s + 1) * batch * hidden;
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
-            const T* panel = panel_base + p * hidden * L::columns;  // (H, units)
+          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
+                                                            int64_t unit_end) {
+            const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = h_prev[r0 : r0 + tile_rows] @ panel: (rows, H) @ (H, units)
-              engine::multiply<T, 1>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0, panel,
-                                     tile, tile_rows);
+              // tile = h_prev[r0 : r0 + tile_rows] @ the chunk's panels: (rows, H) @ (H, units)
+              engine::multiply_chunk<T, 1>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0,
+                                           panel_base, hidden * L::columns, c0, c1, tile,
+                                           tile_rows);
               for (int64_t r = 0; r < tile_rows; ++r) {
                 T* row = h + (r0 + r) * hidden + unit;
-                const T* product = tile + r * L::columns;
+                const T* product = tile + r * C::units;
                 UNROLLED_VECTOR_LOOP
                 for (int64_t j = 0; j < units; ++j) row[j] += product[j];
               }
@@ -147,7 +149,7 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
                 activate_rows<T>(h + (r0 + r) * hidden + unit, 0, 1, units, relu);
               }
             });
-          }
+          });
           for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
             std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
           }
@@ -163,6 +165,7 @@ template <typename T>
 void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh,
                          bool relu, at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
+  using C = engine::Chunks<T, 1>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), step = batch * hidden, panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
@@ -179,7 +182,7 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
         T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[L::max_rows * L::columns];
+        alignas(64) T tile[C::scratch];
         for (int64_t s = steps - 1; s >= 0; --s) {
           const int64_t rows = live_rows(live, s, batch);
           T* grad_s = grad_base + s * step;
@@ -194,21 +197,22 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
           barrier.wait();  // d_pre_s complete: every member's product reads all of it
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
           T* d_h_prev = grad_s - step;
-          for (int64_t p = p0; p < p1; ++p) {
-            const int64_t unit = p * L::units, units = std::min<int64_t>(L::units, hidden - unit);
-            const T* panel = panel_base + p * hidden * L::columns;  // (H, units)
+          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
+                                                            int64_t unit_end) {
+            const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = d_pre_s[r0 : r0 + tile_rows] @ panel: (rows, H) @ (H, units)
-              engine::multiply<T, 1>(grad_s + r0 * hidden, hidden, hidden, nullptr, 0, 0, panel,
-                                     tile, tile_rows);
+              // tile = d_pre_s[r0 : r0 + tile_rows] @ the chunk's panels: (rows, H) @ (H, units)
+              engine::multiply_chunk<T, 1>(grad_s + r0 * hidden, hidden, hidden, nullptr, 0, 0,
+                                           panel_base, hidden * L::columns, c0, c1, tile,
+                                           tile_rows);
               for (int64_t r = 0; r < tile_rows; ++r) {
                 T* target = d_h_prev + (r0 + r) * hidden + unit;
-                const T* source = tile + r * L::columns;
+                const T* source = tile + r * C::units;
                 UNROLLED_VECTOR_LOOP
                 for (int64_t j = 0; j < units; ++j) target[j] += source[j];
               }
             });
-          }
+          });
         }
       });
 }
