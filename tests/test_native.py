@@ -332,3 +332,27 @@ def test_released_backward_under_saved_tensor_machinery(mode, how):
 
     for k, (got, want) in enumerate(zip(gradients(ours, True), gradients(theirs, False))):
         assert_close(f"grad {k}", got, want, torch.float64)
+
+
+@needs_native
+def test_directions_in_turn_beyond_the_cache_equal_torch(tmp_path):
+    """Weights beyond the last-level cache: each direction in turn on the whole team (the
+    schedule of large bidirectional layers), in a process told that the cache is 1 byte."""
+    script = tmp_path / "in_turn.py"
+    script.write_text(
+        "import torch, unrolled\n"
+        "from parity import compare\n"
+        "torch.set_num_threads(2)\n"
+        "for mode in ('LSTM', 'GRU', 'RNN'):\n"
+        "    torch.manual_seed(0)\n"
+        "    theirs = getattr(torch.nn, mode)(5, 40, 2, bidirectional=True).double()\n"
+        "    ours = unrolled.from_torch(theirs)\n"
+        "    x = torch.randn(7, 13, 5, dtype=torch.float64, requires_grad=True)\n"
+        "    compare(ours, theirs, (x,))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, UNROLLED_ENGINE_CACHE_BYTES="1", UNROLLED_QUIET="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

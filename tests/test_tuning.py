@@ -92,3 +92,13 @@ def test_off_plans_the_engine_without_measuring(monkeypatch, tmp_path):
 def test_layers_with_a_projection_are_not_measured(measuring):
     plan = unrolled.plan(unrolled.LSTM(5, 24, proj_size=7), torch.randn(6, 3, 5))
     assert not plan.fused and not plan.measured and not measuring.exists()
+
+
+@needs_native
+def test_measuring_works_under_inference_mode_and_saved_tensor_hooks(measuring):
+    """A first call may come from anywhere: inference_mode, a checkpointed region's hooks."""
+    x = torch.randn(5, 2, 3)
+    with torch.inference_mode():
+        assert unrolled.plan(unrolled.GRU(3, 8), x).measured
+    with torch.autograd.graph.save_on_cpu():
+        assert unrolled.plan(unrolled.LSTM(3, 8), x).measured

@@ -198,10 +198,11 @@ def plan(
 def trials(
     candidates: dict[str, Plan], inputs: Tensor, first: LayerWeights, num_directions: int
 ) -> dict:
-    """One trial per candidate plan, for :mod:`unrolled.tuning`: a forward and a backward of one
-    layer shaped like the call's first layer, ``tuning.trial_steps`` steps, on weights and an
-    input of its own (drawn from a generator of its own: the caller's random stream is left
-    alone)."""
+    """One trial per candidate plan, for :mod:`unrolled.tuning`: a forward of one layer shaped
+    like the call's first layer, ``tuning.trial_steps`` steps, without autograd (so that a
+    trial runs the same under ``no_grad``, ``inference_mode`` or saved-tensor hooks of the
+    caller's), on weights and an input of its own (drawn from a generator of its own: the
+    caller's random stream is left alone)."""
     first = LayerWeights(*first)
     generator = torch.Generator(device=inputs.device).manual_seed(0)
     batch, input_size = inputs.shape[1], inputs.shape[2]
@@ -213,23 +214,17 @@ def trials(
 
     x = rand(tuning.trial_steps(inputs.shape[0]), batch, input_size)  # (T, B, I)
     weights = [
-        LayerWeights(
-            rand(gate_rows, input_size).requires_grad_(),
-            rand(gate_rows, hidden).requires_grad_(),
-            rand(gate_rows).requires_grad_(),
-            rand(gate_rows).requires_grad_(),
-            None,
-        )
+        LayerWeights(rand(gate_rows, input_size), rand(gate_rows, hidden), rand(gate_rows),
+                     rand(gate_rows), None)
         for _ in range(num_directions)
-    ]
+    ]  # fmt: skip
     h0 = x.new_zeros(num_directions, batch, hidden)
     mode = next(iter(candidates.values())).mode
     hx = (h0, h0.clone()) if mode == "LSTM" else h0
 
     def trial(plan: Plan) -> None:
-        with torch.enable_grad():
-            output, _ = fast.run(plan, x, hx, weights, num_layers=1, num_directions=num_directions)
-            output.sum().backward()
+        with torch.no_grad():
+            fast.run(plan, x, hx, weights, num_layers=1, num_directions=num_directions)
 
     return {name: (lambda plan=plan: trial(plan)) for name, plan in candidates.items()}
 

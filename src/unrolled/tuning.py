@@ -5,7 +5,7 @@ the project's own vector kernel, ``fast/native/engine.h``), the native loop with
 per step, and the same loop in torch ops (the Python loops). Which is fastest depends on the
 CPU (vector width, cache sizes, how its BLAS handles a GEMM of few rows) and on the shape. As
 FFTW's plans and ``torch.backends.cudnn.benchmark`` do, the first call of a *shape class* times
-the candidates on a short sequence of that class (a forward and a backward of one layer, on
+the candidates on a sequence of that class (a forward of one layer, without autograd, on
 weights and inputs of its own, never the caller's random stream), keeps the fastest and writes
 the verdict to ``tuning.json`` beside the native build, so that later processes on the machine
 do not measure again. :func:`unrolled.plan` reports the verdict and its times.

@@ -205,6 +205,7 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * gate_rows,
+      directions * panels * hidden * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 3H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * hidden * L::columns;
@@ -260,13 +261,13 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
                          at::TensorList grads, at::TensorList w_hh, at::TensorList factors,
                          Tensor& d_h0, at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
-  using C = engine::Chunks<T, 1>;
   const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
   const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
   const int64_t panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, gate_rows, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * gate_rows * hidden,
+      directions * panels * gate_rows * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (3H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * gate_rows * L::columns;
@@ -285,7 +286,6 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
         for (int64_t b = 0; b < batch; ++b) {
           std::fill(d_h0_base + b * hidden + first_unit, d_h0_base + b * hidden + last_unit, T(0));
         }
-        alignas(64) T tile[C::scratch];
         for (int64_t s = steps - 1; s >= 0; --s) {
           const int64_t rows = live_rows(live, s, batch);
           T* f_s = f_base + s * batch * gate_rows;
@@ -301,23 +301,11 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
             std::fill(grad_s + b * hidden + first_unit, grad_s + b * hidden + last_unit, T(0));
           }
           barrier.wait();  // [d_pre_r, d_pre_z] and d_a of step s complete
-          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
-                                                            int64_t unit_end) {
-            const int64_t units = unit_end - unit;
-            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = [d_pre_r, d_pre_z, d_a][r0 : r0 + tile_rows] @ the chunk's panels:
-              // (rows, 3H) @ (3H, units), the first two from the factors, d_a from the grads
-              engine::multiply_chunk<T, 1>(f_s + r0 * gate_rows + hidden, gate_rows, 2 * hidden,
-                                           grad_s + r0 * hidden, hidden, hidden, panel_base,
-                                           gate_rows * L::columns, c0, c1, tile, tile_rows);
-              for (int64_t r = 0; r < tile_rows; ++r) {
-                T* target = d_h_prev + (r0 + r) * hidden + unit;
-                const T* source = tile + r * C::units;
-                UNROLLED_VECTOR_LOOP
-                for (int64_t j = 0; j < units; ++j) target[j] += source[j];
-              }
-            });
-          });
+          // d_h_{s-1}[:, its units] += [d_pre_r, d_pre_z, d_a]_s @ W_hh[:, its units]: (rows, 3H)
+          // @ (3H, units), the first two from the factors, d_a from the grads
+          engine::add_product<T>(f_s + hidden, gate_rows, 2 * hidden, grad_s, hidden, hidden,
+                                 panel_base, gate_rows * L::columns, p0, p1, hidden, rows, d_h_prev,
+                                 hidden);
         }
       });
 }

@@ -288,6 +288,7 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
   T* packed = engine::packing_room<T>(directions, panels, depth, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * depth * 4 * hidden,
+      directions * panels * depth * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 4H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * depth * L::columns;
@@ -363,7 +364,6 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
                          const Tensor& dc_arrivals, const Tensor& w_rec, Tensor& d_pre,
                          at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
-  using C = engine::Chunks<T, 1>;
   const int64_t directions = gates.size(0), steps = gates.size(1), batch = gates.size(2);
   const int64_t hidden = gates.size(3) / 4, panels = L::panels(hidden);
   const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
@@ -372,6 +372,7 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
   T* packed = engine::packing_room<T>(directions, panels, 4 * hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * 4 * hidden,
+      directions * panels * (4 * hidden) * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh (4H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * (4 * hidden) * L::columns;
@@ -387,7 +388,6 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
         T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[C::scratch];
         for (int64_t s = steps - 1; s >= 0; --s) {
           const int64_t rows = live_rows(live, s, batch);
           T* d_h_s = d_h_base + s * cell_step;
@@ -405,22 +405,9 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
           barrier.wait();  // d_pre_s complete: every member's product reads all of it
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
           T* d_h_prev = d_h_s - cell_step;
-          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
-                                                            int64_t unit_end) {
-            const int64_t units = unit_end - unit;
-            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = d_pre_s[r0 : r0 + tile_rows] @ the chunk's panels: (rows, 4H) @ (4H, units)
-              engine::multiply_chunk<T, 1>(d_pre_s + r0 * 4 * hidden, 4 * hidden, 4 * hidden,
-                                           nullptr, 0, 0, panel_base, 4 * hidden * L::columns,
-                                           c0, c1, tile, tile_rows);
-              for (int64_t r = 0; r < tile_rows; ++r) {
-                T* target = d_h_prev + (r0 + r) * hidden + unit;
-                const T* source = tile + r * C::units;
-                UNROLLED_VECTOR_LOOP
-                for (int64_t j = 0; j < units; ++j) target[j] += source[j];
-              }
-            });
-          });
+          // d_h_{s-1}[:, its units] += d_pre_s @ W_hh[:, its units]: (rows, 4H) @ (4H, units)
+          engine::add_product<T>(d_pre_s, 4 * hidden, 4 * hidden, nullptr, 0, 0, panel_base,
+                                 4 * hidden * L::columns, p0, p1, hidden, rows, d_h_prev, hidden);
         }
       });
 }

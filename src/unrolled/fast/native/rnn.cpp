@@ -110,12 +110,12 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
 template <typename T>
 void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
-  using C = engine::Chunks<T, 1>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * hidden,
+      directions * panels * hidden * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
         T* panel_base = packed + d * panels * hidden * L::columns;
@@ -126,30 +126,16 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
         T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps; ++s) {
           const int64_t rows = live_rows(live, s, batch);
           const T* h_prev = base + s * batch * hidden;
           T* h = base + (s + 1) * batch * hidden;
-          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
-                                                            int64_t unit_end) {
-            const int64_t units = unit_end - unit;
-            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = h_prev[r0 : r0 + tile_rows] @ the chunk's panels: (rows, H) @ (H, units)
-              engine::multiply_chunk<T, 1>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0,
-                                           panel_base, hidden * L::columns, c0, c1, tile,
-                                           tile_rows);
-              for (int64_t r = 0; r < tile_rows; ++r) {
-                T* row = h + (r0 + r) * hidden + unit;
-                const T* product = tile + r * C::units;
-                UNROLLED_VECTOR_LOOP
-                for (int64_t j = 0; j < units; ++j) row[j] += product[j];
-              }
-              for (int64_t r = 0; r < tile_rows; ++r) {
-                activate_rows<T>(h + (r0 + r) * hidden + unit, 0, 1, units, relu);
-              }
-            });
-          });
+          // h_s[:, its units] = act(x_s W_ih^T (there already) + h_{s-1} @ W_hh^T[:, its units])
+          engine::add_product<T>(h_prev, hidden, hidden, nullptr, 0, 0, panel_base,
+                                 hidden * L::columns, p0, p1, hidden, rows, h, hidden);
+          for (int64_t b = 0; b < rows; ++b) {
+            activate_rows<T>(h + b * hidden + first_unit, 0, 1, last_unit - first_unit, relu);
+          }
           for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
             std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
           }
@@ -165,12 +151,12 @@ template <typename T>
 void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh,
                          bool relu, at::IntArrayRef live) {
   using L = engine::Layout<T, 1>;
-  using C = engine::Chunks<T, 1>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), step = batch * hidden, panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * hidden,
+      directions * panels * hidden * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * hidden * L::columns;
@@ -182,7 +168,6 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
         T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        alignas(64) T tile[C::scratch];
         for (int64_t s = steps - 1; s >= 0; --s) {
           const int64_t rows = live_rows(live, s, batch);
           T* grad_s = grad_base + s * step;
@@ -197,22 +182,9 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
           barrier.wait();  // d_pre_s complete: every member's product reads all of it
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
           T* d_h_prev = grad_s - step;
-          engine::for_chunks<T, 1>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
-                                                            int64_t unit_end) {
-            const int64_t units = unit_end - unit;
-            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
-              // tile = d_pre_s[r0 : r0 + tile_rows] @ the chunk's panels: (rows, H) @ (H, units)
-              engine::multiply_chunk<T, 1>(grad_s + r0 * hidden, hidden, hidden, nullptr, 0, 0,
-                                           panel_base, hidden * L::columns, c0, c1, tile,
-                                           tile_rows);
-              for (int64_t r = 0; r < tile_rows; ++r) {
-                T* target = d_h_prev + (r0 + r) * hidden + unit;
-                const T* source = tile + r * C::units;
-                UNROLLED_VECTOR_LOOP
-                for (int64_t j = 0; j < units; ++j) target[j] += source[j];
-              }
-            });
-          });
+          // d_h_{s-1}[:, its units] += d_pre_s @ W_hh[:, its units]: (rows, H) @ (H, units)
+          engine::add_product<T>(grad_s, hidden, hidden, nullptr, 0, 0, panel_base,
+                                 hidden * L::columns, p0, p1, hidden, rows, d_h_prev, hidden);
         }
       });
 }
