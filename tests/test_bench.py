@@ -19,6 +19,8 @@ from unrolled import cli
 from unrolled.tools import benchmark, benchmark_memory
 from unrolled.tools.compare import tolerance
 
+POINT_FIELDS = ("mode", "shape", "layers", "bidirectional", "packed", "dtype")
+
 TINY = ["--repeats", "5", "--min-sample-ms", "1", "--threads", "1"]
 
 
@@ -56,6 +58,29 @@ def test_cli_exits_zero_and_writes_every_point(grid_report):
     assert report["environment"]["threads"] == 1
     assert report["environment"]["torch"] == torch.__version__
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_machine_is_named_and_each_forward_is_a_share_of_its_peak(grid_report):
+    _, report, _ = grid_report
+    env = report["environment"]
+    assert env["cpu"] and env["vendor"] and env["isa"]
+    assert env["engine_isa"] in ("AVX-512", "AVX2", "NEON", "scalar", "")
+    assert env["peak_gflops"] > 0
+    for record in report["results"]:
+        assert record["forward_flops"] == benchmark.forward_flops(
+            benchmark.Point.from_dict({k: record[k] for k in POINT_FIELDS})
+        )
+        for name in ("torch", "unrolled"):
+            timing = record["forward"][name]
+            rate = record["forward_flops"] / timing["median_s"]
+            assert timing["peak_fraction"] == pytest.approx(rate / (env["peak_gflops"] * 1e9))
+
+
+def test_forward_flops_count_every_layer_and_direction():
+    lstm = benchmark.Point("lstm", benchmark.Shape("x", 2, 3, 5, 7), 2, True)
+    # layer 0: 2 directions x 2 T B (I + H) 4H; layer 1 reads 2H
+    expected = 2 * 2 * 3 * 2 * (5 + 7) * 4 * 7 + 2 * 2 * 3 * 2 * (14 + 7) * 4 * 7
+    assert benchmark.forward_flops(lstm) == expected
 
 
 def test_medians_and_ratios_come_from_the_samples(grid_report):

@@ -2,7 +2,8 @@
 
 Each layer runs both directions over the same step-major buffers (see :mod:`.layer`), with the
 input part ``x @ W_ih^T + b`` hoisted out of the loop (one GEMM per direction,
-:func:`.layer.project`), the time loop of the plan's runner (the native C++ loops of
+:func:`.layer.project`; the native LSTM's fused engine computes it tile by tile in the loop's
+own pass instead), the time loop of the plan's runner (the native C++ loops of
 :mod:`.native` or the same loops in torch ops, :mod:`.loops`; chosen by
 :func:`unrolled.backends.plan`) and a hand-written backward per cell family (:mod:`.rnn`,
 :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer ``l``'s output to
