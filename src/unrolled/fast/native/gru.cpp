@@ -13,6 +13,8 @@
 // one BLAS call per step and one elementwise pass.
 #include <torch/library.h>
 
+#include <tuple>
+
 #include "common.h"
 #include "engine.h"
 
@@ -106,6 +108,19 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* d_h, T*
   }
 }
 
+// Direction d's pointers into the forward's buffers (the GRU buffer contract): xw (T, B, 3H),
+// hh (T or 1, B, 3H), ns (T or 1, B, H), hs (T+1, B, H), b_ih and b_hh (3H,) each (zeros
+// without bias).
+template <typename T>
+std::tuple<const T*, T*, T*, T*, const T*, const T*> forward_views(
+    const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, at::TensorList biases,
+    const Tensor& zeros, int64_t d) {
+  return {xw.select(0, d).data_ptr<T>(), hh.select(0, d).data_ptr<T>(),
+          ns.select(0, d).data_ptr<T>(), hs.select(0, d).data_ptr<T>(),
+          (biases.empty() ? zeros : biases[2 * d]).data_ptr<T>(),
+          (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>()};
+}
+
 // Forward, w_rec = W_hh^T (D, H, 3H) row-major or a transposed view; biases: D x (b_ih, b_hh),
 // each (3H,), or empty (bias=False).
 template <typename T>
@@ -118,12 +133,8 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
   const Tensor zeros = biases.empty() ? at::zeros({gate_rows}, options) : Tensor();
   for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
     const Tensor w = w_rec.select(0, d);  // (H, 3H)
-    const T* x_base = xw.select(0, d).data_ptr<T>();  // (T, B, 3H)
-    T* hh_base = hh.select(0, d).data_ptr<T>();  // (T or 1, B, 3H)
-    T* n_base = ns.select(0, d).data_ptr<T>();  // (T or 1, B, H)
-    T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    const T* b_ih = (biases.empty() ? zeros : biases[2 * d]).data_ptr<T>();  // (3H,)
-    const T* b_hh = (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>();  // (3H,)
+    const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
+        forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t rows = live_rows(live, s, batch);
       const int64_t slot = every_step ? s : 0;
@@ -140,6 +151,18 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
       zero_rows(h, rows, batch, hidden);
     }
   });
+}
+
+// Direction d's pointers into the backward's buffers (the GRU buffer contract): hh (T, B, 3H),
+// ns (T, B, H), hs (T+1, B, H), grads[d] (T, B, H: d_h_s in, d_a out), factors[d] (T, B, 3H:
+// [n_x, r, z]), d_h0 (B, H).
+template <typename T>
+std::tuple<const T*, const T*, const T*, T*, T*, T*> backward_views(
+    const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
+    at::TensorList factors, Tensor& d_h0, int64_t d) {
+  return {hh.select(0, d).data_ptr<T>(), ns.select(0, d).data_ptr<T>(),
+          hs.select(0, d).data_ptr<T>(), grads[d].data_ptr<T>(), factors[d].data_ptr<T>(),
+          d_h0.select(0, d).data_ptr<T>()};
 }
 
 // Backward. grads, D x (T, B, H), holds the gradient reaching each h_s (from the output and
@@ -160,12 +183,8 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
   for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
     const Tensor w_rz = w_hh[d].narrow(0, 0, 2 * hidden);  // (2H, H)
     const Tensor w_n = w_hh[d].narrow(0, 2 * hidden, hidden);  // (H, H)
-    const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
-    const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
-    const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_a out
-    T* f_base = factors[d].data_ptr<T>();  // (T, B, 3H): [n_x, r, z]
-    T* d_h0_base = d_h0.select(0, d).data_ptr<T>();  // (B, H)
+    const auto [hh_base, n_base, h_base, grad_base, f_base, d_h0_base] =
+        backward_views<T>(hh, ns, hs, grads, factors, d_h0, d);
     std::memset(d_h0_base, 0, step * sizeof(T));
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t rows = live_rows(live, s, batch);
@@ -213,12 +232,8 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
           engine::pack_panel<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
                                    panel_base + p * hidden * L::columns);
         }
-        const T* x_base = xw.select(0, d).data_ptr<T>();  // (T, B, 3H)
-        T* hh_base = hh.select(0, d).data_ptr<T>();  // (T or 1, B, 3H)
-        T* n_base = ns.select(0, d).data_ptr<T>();  // (T or 1, B, H)
-        T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-        const T* b_ih = (biases.empty() ? zeros : biases[2 * d]).data_ptr<T>();  // (3H,)
-        const T* b_hh = (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>();  // (3H,)
+        const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
+            forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
         alignas(64) T tile[C::scratch];
@@ -275,12 +290,8 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
           engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, gate_rows,
                                    p, panel_base + p * gate_rows * L::columns);
         }
-        const T* hh_base = hh.select(0, d).data_ptr<T>();  // (T, B, 3H)
-        const T* n_base = ns.select(0, d).data_ptr<T>();  // (T, B, H)
-        const T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-        T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_a out
-        T* f_base = factors[d].data_ptr<T>();  // (T, B, 3H): [n_x, r, z]
-        T* d_h0_base = d_h0.select(0, d).data_ptr<T>();  // (B, H)
+        const auto [hh_base, n_base, h_base, grad_base, f_base, d_h0_base] =
+            backward_views<T>(hh, ns, hs, grads, factors, d_h0, d);
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
         for (int64_t b = 0; b < batch; ++b) {
