@@ -74,8 +74,11 @@ def openmp_flags() -> list[str]:
     """ATen's ``parallel_for`` is an OpenMP region compiled into the caller: without
     ``-fopenmp`` it runs on the calling thread alone. Linux only (torch's wheels there use GNU
     OpenMP, whose ``libgomp.so.1`` torch has loaded already, so the loops join torch's one
-    thread pool); elsewhere the loops run their teams on one thread."""
-    return ["-fopenmp"] if platform.system() == "Linux" else []
+    thread pool); elsewhere, or with ``UNROLLED_NATIVE_OPENMP=0`` (a compiler without OpenMP),
+    the loops run their teams on one thread."""
+    if platform.system() != "Linux" or os.environ.get("UNROLLED_NATIVE_OPENMP", "1") == "0":
+        return []
+    return ["-fopenmp"]
 
 
 def cache_root() -> Path:
@@ -234,10 +237,15 @@ def load(progress: Callable[[int, int], None] | None = None) -> Path:
             text = " ".join(str(error).split())  # one line: the compiler's last words
             tail = text if len(text) <= 300 else "..." + text[-300:]
             detail = f"{type(error).__name__}: {tail}"
+            hint = (
+                "; a compiler without OpenMP builds with UNROLLED_NATIVE_OPENMP=0"
+                if openmp_flags() and "openmp" in text.lower()
+                else ""
+            )
             raise BuildError(
                 "failed",
                 f"the build failed ({detail}); UNROLLED_NATIVE_VERBOSE=1 shows the compiler's "
-                "output",
+                f"output{hint}",
             ) from error
         finally:
             done.set()
