@@ -73,13 +73,27 @@ def assert_same_buffers(results, names, atol=1e-12):
 
 STEPS, BATCH, INPUT = 6, 5, 3
 
+#: A bigger case for the fused engine: H = 37 (panels of units on any vector width, the last
+#: one partial), 13 rows (several tiles), sorted lengths (the batch shrinks), 1 or 2 threads.
+BIG = dict(hidden=37, batch=13, steps=13)
+BIG_LENGTHS = [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]
+
+
+def with_threads(threads, run):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run()
+    finally:
+        torch.set_num_threads(before)
+
 
 # --- LSTM ----------------------------------------------------------------------------------------
 
 
-#: How the native LSTM forward may run: the per-step BLAS loop or the fused engine, each with
-#: the input part hoisted by the caller (in ``gates``) or computed by the loop (``inputs``).
-LSTM_ENGINES = ["blas", "blas+inputs", "fused", "fused+inputs"]
+#: How the native LSTM forward may run: the per-step BLAS loop (the input part hoisted by the
+#: caller, in ``gates``) or the fused engine (the input part computed by the loop, ``inputs``).
+LSTM_ENGINES = ["blas", "fused"]
 
 
 @pytest.mark.parametrize(
@@ -89,43 +103,45 @@ LSTM_ENGINES = ["blas", "blas+inputs", "fused", "fused+inputs"]
         for case in itertools.product(
             [1, 2], [0, 3], [True, False], [None, SORTED_LENGTHS], [True, False], LSTM_ENGINES
         )
-        if not (case[1] and case[5].startswith("fused"))  # the engine has no projection
+        if not (case[1] and case[5] == "fused")  # the engine has no projection
     ],
 )
 def test_lstm_forward_buffers(directions, proj, bias, lengths, keep, engine):
-    lstm_forward_buffers(directions, proj, bias, lengths, keep, engine, hidden=4, batch=BATCH)
+    lstm_forward_buffers(directions, proj, bias, lengths, keep, engine)
 
 
 @pytest.mark.parametrize(
-    "directions,lengths,keep,engine,threads",
-    list(
-        itertools.product(
-            [1, 2], [None, [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]], [True, False],
-            ["fused", "fused+inputs"], [1, 2],
-        )
-    ),
-)  # fmt: skip
+    "directions,lengths,keep,threads",
+    list(itertools.product([1, 2], [None, BIG_LENGTHS], [True, False], [1, 2])),
+)
 def test_lstm_fused_engine_buffers_with_several_panels_tiles_and_threads(
-    directions, lengths, keep, engine, threads
+    directions, lengths, keep, threads
 ):
     """H = 37: three panels of units on AVX-512 (16, 16, 5), more on AVX2, shared by the team;
     13 rows: several tiles of rows; one thread, or a team of two per direction or one each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        lstm_forward_buffers(directions, 0, True, lengths, keep, engine, hidden=37, batch=13,
-                             steps=13, input_size=11)  # fmt: skip
-    finally:
-        torch.set_num_threads(before)
+    with_threads(
+        threads,
+        lambda: lstm_forward_buffers(directions, 0, True, lengths, keep, "fused", **BIG,
+                                     input_size=11),
+    )  # fmt: skip
 
 
 def lstm_forward_buffers(
-    directions, proj, bias, lengths, keep, engine, hidden, batch, steps=STEPS, input_size=INPUT
+    directions,
+    proj,
+    bias,
+    lengths,
+    keep,
+    engine,
+    hidden=4,
+    batch=BATCH,
+    steps=STEPS,
+    input_size=INPUT,
 ):
     out_size = proj or hidden
     every_cell = keep or lengths is not None
     live = live_rows(lengths, steps)
-    fused, with_inputs = engine.startswith("fused"), engine.endswith("+inputs")
+    fused = engine == "fused"
 
     def make():
         gates = rand(directions, steps, batch, 4 * hidden)
@@ -134,7 +150,7 @@ def lstm_forward_buffers(
         w_proj = rand(directions, hidden, proj) if proj else none()
         cs = rand(directions, steps + 1 if every_cell else 1, batch, hidden)
         hs = rand(directions, steps + 1, batch, out_size)
-        inputs = [rand(steps, batch, input_size) for _ in range(directions)] if with_inputs else []
+        inputs = [rand(steps, batch, input_size) for _ in range(directions)] if fused else []
         w_in = [rand(4 * hidden, input_size) for _ in inputs]
         return [gates, b, w_rec, w_proj, cs, hs, live, keep, False, fused, inputs, w_in]
 
@@ -180,30 +196,24 @@ def test_lstm_forward_packed_gemm_computes_the_same(bidirectional):
     ],  # r is only asked for with a projection; the fused engine has none
 )
 def test_lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates, fused):
-    lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates, fused, 4, BATCH)
+    lstm_backward_buffers(directions, proj, lengths, keep_r, over_gates, fused)
 
 
 @pytest.mark.parametrize(
     "directions,lengths,over_gates,threads",
-    list(
-        itertools.product(
-            [1, 2], [None, [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]], [False, True], [1, 2]
-        )
-    ),
+    list(itertools.product([1, 2], [None, BIG_LENGTHS], [False, True], [1, 2])),
 )
 def test_lstm_fused_backward_buffers_with_several_panels_tiles_and_threads(
     directions, lengths, over_gates, threads
 ):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        lstm_backward_buffers(directions, 0, lengths, False, over_gates, True, 37, 13, steps=13)
-    finally:
-        torch.set_num_threads(before)
+    with_threads(
+        threads,
+        lambda: lstm_backward_buffers(directions, 0, lengths, False, over_gates, True, **BIG),
+    )
 
 
 def lstm_backward_buffers(
-    directions, proj, lengths, keep_r, over_gates, fused, hidden, batch, steps=STEPS
+    directions, proj, lengths, keep_r, over_gates, fused, hidden=4, batch=BATCH, steps=STEPS
 ):
     out_size = proj or hidden
     live = live_rows(lengths, steps)
@@ -231,20 +241,6 @@ def lstm_backward_buffers(
 
 
 # --- GRU -----------------------------------------------------------------------------------------
-
-#: A bigger case for the fused engine: H = 37 (panels of units on any vector width, the last
-#: one partial), 13 rows (several tiles), sorted lengths (the batch shrinks), 1 or 2 threads.
-BIG = dict(hidden=37, batch=13, steps=13)
-BIG_LENGTHS = [13, 13, 12, 9, 9, 9, 7, 6, 6, 4, 2, 1, 1]
-
-
-def with_threads(threads, run):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        run()
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
@@ -386,6 +382,65 @@ def rnn_buffers(directions, relu, lengths, fused, hidden=4, batch=BATCH, steps=S
         return [hs, grads, w_hh, relu, live, fused]
 
     assert_same_buffers(run_both("rnn_backward", make_backward, [1]), ["grads"])
+
+
+# --- the fused engine's schedule never changes a number ------------------------------------------
+
+
+def native_twice(name, make_args, mutated, threads):
+    """``native.ops().<name>`` on identical copies of ``make_args()``, once per thread count."""
+    results = []
+    for count in threads:
+        torch.manual_seed(0)
+        args = make_args()
+        with_threads(count, lambda args=args: getattr(native.ops(), name)(*args))
+        results.append([args[k] for k in mutated])
+    return results
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+def test_the_engine_gives_the_same_bits_on_one_thread_and_two(directions):
+    """Which member computes a unit, in which tile and chunk, never changes the order of its
+    sums: one thread and a team of two write identical buffers, forward and backward."""
+    hidden, batch, steps, inputs = BIG["hidden"], BIG["batch"], BIG["steps"], 11
+    live = live_rows(BIG_LENGTHS, steps)
+
+    def lstm_forward():
+        return [rand(directions, steps, batch, 4 * hidden), rand(directions, 4 * hidden),
+                rand(directions, hidden, 4 * hidden) / 2, none(),
+                rand(directions, steps + 1, batch, hidden), rand(directions, steps + 1, batch, hidden),
+                live, True, False, True, [rand(steps, batch, inputs) for _ in range(directions)],
+                [rand(4 * hidden, inputs) for _ in range(directions)]]  # fmt: skip
+
+    def lstm_backward():
+        return [rand(directions, steps, batch, 4 * hidden, low=0.0),
+                rand(directions, steps + 1, batch, hidden), rand(directions, steps, batch, hidden),
+                rand(directions, batch, hidden), rand(directions, steps, batch, hidden),
+                rand(directions, 4 * hidden, hidden) / 2, none(),
+                torch.empty(directions, steps, batch, 4 * hidden, dtype=torch.float64), none(),
+                live, True]  # fmt: skip
+
+    def gru_forward():
+        return [rand(directions, steps, batch, 3 * hidden), rand(directions, steps, batch, 3 * hidden),
+                rand(directions, steps, batch, hidden), rand(directions, steps + 1, batch, hidden),
+                rand(directions, hidden, 3 * hidden) / 2,
+                [rand(3 * hidden) for _ in range(2 * directions)], live, True]  # fmt: skip
+
+    def rnn_backward():
+        return [rand(directions, steps + 1, batch, hidden),
+                [rand(steps, batch, hidden) for _ in range(directions)],
+                [rand(hidden, hidden) / 2 for _ in range(directions)], False, live, True]  # fmt: skip
+
+    for name, make, mutated in [
+        ("lstm_forward", lstm_forward, [0, 4, 5]),
+        ("lstm_backward", lstm_backward, [2, 3, 7]),
+        ("gru_forward", gru_forward, [1, 2, 3]),
+        ("rnn_backward", rnn_backward, [1]),
+    ]:
+        one, two = native_twice(name, make, mutated, threads=(1, 2))
+        for a, b in zip(one, two):
+            for x, y in zip(a, b) if isinstance(a, list) else [(a, b)]:
+                assert torch.equal(x, y), name
 
 
 # --- every (forward loop, backward loop) combination equals torch.nn ------------------------------

@@ -356,3 +356,16 @@ def test_directions_in_turn_beyond_the_cache_equal_torch(tmp_path):
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+@needs_native
+def test_the_engine_asks_for_the_inputs_exactly_when_fused():
+    """The fused LSTM computes the input part itself; the BLAS loop reads it from the gates."""
+    gates, cs, hs = torch.zeros(1, 2, 3, 16), torch.zeros(1, 3, 3, 4), torch.zeros(1, 3, 3, 4)
+    none = torch.empty(0)
+    w_rec = torch.zeros(1, 4, 16)
+    with pytest.raises(RuntimeError, match="inputs and w_in must be one per direction"):
+        native.ops().lstm_forward(gates, none, w_rec, none, cs, hs, [], True, False, True, [], [])
+    x, w_ih = [torch.zeros(2, 3, 5)], [torch.zeros(16, 5)]
+    with pytest.raises(RuntimeError, match="and empty without"):
+        native.ops().lstm_forward(gates, none, w_rec, none, cs, hs, [], True, False, False, x, w_ih)

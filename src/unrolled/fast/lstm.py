@@ -56,9 +56,10 @@ r               (D, T, B, H)      backward out, with projection: ``o tanh(c)``, 
 live            [] or T ints      step ``s`` advances rows ``[0, live[s])`` (batch sorted by
                                   length); rows past them are zero in ``hs``, ``cs`` (forward)
                                   and ``d_pre``, ``r`` (backward), unspecified in ``gates``
-inputs, w_in    D x (T, B, I),    forward, optional: the step-major layer input and ``W_ih``;
-                D x (4H, I)       given, the loop computes the input part itself and ``gates``
-                                  holds nothing on entry (without ``keep`` it may be empty)
+inputs, w_in    D x (T, B, I),    forward, given exactly with ``fused``: the step-major layer
+                D x (4H, I)       input and ``W_ih``; the loop computes the input part itself
+                                  and ``gates`` holds nothing on entry (without ``keep`` it may
+                                  be empty). Otherwise ``gates`` holds the input part
 ==============  ================  ==========================================================
 
 ``packed`` (forward) asks the native loop for MKL's packed GEMM on ``W_hh`` (float32, full

@@ -322,6 +322,16 @@ void pack_panel(const T* weight, int64_t row_stride, int64_t col_stride, int64_t
   }
 }
 
+// Panels [p0, p1) of a weight (as pack_panel reads it), panel p at base + p * panel_stride.
+template <typename T, int gates>
+void pack_panels(const T* weight, int64_t row_stride, int64_t col_stride, int64_t outputs,
+                 int64_t depth, int64_t p0, int64_t p1, T* base, int64_t panel_stride) {
+  for (int64_t p = p0; p < p1; ++p) {
+    pack_panel<T, gates>(weight, row_stride, col_stride, outputs, depth, p,
+                         base + p * panel_stride);
+  }
+}
+
 // target[r * ld + u] += rows [0, rows) of [a, a2] times panels [p0, p1) of a one-gate packed
 // weight (panel_size values each), for the units u of those panels below `outputs`: a member's
 // columns of a product added where they belong (the backward's d_h_{s-1} += d_pre_s W_hh, the

@@ -228,10 +228,8 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 3H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * hidden * L::columns;
-        for (int64_t p = p0; p < p1; ++p) {
-          engine::pack_panel<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
-                                   panel_base + p * hidden * L::columns);
-        }
+        engine::pack_panels<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
+                                  p0, p1, panel_base, hidden * L::columns);
         const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
             forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
         const int64_t first_unit = p0 * L::units;
@@ -286,10 +284,8 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (3H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * gate_rows * L::columns;
-        for (int64_t p = p0; p < p1; ++p) {
-          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, gate_rows,
-                                   p, panel_base + p * gate_rows * L::columns);
-        }
+        engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, gate_rows,
+                                  p0, p1, panel_base, gate_rows * L::columns);
         const auto [hh_base, n_base, h_base, grad_base, f_base, d_h0_base] =
             backward_views<T>(hh, ns, hs, grads, factors, d_h0, d);
         const int64_t first_unit = p0 * L::units;

@@ -13,8 +13,8 @@
 // `fused` runs the fused engine (engine.h: packed panels, the project's own kernel, the gate
 // math on each tile, one team of threads per call; no projection), else one BLAS call per step
 // and one elementwise pass, where `packed` multiplies by W_hh through MKL's packed GEMM (see
-// PackedGemm). `inputs`/`w_in` given: the loop computes the input part itself (the engine in
-// the same pass as the recurrent part), instead of reading it from `gates`.
+// PackedGemm). The engine computes the input part in the same pass as the recurrent one, from
+// `inputs`/`w_in` (given exactly when `fused`); the BLAS loop reads it from `gates`.
 #include <torch/library.h>
 
 #include <type_traits>
@@ -270,8 +270,7 @@ void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& d
 // Forward, every direction: member `m` of the team computes, at each step, the gates of its
 // own hidden units from its panels of [W_ih; W_hh]^T (packed by itself), tile by tile of
 // batch rows, [x_s, h_{s-1}] @ panel, and applies the cell to each tile at once; the team
-// meets once per step, when h_s is complete. Without `inputs` (empty) the input part is
-// already in `gates` (hoisted by the caller) and the panels hold W_hh^T alone.
+// meets once per step, when h_s is complete.
 template <typename T, bool keep>
 void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, Tensor& cs,
                         Tensor& hs, at::IntArrayRef live, at::TensorList inputs,
@@ -280,7 +279,7 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
   using C = engine::Chunks<T, 4>;
   const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
   const int64_t hidden = hs.size(3), panels = L::panels(hidden);
-  const int64_t input_size = inputs.empty() ? 0 : inputs[0].size(2);
+  const int64_t input_size = inputs[0].size(2);
   const int64_t depth = input_size + hidden;
   const bool every_cell = cs.size(1) > 1;
   // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is W_hh^T (D, H, 4H), w_in
@@ -292,18 +291,14 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 4H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * depth * L::columns;
-        for (int64_t p = p0; p < p1; ++p) {
-          T* panel = panel_base + p * depth * L::columns;
-          if (input_size > 0) {  // rows [0, I): W_ih^T
-            const Tensor& wi = w_in[d];
-            engine::pack_panel<T, 4>(wi.data_ptr<T>(), wi.stride(0), wi.stride(1), hidden,
-                                     input_size, p, panel);
-          }
-          engine::pack_panel<T, 4>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
-                                   p, panel + input_size * L::columns);
-        }
-        T* gate_base = keep || input_size == 0 ? gates.select(0, d).data_ptr<T>() : nullptr;
-        const T* x_base = input_size > 0 ? inputs[d].data_ptr<T>() : nullptr;  // (T, B, I)
+        const Tensor& wi = w_in[d];  // W_ih (4H, I): element (g*H + j, k) below
+        // Each panel: rows [0, I) from W_ih, rows [I, I + H) from W_hh.
+        engine::pack_panels<T, 4>(wi.data_ptr<T>(), wi.stride(0), wi.stride(1), hidden,
+                                  input_size, p0, p1, panel_base, depth * L::columns);
+        engine::pack_panels<T, 4>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p0,
+                                  p1, panel_base + input_size * L::columns, depth * L::columns);
+        T* gate_base = keep ? gates.select(0, d).data_ptr<T>() : nullptr;  // (T, B, 4H)
+        const T* x_base = inputs[d].data_ptr<T>();  // (T, B, I)
         T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
         T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
         const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
@@ -312,8 +307,8 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
         alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps; ++s) {
           const int64_t rows = live_rows(live, s, batch);
-          T* gate_s = gate_base == nullptr ? nullptr : gate_base + s * batch * 4 * hidden;
-          const T* x_s = x_base == nullptr ? nullptr : x_base + s * batch * input_size;
+          T* gate_s = keep ? gate_base + s * batch * 4 * hidden : nullptr;
+          const T* x_s = x_base + s * batch * input_size;
           const T* h_prev = h_base + s * batch * hidden;
           T* h = h_base + (s + 1) * batch * hidden;
           T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
@@ -323,24 +318,16 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
             const int64_t units = unit_end - unit;
             engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
               // tile = [x_s, h_prev][r0 : r0 + tile_rows] @ the chunk's panels: (rows, I + H)
-              // @ (I + H, 4 * units), the x_s part only with inputs
+              // @ (I + H, 4 * units)
               engine::multiply_chunk<T, 4>(x_s + r0 * input_size, input_size, input_size,
                                            h_prev + r0 * hidden, hidden, hidden, panel_base,
                                            depth * L::columns, c0, c1, tile, tile_rows);
-              T* gate_rows = gate_s == nullptr ? nullptr : gate_s + r0 * 4 * hidden;
-              auto apply = [&](auto keep_tag, auto reads_tag) {
-                forward_rows<T, decltype(keep_tag)::value, true, decltype(reads_tag)::value>(
-                    gate_rows, tile, 4 * C::units, C::units, bias_ptr, c_prev + r0 * hidden,
-                    c + r0 * hidden, h + r0 * hidden, 0, tile_rows, unit, unit + units,
-                    hidden);
-              };
-              using yes = std::true_type;
-              using no = std::false_type;
-              if (input_size > 0) {
-                keep ? apply(yes{}, no{}) : apply(no{}, no{});
-              } else {
-                keep ? apply(yes{}, yes{}) : apply(no{}, yes{});
-              }
+              // The gates hold nothing on entry (the tile has the input part): written only for
+              // the backward (keep).
+              forward_rows<T, keep, true, false>(
+                  keep ? gate_s + r0 * 4 * hidden : nullptr, tile, 4 * C::units, C::units,
+                  bias_ptr, c_prev + r0 * hidden, c + r0 * hidden, h + r0 * hidden, 0, tile_rows,
+                  unit, unit + units, hidden);
             });
           });
           for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
@@ -376,10 +363,8 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh (4H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * (4 * hidden) * L::columns;
-        for (int64_t p = p0; p < p1; ++p) {
-          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden,
-                                   4 * hidden, p, panel_base + p * 4 * hidden * L::columns);
-        }
+        engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, 4 * hidden,
+                                  p0, p1, panel_base, 4 * hidden * L::columns);
         const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
         const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
         T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
@@ -424,10 +409,13 @@ void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const T
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
   for (const Tensor& x : inputs) check_contiguous(x, "inputs");
-  TORCH_CHECK(inputs.size() == w_in.size() &&
-                  (inputs.empty() || static_cast<int64_t>(inputs.size()) == hs.size(0)),
-              "unrolled native LSTM: inputs and w_in must be empty or one per direction, got ",
-              inputs.size(), " and ", w_in.size(), " for ", hs.size(0), " directions");
+  // The engine computes the input part in its own pass, from the inputs; the per-step BLAS
+  // loop reads it from the gates (hoisted by the caller).
+  const auto expected = static_cast<size_t>(fused ? hs.size(0) : 0);
+  TORCH_CHECK(inputs.size() == expected && w_in.size() == expected,
+              "unrolled native LSTM: inputs and w_in must be one per direction with fused=True "
+              "and empty without, got ", inputs.size(), " and ", w_in.size(), " for ",
+              hs.size(0), " directions, fused=", fused);
   // The plan asks for the packed variant only where it exists and applies; a request that does
   // not fit is a bug in the caller, never silently ignored.
   TORCH_CHECK(!packed || (packed_gemm() != nullptr && hs.scalar_type() == at::kFloat &&
@@ -437,14 +425,10 @@ void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const T
               ") and the full batch at every step");
   TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
               "projection (proj_size=0)");
-  TORCH_CHECK(keep || fused || inputs.empty() || given(gates),
+  TORCH_CHECK(gates.dim() == 4 || (fused && !keep),  // (D, T, B, 4H); B may be 0
               "unrolled native LSTM: gates must be given unless fused=True and keep=False");
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_forward", [&] {
     if (!fused) {
-      for (size_t d = 0; d < inputs.size(); ++d) {  // the input part first: (T*B, I) @ (I, 4H)
-        Tensor target = gates.select(0, d).flatten(0, 1);
-        matmul_into(target, inputs[d].flatten(0, 1), w_in[d].t());
-      }
       forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep, packed);
       return;
     }

@@ -119,10 +119,8 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor w = w_rec.select(0, d);  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
         T* panel_base = packed + d * panels * hidden * L::columns;
-        for (int64_t p = p0; p < p1; ++p) {
-          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
-                                   panel_base + p * hidden * L::columns);
-        }
+        engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
+                                  p0, p1, panel_base, hidden * L::columns);
         T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
@@ -160,10 +158,8 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * hidden * L::columns;
-        for (int64_t p = p0; p < p1; ++p) {
-          engine::pack_panel<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p,
-                                   panel_base + p * hidden * L::columns);
-        }
+        engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
+                                  p0, p1, panel_base, hidden * L::columns);
         const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
         T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
         const int64_t first_unit = p0 * L::units;
