@@ -17,6 +17,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from unrolled import backends, modes
 from unrolled.fast import native
+from unrolled.inputs import to_time_major
 
 INPUT, HIDDEN, PROJ = 3, 3, 2
 UNEVEN = [7, 5, 5, 2, 1, 1]  # unsorted on purpose below
@@ -25,14 +26,18 @@ UNEVEN = [7, 5, 5, 2, 1, 1]  # unsorted on purpose below
 RUNNERS = ["native", "python"]
 
 
-def fast_run(runner, mode, x, hx, weights, **options):
-    """The fast backend on ``runner``'s loops: the plan made (and recorded) as a module does."""
+def fast_run(runner, mode, x, hx, weights, lengths=None, **options):
+    """The fast backend on ``runner``'s loops, as a module calls it: the batch sorted and
+    packed at the boundary (``lengths``: any order), the plan made and recorded, the results
+    back in the caller's order."""
     if runner == "native" and native.ops() is None:
         pytest.skip(f"native loops unavailable: {native.status()}")
+    sequences, layout = to_time_major(x, batch_first=False, lengths=lengths, module_name="rnn")
     with native.disabled() if runner == "python" else contextlib.nullcontext():
-        plan = backends.plan(mode, x, weights, lengths=options.get("lengths"))
+        plan = backends.plan(mode, sequences, weights, lengths=sequences.lengths)
     assert plan.runner == f"{runner} loops", plan
-    return backends.run(plan, x, hx, weights, **options)
+    output, h_n = backends.run(plan, sequences, layout.state_in(hx), weights, **options)
+    return layout.results_out(output, h_n)
 
 
 def make_case(mode, layers, bidir, proj, bias, lengths, seed=0, runner="native"):

@@ -4,7 +4,7 @@ the same buffers the same way.
 Two kinds of evidence:
 - each family's native op and its Python twin run on identical copies of the same buffers, and
   every buffer they touch must come out the same (forward and backward, with and without
-  projection, bias, kept gates, batch shrinking on sorted lengths, two directions, and the
+  projection, bias, kept gates, packed steps whose batch shrinks, two directions, and the
   backward writing its gradients over the forward's own buffers);
 - every (forward loop, backward loop) combination, run through a layer, equals torch.nn: a
   forward on one loop back-propagated by the other gives torch's gradients, which it could not
@@ -33,9 +33,12 @@ pytestmark = pytest.mark.skipif(
 SORTED_LENGTHS = [6, 5, 5, 3, 1]
 
 
-def live_rows(lengths, steps):
-    """Per step, how many of the (sorted) sequences are still running."""
-    return [sum(length > s for length in lengths) for s in range(steps)] if lengths else []
+def batch_sizes(lengths, steps, batch):
+    """Per step, how many of the (sorted) sequences are still running: ``[batch] * steps``
+    without lengths. Their sum is ``N``, the packed buffers' rows."""
+    if lengths is None:
+        return [batch] * steps
+    return [sum(length > s for length in lengths) for s in range(steps)]
 
 
 def rand(*shape, dtype=torch.float64, low=-1.0, high=1.0):
@@ -139,30 +142,26 @@ def lstm_forward_buffers(
     input_size=INPUT,
 ):
     out_size = proj or hidden
-    every_cell = keep or lengths is not None
-    live = live_rows(lengths, steps)
+    sizes = batch_sizes(lengths, steps, batch)
+    rows = sum(sizes)
     fused = engine == "fused"
 
     def make():
-        gates = rand(directions, steps, batch, 4 * hidden)
+        gates = rand(directions, rows, 4 * hidden)
         b = rand(directions, 4 * hidden) if bias else none()
         w_rec = rand(directions, out_size, 4 * hidden) / 2
         w_proj = rand(directions, hidden, proj) if proj else none()
-        cs = rand(directions, steps + 1 if every_cell else 1, batch, hidden)
-        hs = rand(directions, steps + 1, batch, out_size)
-        inputs = [rand(steps, batch, input_size) for _ in range(directions)] if fused else []
+        cs = rand(directions, batch + rows if keep else batch, hidden)  # or one reused slot
+        hs = rand(directions, batch + rows, out_size)
+        inputs = [rand(rows, input_size) for _ in range(directions)] if fused else []
         w_in = [rand(4 * hidden, input_size) for _ in inputs]
-        return [gates, b, w_rec, w_proj, cs, hs, live, keep, False, fused, inputs, w_in]
+        return [gates, b, w_rec, w_proj, cs, hs, sizes, keep, False, fused, inputs, w_in]
 
     results = run_both("lstm_forward", make, [0, 4, 5])
     names = ["gates", "cs", "hs"]
     if not keep:  # the gates are scratch without keep: the contract says nothing of them
         results = [r[1:] for r in results]
         names = names[1:]
-    else:  # nor of a step's rows past its live rows: no one reads them
-        for gates, *_ in results:
-            for s, rows in enumerate(live):
-                gates[:, s, rows:] = 0
     assert_same_buffers(results, names)
 
 
@@ -174,12 +173,13 @@ def test_lstm_forward_packed_gemm_computes_the_same(bidirectional):
     directions, hidden, batch = 1 + bidirectional, 512, 3
 
     def make():
-        gates = rand(directions, 2, batch, 4 * hidden, dtype=torch.float32)
+        gates = rand(directions, 2 * batch, 4 * hidden, dtype=torch.float32)
         b = rand(directions, 4 * hidden, dtype=torch.float32)
         w_rec = rand(directions, hidden, 4 * hidden, dtype=torch.float32) / 20
-        cs = rand(directions, 3, batch, hidden, dtype=torch.float32)
-        hs = rand(directions, 3, batch, hidden, dtype=torch.float32)
-        return [gates, b, w_rec, none(torch.float32), cs, hs, [], True, True, False, [], []]
+        cs = rand(directions, 3 * batch, hidden, dtype=torch.float32)
+        hs = rand(directions, 3 * batch, hidden, dtype=torch.float32)
+        return [gates, b, w_rec, none(torch.float32), cs, hs, [batch] * 2, True, True, False,
+                [], []]  # fmt: skip
 
     native_out, python_out = run_both("lstm_forward", make, [0, 4, 5])
     assert_same_buffers([native_out, python_out], ["gates", "cs", "hs"], atol=1e-5)
@@ -216,26 +216,26 @@ def lstm_backward_buffers(
     directions, proj, lengths, keep_r, over_gates, fused, hidden=4, batch=BATCH, steps=STEPS
 ):
     out_size = proj or hidden
-    live = live_rows(lengths, steps)
+    sizes = batch_sizes(lengths, steps, batch)
+    rows = sum(sizes)
 
     def make():
-        gates = rand(directions, steps, batch, 4 * hidden, low=0.0)  # activated: in (0, 1)
-        cs = rand(directions, steps + 1, batch, hidden)
-        d_h = rand(directions, steps, batch, out_size)
-        dc = rand(directions, batch, hidden)
-        arrivals = rand(directions, steps, batch, hidden) if lengths else none()
+        gates = rand(directions, rows, 4 * hidden, low=0.0)  # activated: in (0, 1)
+        cs = rand(directions, batch + rows, hidden)
+        d_h = rand(directions, rows, out_size)
+        dc = rand(directions, batch, hidden)  # d_c_n: each row's enters at its last step
         w_rec = rand(directions, 4 * hidden, out_size) / 2
         w_proj = rand(directions, out_size, hidden) if proj else none()
-        d_pre = torch.empty(directions, steps, batch, 4 * hidden, dtype=torch.float64)
-        r = torch.empty(directions, steps, batch, hidden, dtype=torch.float64) if keep_r else none()
-        return [gates, cs, d_h, dc, arrivals, w_rec, w_proj, d_pre, r, live, fused]
+        d_pre = torch.empty(directions, rows, 4 * hidden, dtype=torch.float64)
+        r = torch.empty(directions, rows, hidden, dtype=torch.float64) if keep_r else none()
+        return [gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, sizes, fused]
 
     def write_over_gates(args):  # a released graph: d_pre is the saved gates' own buffer
-        args[7] = args[0]
+        args[6] = args[0]
         return args
 
     alias = write_over_gates if over_gates else None
-    mutated = [2, 3, 7] + ([8] if keep_r else [])
+    mutated = [2, 3, 6] + ([7] if keep_r else [])
     results = run_both("lstm_backward", make, mutated, alias)
     assert_same_buffers(results, ["d_h", "dc", "d_pre", "r"])
 
@@ -266,28 +266,24 @@ def test_gru_fused_forward_buffers_with_several_panels_tiles_and_threads(
 
 
 def gru_forward_buffers(directions, bias, lengths, keep, fused, hidden=4, batch=BATCH, steps=STEPS):
-    live = live_rows(lengths, steps)
-    slots = steps if keep else 1
+    sizes = batch_sizes(lengths, steps, batch)
+    rows = sum(sizes)
+    slots = rows if keep else batch
 
     def make():
-        xw = rand(directions, steps, batch, 3 * hidden)
-        hh = rand(directions, slots, batch, 3 * hidden)
-        ns = rand(directions, slots, batch, hidden)
-        hs = rand(directions, steps + 1, batch, hidden)
+        xw = rand(directions, rows, 3 * hidden)
+        hh = rand(directions, slots, 3 * hidden)
+        ns = rand(directions, slots, hidden)
+        hs = rand(directions, batch + rows, hidden)
         w_rec = rand(directions, hidden, 3 * hidden) / 2
         biases = [rand(3 * hidden) for _ in range(2 * directions)] if bias else []
-        return [xw, hh, ns, hs, w_rec, biases, live, fused]
+        return [xw, hh, ns, hs, w_rec, biases, sizes, fused]
 
     results = run_both("gru_forward", make, [1, 2, 3])
     names = ["hh", "ns", "hs"]
     if not keep:  # one reused slot: only the states are the forward's result
         results = [r[2:] for r in results]
         names = names[2:]
-    else:  # nor of a step's rows past its live rows: no one reads them
-        for hh, ns, _ in results:
-            for s, rows in enumerate(live):
-                hh[:, s, rows:] = 0
-                ns[:, s, rows:] = 0
     assert_same_buffers(results, names)
 
 
@@ -314,19 +310,19 @@ def test_gru_fused_backward_buffers_with_several_panels_tiles_and_threads(
 def gru_backward_buffers(
     directions, lengths, over_saved, fused, hidden=4, batch=BATCH, steps=STEPS
 ):
-    live = live_rows(lengths, steps)
+    sizes = batch_sizes(lengths, steps, batch)
+    rows = sum(sizes)
 
     def make():
-        hh = rand(directions, steps, batch, 3 * hidden)
+        hh = rand(directions, rows, 3 * hidden)
         hh[..., : 2 * hidden].uniform_(0, 1)  # r, z are gates
-        ns = rand(directions, steps, batch, hidden)
-        hs = rand(directions, steps + 1, batch, hidden)
-        grads = [rand(steps, batch, hidden) for _ in range(directions)]
+        ns = rand(directions, rows, hidden)
+        hs = rand(directions, batch + rows, hidden)
+        grads = [rand(rows, hidden) for _ in range(directions)]
         w_hh = [rand(3 * hidden, hidden) / 2 for _ in range(directions)]
-        factors = [torch.empty(steps, batch, 3 * hidden, dtype=torch.float64)] * directions
-        factors = [f.clone() for f in factors]
+        factors = [torch.empty(rows, 3 * hidden, dtype=torch.float64) for _ in range(directions)]
         d_h0 = torch.empty(directions, batch, hidden, dtype=torch.float64)
-        return [hh, ns, hs, grads, w_hh, factors, d_h0, live, fused]
+        return [hh, ns, hs, grads, w_hh, factors, d_h0, sizes, fused]
 
     def write_over_saved(args):  # a released graph: [n_x, r, z] overwrite hh's [r, z, a]
         args[5] = list(args[0].unbind(0))
@@ -359,27 +355,23 @@ def test_rnn_fused_buffers_with_several_panels_tiles_and_threads(
 
 
 def rnn_buffers(directions, relu, lengths, fused, hidden=4, batch=BATCH, steps=STEPS):
-    live = live_rows(lengths, steps)
+    sizes = batch_sizes(lengths, steps, batch)
+    rows = sum(sizes)
 
     def make_forward():
-        return [
-            rand(directions, steps + 1, batch, hidden),
-            rand(directions, hidden, hidden) / 2,
-            relu,
-            live,
-            fused,
-        ]
+        return [rand(directions, batch + rows, hidden), rand(directions, hidden, hidden) / 2, relu,
+                sizes, fused]  # fmt: skip
 
     assert_same_buffers(run_both("rnn_forward", make_forward, [0]), ["hs"])
 
     def make_backward():
-        hs = rand(directions, steps + 1, batch, hidden)
+        hs = rand(directions, batch + rows, hidden)
         if relu:
             hs.clamp_(min=0)  # relu states; a few exact zeros test the kink
-            hs[:, :, 0, 0] = 0
-        grads = [rand(steps, batch, hidden) for _ in range(directions)]
+            hs[:, ::batch, 0] = 0
+        grads = [rand(rows, hidden) for _ in range(directions)]
         w_hh = [rand(hidden, hidden) / 2 for _ in range(directions)]
-        return [hs, grads, w_hh, relu, live, fused]
+        return [hs, grads, w_hh, relu, sizes, fused]
 
     assert_same_buffers(run_both("rnn_backward", make_backward, [1]), ["grads"])
 
@@ -403,37 +395,37 @@ def test_the_engine_gives_the_same_bits_on_one_thread_and_two(directions):
     """Which member computes a unit, in which tile and chunk, never changes the order of its
     sums: one thread and a team of two write identical buffers, forward and backward."""
     hidden, batch, steps, inputs = BIG["hidden"], BIG["batch"], BIG["steps"], 11
-    live = live_rows(BIG_LENGTHS, steps)
+    sizes = batch_sizes(BIG_LENGTHS, steps, batch)
+    rows = sum(sizes)
 
     def lstm_forward():
-        return [rand(directions, steps, batch, 4 * hidden), rand(directions, 4 * hidden),
+        return [rand(directions, rows, 4 * hidden), rand(directions, 4 * hidden),
                 rand(directions, hidden, 4 * hidden) / 2, none(),
-                rand(directions, steps + 1, batch, hidden), rand(directions, steps + 1, batch, hidden),
-                live, True, False, True, [rand(steps, batch, inputs) for _ in range(directions)],
+                rand(directions, batch + rows, hidden), rand(directions, batch + rows, hidden),
+                sizes, True, False, True, [rand(rows, inputs) for _ in range(directions)],
                 [rand(4 * hidden, inputs) for _ in range(directions)]]  # fmt: skip
 
     def lstm_backward():
-        return [rand(directions, steps, batch, 4 * hidden, low=0.0),
-                rand(directions, steps + 1, batch, hidden), rand(directions, steps, batch, hidden),
-                rand(directions, batch, hidden), rand(directions, steps, batch, hidden),
-                rand(directions, 4 * hidden, hidden) / 2, none(),
-                torch.empty(directions, steps, batch, 4 * hidden, dtype=torch.float64), none(),
-                live, True]  # fmt: skip
+        return [rand(directions, rows, 4 * hidden, low=0.0),
+                rand(directions, batch + rows, hidden), rand(directions, rows, hidden),
+                rand(directions, batch, hidden), rand(directions, 4 * hidden, hidden) / 2, none(),
+                torch.empty(directions, rows, 4 * hidden, dtype=torch.float64), none(),
+                sizes, True]  # fmt: skip
 
     def gru_forward():
-        return [rand(directions, steps, batch, 3 * hidden), rand(directions, steps, batch, 3 * hidden),
-                rand(directions, steps, batch, hidden), rand(directions, steps + 1, batch, hidden),
+        return [rand(directions, rows, 3 * hidden), rand(directions, rows, 3 * hidden),
+                rand(directions, rows, hidden), rand(directions, batch + rows, hidden),
                 rand(directions, hidden, 3 * hidden) / 2,
-                [rand(3 * hidden) for _ in range(2 * directions)], live, True]  # fmt: skip
+                [rand(3 * hidden) for _ in range(2 * directions)], sizes, True]  # fmt: skip
 
     def rnn_backward():
-        return [rand(directions, steps + 1, batch, hidden),
-                [rand(steps, batch, hidden) for _ in range(directions)],
-                [rand(hidden, hidden) / 2 for _ in range(directions)], False, live, True]  # fmt: skip
+        return [rand(directions, batch + rows, hidden),
+                [rand(rows, hidden) for _ in range(directions)],
+                [rand(hidden, hidden) / 2 for _ in range(directions)], False, sizes, True]  # fmt: skip
 
     for name, make, mutated in [
         ("lstm_forward", lstm_forward, [0, 4, 5]),
-        ("lstm_backward", lstm_backward, [2, 3, 7]),
+        ("lstm_backward", lstm_backward, [2, 3, 6]),
         ("gru_forward", gru_forward, [1, 2, 3]),
         ("rnn_backward", rnn_backward, [1]),
     ]:
@@ -471,8 +463,8 @@ class MixedPlanModule(torch.nn.Module):
         ours = self.ours
         real_plan = ours._plan
 
-        def mixed_plan(inputs, weights, lengths):
-            plan = real_plan(inputs, weights, lengths)
+        def mixed_plan(sequences, weights):
+            plan = real_plan(sequences, weights)
             assert plan.runner != backends.REFERENCE
             return backends.Plan(plan.mode, "mixed", "test", loops=self.loops, fused=self.fused)
 

@@ -361,11 +361,37 @@ def test_directions_in_turn_beyond_the_cache_equal_torch(tmp_path):
 @needs_native
 def test_the_engine_asks_for_the_inputs_exactly_when_fused():
     """The fused LSTM computes the input part itself; the BLAS loop reads it from the gates."""
-    gates, cs, hs = torch.zeros(1, 2, 3, 16), torch.zeros(1, 3, 3, 4), torch.zeros(1, 3, 3, 4)
+    sizes = [3, 3]  # T = 2 steps of B = 3 rows: N = 6
+    gates, cs, hs = torch.zeros(1, 6, 16), torch.zeros(1, 9, 4), torch.zeros(1, 9, 4)
     none = torch.empty(0)
     w_rec = torch.zeros(1, 4, 16)
     with pytest.raises(RuntimeError, match="inputs and w_in must be one per direction"):
-        native.ops().lstm_forward(gates, none, w_rec, none, cs, hs, [], True, False, True, [], [])
-    x, w_ih = [torch.zeros(2, 3, 5)], [torch.zeros(16, 5)]
+        native.ops().lstm_forward(
+            gates, none, w_rec, none, cs, hs, sizes, True, False, True, [], []
+        )
+    x, w_ih = [torch.zeros(6, 5)], [torch.zeros(16, 5)]
     with pytest.raises(RuntimeError, match="and empty without"):
-        native.ops().lstm_forward(gates, none, w_rec, none, cs, hs, [], True, False, False, x, w_ih)
+        native.ops().lstm_forward(
+            gates, none, w_rec, none, cs, hs, sizes, True, False, False, x, w_ih
+        )
+
+
+@needs_native
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
+def test_the_loops_check_the_buffers_against_batch_sizes(op):
+    """A state buffer that is not (D, B + N, X) for the given batch_sizes is an error, never a
+    read past its end."""
+    sizes = [3, 2]  # B = 3, N = 5: states must have 8 rows
+    hs = torch.zeros(1, 9, 4)  # one row too many
+    none = torch.empty(0)
+    with pytest.raises(RuntimeError, match=r"\(D, B \+ N, [HP]\).*B=3, N=5"):
+        if op == "lstm":
+            gates, cs = torch.zeros(1, 5, 16), torch.zeros(1, 9, 4)
+            native.ops().lstm_forward(
+                gates, none, torch.zeros(1, 4, 16), none, cs, hs, sizes, True, False, False, [], []
+            )
+        elif op == "gru":
+            xw, hh, ns = torch.zeros(1, 5, 12), torch.zeros(1, 5, 12), torch.zeros(1, 5, 4)
+            native.ops().gru_forward(xw, hh, ns, hs, torch.zeros(1, 4, 12), [], sizes, False)
+        else:
+            native.ops().rnn_forward(hs, torch.zeros(1, 4, 4), False, sizes, False)

@@ -33,6 +33,7 @@ from . import fast, modes, precision, reference, tuning
 from .fast import loops as python_loops
 from .fast import native
 from .fast.layer import transforms_active
+from .packed import Sequences
 from .weights import LayerWeights
 
 BACKENDS = ("fast", "reference")
@@ -101,7 +102,7 @@ class Plan:
 
 def plan(
     mode: str,
-    inputs: Tensor,
+    inputs: Tensor | Sequences,
     weights: Sequence[LayerWeights],
     *,
     backend: str = "fast",
@@ -113,11 +114,12 @@ def plan(
 
     Args:
         mode: ``RNN_TANH | RNN_RELU | LSTM | GRU``.
-        inputs: the time-major input ``(T, B, I)`` (its dtype, device and ``T`` matter).
+        inputs: the input sequences (or a time-major tensor ``(T, B, I)``): their dtype,
+            device and ``shape`` ``(T, B, I)`` matter.
         weights: the layer's ``L*D`` :class:`~unrolled.weights.LayerWeights` (or plain 5-tuples
             in their order); ``W_hh``'s size chooses variants.
         backend: what the module asks for, ``"fast"`` or ``"reference"``.
-        lengths: ``(B,)`` valid steps per sequence, or None.
+        lengths: ``(B,)`` valid steps per sequence, or None (all ``T``).
         custom_step: non-empty when the step is not one of the hand-written cells (recurrent
             dropout, zoneout): what it is, for the reason.
         num_directions: ``D``, for the shape class a runner is measured for.
@@ -212,7 +214,9 @@ def trials(
         out = torch.rand(*shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
         return (out - 0.5) / hidden**0.5
 
-    x = rand(tuning.trial_steps(inputs.shape[0]), batch, input_size)  # (T, B, I)
+    num_steps = tuning.trial_steps(inputs.shape[0])
+    x = rand(num_steps * batch, input_size)  # (T*B, I), a full batch packed
+    steps = fast.Steps([batch] * num_steps, inputs.device)
     weights = [
         LayerWeights(rand(gate_rows, input_size), rand(gate_rows, hidden), rand(gate_rows),
                      rand(gate_rows), None)
@@ -224,7 +228,7 @@ def trials(
 
     def trial(plan: Plan) -> None:
         with torch.no_grad():
-            fast.run(plan, x, hx, weights, num_layers=1, num_directions=num_directions)
+            fast.run(plan, x, steps, hx, weights, num_layers=1, num_directions=num_directions)
 
     return {name: (lambda plan=plan: trial(plan)) for name, plan in candidates.items()}
 
@@ -237,7 +241,7 @@ _PLANS: dict[tuple, Plan] = {}
 
 def run(
     plan: Plan,
-    inputs: Tensor,
+    sequences: Sequences,
     hx: Tensor | tuple[Tensor, Tensor],
     weights: Sequence[LayerWeights],
     *,
@@ -245,11 +249,12 @@ def run(
     num_directions: int,
     dropout: float = 0.0,
     training: bool = False,
-    lengths: Tensor | None = None,
     cells: Sequence | None = None,
-) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+) -> tuple[Sequences, Tensor | tuple[Tensor, Tensor]]:
     """Run a layer call as ``plan`` says; the contract is :func:`unrolled.reference.run`'s
-    (``cells``: the custom step's cells, one per layer-direction, for the reference runner).
+    (``cells``: the custom step's cells, one per layer-direction, for the reference runner),
+    on a sorted batch of sequences. Returns the output as sequences of the same steps (packed
+    from the fast runners, padded from the reference) and the final state.
 
     The one entry of every runner: ``weights`` may be plain 5-tuples in
     :class:`~unrolled.weights.LayerWeights`' order (``functional.rnn`` passes them so); they are
@@ -257,15 +262,19 @@ def run(
     """
     weights = [LayerWeights(*w) for w in weights]
     options = dict(
-        num_layers=num_layers, num_directions=num_directions, dropout=dropout,
-        training=training, lengths=lengths,
+        num_layers=num_layers, num_directions=num_directions, dropout=dropout, training=training
     )  # fmt: skip
-    if plan.per_sample:
-        with per_step_batch_first(weights):
-            return reference.run(plan.mode, inputs, hx, weights, cells=cells, **options)
-    if plan.runner == REFERENCE:
-        return reference.run(plan.mode, inputs, hx, weights, cells=cells, **options)
-    return fast.run(plan, inputs, hx, weights, **options)
+    if plan.runner == REFERENCE:  # the masked loop, on padded input
+        inputs, lengths = sequences.padded(), sequences.lengths  # (T, B, I)
+        with per_step_batch_first(weights) if plan.per_sample else contextlib.nullcontext():
+            output, h_n = reference.run(
+                plan.mode, inputs, hx, weights, cells=cells, lengths=lengths, **options
+            )  # (T, B, D*P)
+        return sequences.like(output), h_n
+    sizes = [sequences.batch] * sequences.num_steps if sequences.uniform else sequences.batch_sizes
+    steps = fast.Steps(sizes, sequences.device)
+    output, h_n = fast.run(plan, sequences.packed(), steps, hx, weights, **options)  # (N, D*P)
+    return sequences.like(output), h_n
 
 
 def expanded_weights(weights: Sequence[LayerWeights]) -> list:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import backends, cells, checks, modes
+from .inputs import to_time_major
 from .scan import scan
 
 
@@ -156,19 +157,20 @@ def rnn(
         )
         for name, state, size in states:
             checks.check_state_tensor(name, state, (rows, batch, size), input)
-    if lengths is not None:
-        lengths = checks.check_lengths(lengths, batch, num_steps, input.device)
+    # Sorted longest first (if it is not), as a module sorts it; results in the caller's order.
+    sequences, layout = to_time_major(input, batch_first=False, lengths=lengths, module_name="rnn")
     plan = backends.plan(
-        mode, input, weights, backend=backend, lengths=lengths, num_directions=num_directions
-    )
-    return backends.run(
+        mode, sequences, weights, backend=backend, lengths=sequences.lengths,
+        num_directions=num_directions,
+    )  # fmt: skip
+    output, h_n = backends.run(
         plan,
-        input,
-        hx,
+        sequences,
+        layout.state_in(hx),
         weights,
         num_layers=num_layers,
         num_directions=num_directions,
         dropout=dropout,
         training=training,
-        lengths=lengths,
     )
+    return layout.results_out(output, h_n)

@@ -1,10 +1,11 @@
-"""Every input form a sequence module accepts, turned into time-major ``(T, B, I)`` and back.
+"""Every input form a sequence module accepts, turned into one sorted batch of sequences and
+back.
 
 ``RNN / LSTM / GRU`` and :class:`unrolled.Recurrent` share this: batch-first input, unbatched
-2-D input, a ``PackedSequence`` (unpacked once to padded-plus-lengths, in its sorted order) and
-padded input with ``lengths=``. :class:`Layout` remembers which form came in, so the output and
-the final state go back in the same form, and moves a user's initial state into the sorted,
-batched order the time loop runs in.
+2-D input, a ``PackedSequence`` (kept packed: :class:`~unrolled.packed.Sequences`) and padded
+input with ``lengths=`` (sorted longest first once, if it is not). :class:`Layout` remembers
+which form came in, so the output and the final state go back in the same form and order, and
+moves a user's initial state into the sorted, batched order the time loop runs in.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import has_torch_function
 
 from . import checks
-from .packed import packed_to_padded, padded_to_packed
-from .scan import valid_steps
+from .packed import Sequences
 
 
 def map_leaves(fn: Callable[[Tensor], Tensor], state):
@@ -32,8 +33,12 @@ class Layout:
 
     batch_first: bool
     batched: bool
-    #: ``(batch_sizes, sorted_indices, unsorted_indices)`` of a PackedSequence input, else None.
-    packing: tuple[Tensor, Tensor | None, Tensor | None] | None = None
+    #: A PackedSequence came in (and goes out): its ``batch_sizes``.
+    batch_sizes: Tensor | None = None
+    #: The batch as the loop runs it (sorted longest first) and back: ``sorted[k]`` is the
+    #: user's row at loop row ``k``; None when the user's order is already the loop's.
+    sorted_indices: Tensor | None = None
+    unsorted_indices: Tensor | None = None
 
     @property
     def state_dim(self) -> int:
@@ -41,38 +46,40 @@ class Layout:
         return 3 if self.batched else 2
 
     def state_in(self, hx):
-        """User state -> the loop's: add the batch dim (unbatched), sort the batch (packed)."""
+        """User state -> the loop's: add the batch dim (unbatched), sort the batch."""
         if not self.batched:
             hx = map_leaves(lambda s: s.unsqueeze(1), hx)
-        if self.packing is not None and self.packing[1] is not None:
-            sorted_indices = self.packing[1]
-            hx = map_leaves(lambda s: s.index_select(1, sorted_indices), hx)
+        if self.sorted_indices is not None:
+            hx = map_leaves(lambda s: s.index_select(1, self.sorted_indices), hx)
         return hx
 
-    def results_out(self, output: Tensor, h_n):
-        """``output (T, B, O)`` and final state (leaves ``(L*D, B, *)``) back in the user's form."""
-        if self.packing is not None:
-            batch_sizes, sorted_indices, unsorted_indices = self.packing
-            data = padded_to_packed(output, batch_sizes)  # (N, O)
-            output = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                h_n = map_leaves(lambda s: s.index_select(1, unsorted_indices), h_n)
-            return output, h_n
+    def results_out(self, output: Sequences, h_n):
+        """The loop's output sequences and final state (leaves ``(L*D, B, *)``) back in the
+        user's form and order."""
+        unsorted = self.unsorted_indices
+        if unsorted is not None:
+            h_n = map_leaves(lambda s: s.index_select(1, unsorted), h_n)
+        if self.batch_sizes is not None:
+            data = output.packed()  # (N, O)
+            return PackedSequence(data, self.batch_sizes, self.sorted_indices, unsorted), h_n
+        out = output.padded()  # (T, B, O), zero past each length
+        if unsorted is not None:
+            out = out.index_select(1, unsorted)
         if self.batch_first:
-            output = output.transpose(0, 1)  # (B, T, O)
+            out = out.transpose(0, 1)  # (B, T, O)
         if not self.batched:
-            output = output.squeeze(0 if self.batch_first else 1)
+            out = out.squeeze(0 if self.batch_first else 1)
             h_n = map_leaves(lambda s: s.squeeze(1), h_n)
-        return output, h_n
+        return out, h_n
 
 
 def to_time_major(
     input, *, batch_first: bool, lengths, module_name: str
-) -> tuple[Tensor, Tensor | None, Layout]:
-    """Normalise ``input`` to ``(inputs (T, B, I), lengths (B,) or None, layout)``.
+) -> tuple[Sequences, Layout]:
+    """Normalise ``input`` to ``(sequences, layout)``: the batch sorted longest first.
 
     Checks the input's form (not its sizes or dtype, which depend on the module). ``lengths`` is
-    validated here and returned as int64 on the inputs' device.
+    validated here.
     """
     if isinstance(input, PackedSequence):
         if lengths is not None:
@@ -80,9 +87,8 @@ def to_time_major(
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if data.dim() != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
-        inputs, lengths = packed_to_padded(data, batch_sizes)  # (T, B, I) sorted, (B,)
-        layout = Layout(batch_first, True, (batch_sizes, sorted_indices, unsorted_indices))
-        return inputs, lengths, layout
+        layout = Layout(batch_first, True, batch_sizes, sorted_indices, unsorted_indices)
+        return Sequences.from_packed(data, batch_sizes), layout
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
     if input.dim() not in (2, 3):
@@ -95,11 +101,19 @@ def to_time_major(
             raise ValueError("lengths= needs batched 3-D input, got unbatched 2-D input")
         input = input.unsqueeze(0 if batch_first else 1)
     inputs = input.transpose(0, 1) if batch_first else input  # (T, B, I)
-    if lengths is not None:
-        lengths = checks.check_lengths(lengths, inputs.size(1), inputs.size(0), inputs.device)
-        # Whatever the padding holds (even inf or nan) must not reach a gradient: zero it.
-        inputs = inputs.masked_fill(~valid_steps(lengths, inputs.size(0)), 0.0)  # (T, B, I)
-    return inputs, lengths, Layout(batch_first, batched)
+    layout = Layout(batch_first, batched)
+    if lengths is None:
+        return Sequences.from_padded(inputs), layout
+    lengths = checks.check_lengths(lengths, inputs.size(1), inputs.size(0), inputs.device)
+    if not bool((lengths[:-1] < lengths[1:]).any()):
+        return Sequences.from_padded(inputs, lengths), layout
+    # Sorted once, longest first, stably (as pack_padded_sequence(enforce_sorted=False)): the
+    # gather that packs the rows takes them in this order.
+    order = torch.sort(lengths, descending=True, stable=True).indices  # (B,)
+    layout.sorted_indices = order
+    layout.unsorted_indices = torch.empty_like(order)
+    layout.unsorted_indices[order] = torch.arange(order.numel(), device=order.device)
+    return Sequences.from_padded(inputs, lengths[order], order), layout
 
 
 def overridden_by(*args) -> bool:

@@ -18,6 +18,7 @@ from . import backends, checks, modes, precision, regularizers
 from .builtin import bind
 from .init import uniform_by_hidden_size_
 from .inputs import overridden_by, to_time_major
+from .packed import Sequences
 from .recurrent_base import RecurrentBase
 from .weights import LayerWeights, parameter_names
 
@@ -183,40 +184,40 @@ class RNNBase(RecurrentBase):
                 f"{name} dtype ({inputs.dtype}) does not match weight dtype ({weight.dtype})"
             )
 
-    def _autocast(self, inputs: Tensor, hx):
+    def _autocast(self, sequences: Sequences, hx):
         dtype = precision.run_dtype(
-            self.mode, False, inputs, getattr(self, self._flat_weights_names[0])
+            self.mode, False, sequences.held(), getattr(self, self._flat_weights_names[0])
         )
         if dtype is None:
-            return inputs, hx
+            return sequences, hx
         # Under autocast: in the dtype torch's own layer would run in.
-        return precision.cast(inputs, dtype), precision.cast(hx, dtype)
+        return sequences.map(lambda t: precision.cast(t, dtype)), precision.cast(hx, dtype)
 
-    def _run_layers(self, inputs: Tensor, hx, lengths: Tensor | None, extra=None):
-        """The planned runner on time-major ``inputs (T, B, I)``: ``(output (T, B, D*P), h_n)``
+    def _run_layers(self, sequences: Sequences, hx, extra=None):
+        """The planned runner on the sorted batch: ``(output sequences (D*P features), h_n)``
         with ``h_n`` in the loop's (sorted) row order."""
         weights = self.layer_weights()
+        like = sequences.held()
         if hx is None:
-            hx = self._zero_state(inputs.size(1), inputs)
+            hx = self._zero_state(sequences.batch, like)
         cells = None
         if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
             cells = regularizers.make_cells(
-                self.mode, weights, inputs.size(1), inputs,
+                self.mode, weights, sequences.batch, like,
                 recurrent_dropout=self.recurrent_dropout, zoneout=self._zoneout_rates,
                 training=self.training,
             )  # fmt: skip
         return backends.run(
-            self._plan(inputs, weights, lengths),
-            inputs,
+            self._plan(sequences, weights),
+            sequences,
             hx,
             weights,
             num_layers=self.num_layers,
             num_directions=self.num_directions,
             dropout=self.dropout,
             training=self.training,
-            lengths=lengths,
             cells=cells,
-        )  # output (T, B, D*P)
+        )
 
     def _step_cells(self, batch: int, like: Tensor) -> list:
         weights = self.layer_weights()  # D = 1: one per layer
@@ -253,10 +254,10 @@ class RNNBase(RecurrentBase):
             return handle_torch_function(self.forward, (input, hx), input, hx, lengths=lengths)
         return self._run(input, hx, lengths)
 
-    def _plan(self, inputs: Tensor, weights, lengths: Tensor | None) -> backends.Plan:
-        """The one decision of which code runs this call (time-major ``inputs (T, B, I)``)."""
+    def _plan(self, sequences: Sequences, weights) -> backends.Plan:
+        """The one decision of which code runs this call."""
         return backends.plan(
-            self.mode, inputs, weights, backend=self.backend, lengths=lengths,
+            self.mode, sequences, weights, backend=self.backend, lengths=sequences.lengths,
             custom_step=self._custom_step(), num_directions=self.num_directions,
         )  # fmt: skip
 
@@ -391,10 +392,10 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
     math; their plan says so.
     """
     if isinstance(module, RNNBase):
-        inputs, lengths, _ = to_time_major(
+        sequences, _ = to_time_major(
             input, batch_first=module.batch_first, lengths=lengths, module_name=module._name
-        )  # (T, B, I)
-        return module._plan(inputs, module.layer_weights(), lengths)
+        )
+        return module._plan(sequences, module.layer_weights())
     from .cell_modules import RNNCellBase
     from .recurrent import Recurrent
 

@@ -128,7 +128,8 @@ class Recurrent(RecurrentBase):
         if name == "input" and inputs.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    def _run_layers(self, inputs: Tensor, state, lengths, choose_cells: CellChoice | None):
+    def _run_layers(self, sequences, state, choose_cells: CellChoice | None):
+        inputs, lengths = sequences.padded(), sequences.lengths  # (T, B, I): the masked loop
         batch = inputs.size(1)
         if state is None:
             initial = [
@@ -147,7 +148,7 @@ class Recurrent(RecurrentBase):
             training=self.training,
             lengths=lengths,
         )  # output (T, B, D*H)
-        return output, stack_states(finals)
+        return sequences.like(output), stack_states(finals)
 
     def _step_cells(self, batch: int, like: Tensor):
         return self.cells

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from . import checks
 from .inputs import map_leaves, to_time_major
+from .packed import Sequences
 from .scan import State, split_states, stack_states
 from .stack import step_layers
 
@@ -64,9 +65,10 @@ class RecurrentBase(nn.Module):
         """Raise if time-major ``inputs (T, B, I)`` (or a step's ``(B, I)``) does not fit."""
         raise NotImplementedError
 
-    def _run_layers(self, inputs: Tensor, state: State | None, lengths: Tensor | None, extra):
-        """The whole sequence through all layers: ``(output (T, B, D*O), final stacked state)``.
-        ``state`` is stacked (leaves ``(L*D, B, *)``) or None for the cells' initial states."""
+    def _run_layers(self, sequences: Sequences, state: State | None, extra):
+        """The whole sequence through all layers: ``(output sequences (D*O features), final
+        stacked state)``. ``state`` is stacked (leaves ``(L*D, B, *)``) or None for the cells'
+        initial states."""
         raise NotImplementedError
 
     def _step_cells(self, batch: int, like: Tensor) -> Sequence:
@@ -79,26 +81,33 @@ class RecurrentBase(nn.Module):
         """``forward`` for every subclass: normalise the input form, check, run, restore the form.
 
         ``extra`` is passed through to ``_run_layers`` (e.g. a choice of runner)."""
-        inputs, lengths, layout = to_time_major(
+        sequences, layout = to_time_major(
             input, batch_first=self.batch_first, lengths=lengths, module_name=self._name
-        )  # (T, B, I)
-        inputs, state = self._autocast(inputs, state)
-        self._check_input(inputs)
+        )
+        sequences, state = self._autocast(sequences, state)
+        held = sequences.held()  # (T, B, I) or packed (N, I): its size(-1), dtype, device
+        self._check_input(held)
         if state is not None:
-            state = self._user_state(state, layout.state_dim, layout.state_in, inputs)
-        output, final = self._run_layers(inputs, state, lengths, extra)  # (T, B, D*O)
+            state = self._user_state(
+                state, layout.state_dim, layout.state_in, held, batch=sequences.batch
+            )
+        output, final = self._run_layers(sequences, state, extra)  # output: D*O features
         return layout.results_out(output, final)
 
-    def _autocast(self, inputs: Tensor, state):
+    def _autocast(self, sequences: Sequences, state):
         """Under autocast, the dtype the module runs in (the built-in layers ask torch's)."""
-        return inputs, state
+        return sequences, state
 
-    def _user_state(self, state, state_dim: int, to_loop, like: Tensor, word: str = "") -> State:
+    def _user_state(
+        self, state, state_dim: int, to_loop, like: Tensor, word: str = "",
+        batch: int | None = None,
+    ) -> State:  # fmt: skip
         """A user's stacked state, checked and moved to the loop's form by ``to_loop`` (adds the
-        batch dim of unbatched input, sorts packed rows). Returns leaves ``(L*D, B, *)``."""
+        batch dim of unbatched input, sorts the batch). ``batch``: ``B``, by default
+        ``like.size(-2)`` (a step's ``(B, I)``). Returns leaves ``(L*D, B, *)``."""
         self._check_state_structure(state, state_dim, like)
         state = to_loop(tuple(state) if isinstance(state, list) else state)
-        single, shapes = self._state_shapes(like.size(-2), like)
+        single, shapes = self._state_shapes(like.size(-2) if batch is None else batch, like)
         rows = self.num_layers * self.num_directions
         word = word or self._state_word
         for k, (leaf, shape) in enumerate(zip(_leaves(state), shapes)):

@@ -1,15 +1,15 @@
 """The fast backend: same contract and same numbers as :func:`unrolled.reference.run`, faster.
 
-Each layer runs both directions over the same step-major buffers (see :mod:`.layer`), with the
-input part ``x @ W_ih^T + b`` hoisted out of the loop (one GEMM per direction,
-:func:`.layer.project`; the native LSTM's fused engine computes it tile by tile in the loop's
-own pass instead), the time loop of the plan's runner (the native C++ loops of
-:mod:`.native` or the same loops in torch ops, :mod:`.loops`; chosen by
-:func:`unrolled.backends.plan`) and a hand-written backward per cell family (:mod:`.rnn`,
-:mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it feeds layer ``l``'s output to
-layer ``l+1``, applies dropout between layers with ``stack``'s own function (the same random
-draws on the same rows, so the masks match torch's and the reference's), and stacks the final
-states in torch's row order ``l * D + d``.
+Each layer runs both directions over the same packed step-major buffers (see :mod:`.layer`: a
+PackedSequence's data as it is, a full batch as its special case), with the input part ``x @
+W_ih^T + b`` hoisted out of the loop (one GEMM per direction, :func:`.layer.project`; the
+native LSTM's fused engine computes it tile by tile in the loop's own pass instead), the time
+loop of the plan's runner (the native C++ loops of :mod:`.native` or the same loops in torch
+ops, :mod:`.loops`; chosen by :func:`unrolled.backends.plan`) and a hand-written backward per
+cell family (:mod:`.rnn`, :mod:`.lstm`, :mod:`.gru`). This module is only the layer loop: it
+feeds layer ``l``'s output to layer ``l+1``, applies dropout between layers on the packed rows
+(the random draws torch makes on the same rows, so the masks match torch's and the
+reference's), and stacks the final states in torch's row order ``l * D + d``.
 
 Shapes in comments, throughout the fast backend: ``T`` time, ``B`` batch, ``I`` input, ``H``
 hidden, ``P`` per-direction output size (``proj_size``, or ``H``), ``G`` number of gates (a
@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..stack import dropout_between_layers
 from ..weights import LayerWeights
 from .gru import GRULayer, gru_layer_forward
-from .layer import Timeline
+from .layer import Steps
 from .lstm import LSTMLayer, lstm_layer_forward
 from .rnn import RNNLayer, rnn_layer_forward
 
@@ -46,6 +46,7 @@ LAYERS = {
 def run(
     plan: Plan,
     inputs: Tensor,
+    steps: Steps,
     hx: Tensor | tuple[Tensor, Tensor],
     weights: Sequence[LayerWeights],
     *,
@@ -53,11 +54,12 @@ def run(
     num_directions: int,
     dropout: float = 0.0,
     training: bool = False,
-    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
-    """Run a layer call with ``plan``'s loops (the plan of :func:`unrolled.backends.plan`); the
-    contract is :func:`unrolled.reference.run`'s. Every layer's autograd Function records the
-    plan, and its backward runs the same loops.
+    """Run a layer call with ``plan``'s loops (the plan of :func:`unrolled.backends.plan`) on
+    packed step-major ``inputs (N, I)`` laid out as ``steps`` says (see :mod:`.layer`); the
+    contract is otherwise :func:`unrolled.reference.run`'s, and the output is packed ``(N,
+    D*P)``. Every layer's autograd Function records the plan, and its backward runs the same
+    loops.
 
     ``weights`` come named from :func:`unrolled.backends.run`; each layer's Function takes them
     flat (autograd's inputs are positional) and names them again
@@ -66,9 +68,7 @@ def run(
     mode = plan.mode
     function, plain_forward = LAYERS[mode]
     h0_all, c0_all = hx if mode == "LSTM" else (hx, None)
-    timeline = Timeline(inputs.shape[0], lengths)
-    # The layers need their input zero at padded steps (see .layer); their outputs are.
-    layer_input = timeline.zero_padding(inputs)
+    layer_input = inputs
     finals_h, finals_c = [], []
     for layer in range(num_layers):
         rows = slice(layer * num_directions, (layer + 1) * num_directions)
@@ -77,15 +77,17 @@ def run(
         c0 = None if c0_all is None else c0_all[rows]  # (D, B, H)
         tensors = (layer_input, h0, c0, *flat)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            result = function.apply(plan, num_directions, lengths, *tensors)
+            result = function.apply(plan, num_directions, steps, *tensors)
         else:  # the same outputs, without the buffers a backward would read
-            *result, _ = plain_forward(plan, num_directions, timeline, layer_input, h0, c0, flat)
-        # (T, B, D*P), (D, B, P) and, for the LSTM only, (D, B, H)
+            *result, _ = plain_forward(plan, num_directions, steps, layer_input, h0, c0, flat)
+        # (N, D*P), (D, B, P) and, for the LSTM only, (D, B, H)
         layer_input, layer_h_n, *layer_c_n = result
         finals_h.append(layer_h_n)
         finals_c.extend(layer_c_n)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = dropout_between_layers(layer_input, dropout, lengths)
+            # On the packed rows, as torch drops out a PackedSequence's data (a full batch: the
+            # same draws as on its padded (T, B, X) output).
+            layer_input = F.dropout(layer_input, dropout, training=True)
     h_n = finals_h[0] if num_layers == 1 else torch.cat(finals_h)  # (L*D, B, P)
     if mode == "LSTM":
         c_n = finals_c[0] if num_layers == 1 else torch.cat(finals_c)  # (L*D, B, H)

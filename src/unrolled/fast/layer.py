@@ -1,23 +1,25 @@
-"""What every cell family of the fast backend shares: one layer, both directions at once.
+"""What every cell family of the fast backend shares: one layer, both directions at once, on
+packed step-major buffers.
 
-The fast loops run both directions of a layer over the same steps ``s = 0 .. T-1`` (the native
-loops each direction on its own thread). To make that possible every per-step buffer is
-*step-major*:
-``(D, T, B, *)`` where ``[0, s]`` is time ``t = s`` and ``[1, s]`` is the reverse direction's
-``s``-th step. Without ``lengths`` that is time ``T-1-s``; with ``lengths`` each sequence is
-reversed inside its own length, ``t = lengths[b]-1-s`` (the reverse direction starts at the
-sequence's own last valid step), and the padding stays at the end.
+**The layout.** A batch of ``B`` sequences, sorted longest first, runs ``T`` steps; step ``s``
+advances the ``batch_sizes[s]`` sequences still running, which are the first ``batch_sizes[s]``
+rows of the batch (``batch_sizes`` is non-increasing). Every per-step buffer of a layer is
+*packed step-major*: ``(D, N, X)`` with ``N = sum(batch_sizes)``, step ``s``'s rows contiguous at
+row ``offset[s] = sum(batch_sizes[:s])``. Every state buffer is ``(D, B + N, X)``: the initial
+state first (rows ``[0, B)``), then the state after step ``s`` at rows ``B + offset[s]``. A
+``PackedSequence``'s data is exactly this layout for direction 0, and a full batch is the case
+``batch_sizes = [B] * T``, ``(N, X) = (T*B, X)``: there is one layout, not two.
 
-With that layout the two directions agree on everything that matters for ``lengths``: step ``s``
-of sequence ``b`` is valid iff ``s < lengths[b]`` and the final state of both directions is the
-state after step ``lengths[b]-1``. The loops therefore run every step without masking (the
-layer input must be zero at padded steps: ``fast.run`` zeroes the first layer's input once, and
-every layer's output is zero there, so padded steps compute finite values that nobody reads),
-and ``lengths`` is honoured outside the loop: outputs at padded steps are set to zero (the
-loops on sorted lengths shrink the batch and leave them zero already), the final
-state is gathered at ``lengths - 1``, and in backward the output gradient is zeroed at padded
-steps and the final state's gradient enters at step ``lengths - 1``. Padded steps then carry an
-exactly zero gradient, as in the reference's ``torch.where``.
+Direction 0's step ``s`` is time ``s``. The reverse direction's step ``s`` takes, in row ``j``,
+time ``len_j - 1 - s``: each sequence reversed inside its own length, so that at every step the
+two directions advance the same rows, and both end sequence ``j`` at its step ``len_j - 1``
+(row ``B + offset[len_j - 1] + j`` of the states holds its final state). Putting the reverse
+direction into or out of time order is one gather with one ``(N,)`` index, its own inverse
+(:class:`Steps`).
+
+Nothing is padded, so nothing is masked: the loops touch only live rows, the hoisted input part
+and every weight gradient run on ``N`` rows, and a row that stops keeps its last state (which
+is how the LSTM's one reused cell slot ends holding every ``c_n``).
 """
 
 from __future__ import annotations
@@ -29,127 +31,178 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from ..packed import packed_to_padded, padded_to_packed
 from ..weights import LayerWeights
 
 
-class Timeline:
-    """Maps time-major tensors to step-major ones and back, for ``D`` directions.
+class Steps:
+    """Where each step's rows lie in the packed step-major buffers of a call (see above).
 
     Args:
-        num_steps: ``T``.
-        lengths: ``(B,)`` int64 valid steps per sequence, or None (all ``T``).
+        batch_sizes: rows per step, ``T`` non-increasing integers (a PackedSequence's
+            ``batch_sizes``; ``[B] * T`` for a full batch).
+        device: where the gather indices live (the data's device).
+
+    The native and Python loops take :attr:`sizes` (``batch_sizes`` as a list) and find every
+    block from it; this class does the rest of the layer's bookkeeping around them.
     """
 
-    def __init__(self, num_steps: int, lengths: Tensor | None) -> None:
-        self.num_steps = num_steps
-        self.lengths = lengths
-        self._live_rows: list[int] | None = None
-        if lengths is None:
-            self.padding = None
-            self.reverse_index = None
-            return
-        steps = torch.arange(num_steps, device=lengths.device)[:, None]  # (T, 1)
-        valid = steps < lengths[None, :]  # (T, B)
-        self.padding = ~valid[:, :, None]  # (T, B, 1)
-        # Inside a sequence step s reads time len-1-s; padding maps to itself (an involution).
-        self.reverse_index = torch.where(valid, lengths[None, :] - 1 - steps, steps)  # (T, B)
+    def __init__(self, batch_sizes: Sequence[int] | Tensor, device: torch.device) -> None:
+        sizes = batch_sizes.tolist() if isinstance(batch_sizes, Tensor) else list(batch_sizes)
+        self.sizes: list[int] = [int(n) for n in sizes]
+        self.num_steps = len(self.sizes)
+        self.batch = self.sizes[0] if self.sizes else 0
+        self.offsets = [0]
+        for n in self.sizes:
+            self.offsets.append(self.offsets[-1] + n)
+        self.total = self.offsets[-1]
+        self.uniform = all(n == self.batch for n in self.sizes)
+        self.device = device
+        self._reverse_index: Tensor | None = None
+        self._final_rows: Tensor | None = None
+        self._lengths: Tensor | None = None
+
+    # ---- the indices, made once per call, when first needed ----------------------------------
 
     @property
-    def live_rows(self) -> list[int]:
-        """Per step ``s``, how many leading batch rows are still inside their sequence, when
-        the batch is sorted by length, longest first (packed input always is); else ``[]``.
+    def lengths(self) -> Tensor | None:
+        """``(B,)`` int64 steps of each sequence, on the device; None for a full batch."""
+        if self.uniform:
+            return None
+        if self._lengths is None:
+            sizes = torch.tensor(self.sizes, dtype=torch.int64)  # (T,)
+            rows = torch.arange(self.batch)  # (B,)
+            self._lengths = (sizes[None, :] > rows[:, None]).sum(1).to(self.device)  # (B,)
+        return self._lengths
 
-        Both directions agree (step ``s`` of sequence ``b`` is valid iff ``s < lengths[b]``),
-        so a loop can advance only rows ``[0, live_rows[s])`` at step ``s``.
-        """
-        if self._live_rows is None:
+    def batch_sizes(self) -> Tensor:
+        """``(T,)`` int64 on the CPU, as a PackedSequence holds them."""
+        return torch.tensor(self.sizes, dtype=torch.int64)
+
+    @property
+    def reverse_index(self) -> Tensor:
+        """``(N,)``: packed row ``offset[s] + j`` of the reverse direction reads row
+        ``offset[len_j - 1 - s] + j`` (an involution: the same index maps back)."""
+        if self._reverse_index is None:
+            sizes = torch.tensor(self.sizes, dtype=torch.int64)  # (T,)
+            offsets = torch.tensor(self.offsets[:-1], dtype=torch.int64)  # (T,)
+            step = torch.repeat_interleave(torch.arange(self.num_steps), sizes)  # (N,)
+            row = torch.arange(self.total) - offsets[step]  # (N,) j
+            length = (sizes[None, :] > row[:, None]).sum(1)  # (N,) len_j
+            self._reverse_index = (offsets[length - 1 - step] + row).to(self.device)  # (N,)
+        return self._reverse_index
+
+    @property
+    def final_rows(self) -> Tensor:
+        """``(B,)``: the row of a state buffer ``(D, B + N, X)`` holding each sequence's final
+        state, ``B + offset[len_j - 1] + j``."""
+        if self._final_rows is None:
             lengths = self.lengths
-            self._live_rows = []
-            if lengths is not None and bool((lengths[:-1] >= lengths[1:]).all()):
-                steps = torch.arange(self.num_steps, device=lengths.device)[:, None]  # (T, 1)
-                self._live_rows = (steps < lengths[None, :]).sum(1).tolist()  # (T,)
-        return self._live_rows
+            if lengths is None:
+                rows = torch.arange(self.total, self.total + self.batch)  # the last step's rows
+            else:
+                offsets = torch.tensor(self.offsets, dtype=torch.int64)  # (T+1,)
+                lengths = lengths.cpu()
+                rows = self.batch + offsets[lengths - 1] + torch.arange(self.batch)  # (B,)
+            self._final_rows = rows.to(self.device)
+        return self._final_rows
 
-    def zero_padding(self, seq: Tensor) -> Tensor:
-        """``(T, B, X)`` with padded steps set to zero (a new tensor; ``seq`` is untouched)."""
-        return seq if self.padding is None else seq.masked_fill(self.padding, 0)
+    def previous_segments(self) -> list[tuple[int, int, int]]:
+        """``(first packed row, first state row, rows)`` of runs of steps whose previous states
+        are contiguous rows of a state buffer: ``sum_s d_s^T h_{s-1}`` is then one GEMM per run
+        (one in all for a full batch; a new run wherever a sequence has ended)."""
+        runs: list[tuple[int, int, int]] = []
+        for s, rows in enumerate(self.sizes):
+            previous = 0 if s == 0 else self.batch + self.offsets[s - 1]  # h_{s-1}'s block
+            if runs and runs[-1][1] + runs[-1][2] == previous:  # the run's states go on here
+                first, state, count = runs[-1]
+                runs[-1] = (first, state, count + rows)
+                continue
+            runs.append((self.offsets[s], previous, rows))
+        return [run for run in runs if run[2] > 0]
+
+    # ---- moving data between the user's order and the buffers ---------------------------------
 
     def reverse(self, seq: Tensor, out: Tensor | None = None) -> Tensor:
-        """``(T, B, X)`` reversed in time, each sequence inside its own length (a new tensor, or
-        written into ``out`` (T, B, X) without a temporary copy)."""
-        if self.reverse_index is None:
+        """Packed ``(N, X)`` with each sequence reversed inside its own length (a new tensor,
+        or written into ``out (N, X)``)."""
+        if self.uniform:  # a full batch: the steps in reverse order, whole blocks
+            blocks = seq.view(self.num_steps, self.batch, -1)  # (T, B, X)
+            order = torch.arange(self.num_steps - 1, -1, -1, device=seq.device)  # (T,)
             if out is None:
-                return seq.flip(0)
-            steps = torch.arange(self.num_steps - 1, -1, -1, device=seq.device)  # (T,)
-            return torch.index_select(seq, 0, steps, out=out)
-        index = self.reverse_index[:, :, None].expand(-1, -1, seq.shape[-1])  # (T, B, X)
-        return seq.gather(0, index) if out is None else torch.gather(seq, 0, index, out=out)
+                return blocks.index_select(0, order).view(self.total, -1)
+            torch.index_select(blocks, 0, order, out=out.view(self.num_steps, self.batch, -1))
+            return out
+        if out is None:
+            return seq.index_select(0, self.reverse_index)
+        return torch.index_select(seq, 0, self.reverse_index, out=out)
 
     def directions(self, seq: Tensor, num_directions: int) -> list[Tensor]:
-        """Time-major ``(T, B, X)``, zero at padded steps -> its ``D`` step-major views (the
-        reverse maps padding to itself, so it stays zero there)."""
+        """The layer input ``(N, X)`` -> each direction's packed step-major input."""
         return [seq, self.reverse(seq)] if num_directions == 2 else [seq]
 
     def output(self, states: Tensor) -> Tensor:
-        """Step-major ``(D, T, B, P)`` hidden states -> time-major output ``(T, B, D*P)``, zero
-        at padded steps (the loops leave them zero already when they shrink the batch: sorted
-        lengths, :attr:`live_rows`).
+        """States ``(D, B + N, P)`` -> the packed output ``(N, D*P)``, time order.
 
         Always a tensor of its own, never a view of the states: a user may change the output
         in place before the backward (``out += residual``, ``ReLU(inplace=True)``), as with
         torch.nn, and the backward reads the saved states, which that must not touch (nor can
         autograd allow in-place changes to a view made inside a custom Function).
         """
-        num_dirs, num_steps, batch, size = states.shape
-        out = states.new_empty(num_steps, batch, num_dirs * size)  # (T, B, D*P)
+        num_dirs, _, size = states.shape
+        out = states.new_empty(self.total, num_dirs * size)  # (N, D*P)
         if num_dirs == 1:
-            out.copy_(states[0])
+            out.copy_(states[0, self.batch :])
         else:
-            per_direction = out.view(num_steps, batch, num_dirs, size)  # (T, B, D, P)
-            per_direction[:, :, 0] = states[0]
-            per_direction[:, :, 1] = self.reverse(states[1])
-        if self.padding is not None and not self.live_rows:
-            out.masked_fill_(self.padding, 0)
+            per_direction = out.view(self.total, num_dirs, size)  # (N, D, P)
+            per_direction[:, 0] = states[0, self.batch :]
+            per_direction[:, 1] = self.reverse(states[1, self.batch :])
         return out
 
     def final(self, states: Tensor) -> Tensor:
-        """Step-major ``(D, T+1, B, X)`` (slot 0 = initial state) -> final states ``(D, B, X)``."""
-        if self.lengths is None:
-            return states[:, self.num_steps].clone()
-        index = self.lengths.view(1, 1, -1, 1).expand(states.shape[0], 1, -1, states.shape[-1])
-        return states.gather(1, index).squeeze(1)  # (D, B, X)
+        """States ``(D, B + N, X)`` -> final states ``(D, B, X)``."""
+        if self.uniform:
+            return states[:, self.total :].clone()
+        return states.index_select(1, self.final_rows)  # (D, B, X)
 
     def step_major_grad(
         self, d_output: Tensor, num_directions: int, d_final: Tensor, separate: bool = False
     ) -> Tensor | list[Tensor]:
-        """Output gradient ``(T, B, D*P)`` and final-state gradient ``(D, B, P)`` -> the
-        gradient arriving at each step's hidden state, step-major ``(D, T, B, P)``; with
-        ``separate``, as ``D`` tensors ``(T, B, P)`` of their own storage (a loop that turns
-        them into per-direction gradients in place can then free each on its own)."""
-        num_steps, batch, _ = d_output.shape
-        per_direction = d_output.unflatten(2, (num_directions, -1))  # (T, B, D, P)
-        shape = (num_steps, batch, d_final.shape[-1])
+        """Output gradient ``(N, D*P)`` and final-state gradient ``(D, B, P)`` -> the gradient
+        arriving at each step's state, packed step-major ``(D, N, P)``; with ``separate``, as
+        ``D`` tensors ``(N, P)`` of their own storage (a loop that turns them into
+        per-direction gradients in place can then free each on its own)."""
+        per_direction = d_output.unflatten(1, (num_directions, -1))  # (N, D, P)
+        shape = (self.total, d_final.shape[-1])
         if separate:
-            grads = [d_output.new_empty(shape) for _ in range(num_directions)]  # D x (T, B, P)
+            grads = [d_output.new_empty(shape) for _ in range(num_directions)]  # D x (N, P)
         else:
-            stacked = d_output.new_empty(num_directions, *shape)  # (D, T, B, P)
+            stacked = d_output.new_empty(num_directions, *shape)  # (D, N, P)
             grads = list(stacked.unbind(0))
-        grads[0].copy_(per_direction[:, :, 0])
+        grads[0].copy_(per_direction[:, 0])
         if num_directions == 2:
-            self.reverse(per_direction[:, :, 1], out=grads[1])  # no (T, B, P) temporary
+            self.reverse(per_direction[:, 1], out=grads[1])  # no (N, P) temporary
         for d, grad in enumerate(grads):
-            if self.padding is not None:
-                grad.masked_fill_(self.padding, 0)  # no gradient from padded outputs
-            self.add_at_final_step_(grad.unsqueeze(0), d_final[d : d + 1])
+            self.add_at_final_step_(grad, d_final[d])
         return grads if separate else stacked
 
     def add_at_final_step_(self, grad: Tensor, d_final: Tensor) -> None:
-        """``grad (D, T, B, X)[:, lengths[b]-1, b] += d_final (D, B, X)``, in place."""
-        if self.lengths is None:
-            grad[:, self.num_steps - 1] += d_final
-            return
-        index = (self.lengths - 1).view(1, 1, -1, 1).expand(grad.shape[0], 1, -1, grad.shape[-1])
-        grad.scatter_add_(1, index, d_final.unsqueeze(1))
+        """``grad (N, X)[final row of sequence j] += d_final (B, X)[j]``, in place."""
+        if self.uniform:
+            grad[self.total - self.batch :] += d_final
+        else:
+            grad.index_add_(0, self.final_rows - self.batch, d_final)
+
+    def sum_with_previous(self, d: Tensor, states: Tensor, out: Tensor | None = None) -> Tensor:
+        """``sum_s d_s^T h_{s-1}``: ``d (N, G)``, states ``(B + N, P)`` -> ``(G, P)`` (the
+        recurrent weight's gradient), one GEMM per run of :meth:`previous_segments`."""
+        if out is None:
+            out = d.new_empty(d.shape[-1], states.shape[-1])  # (G, P)
+        out.zero_()
+        for first, state, rows in self.previous_segments():
+            # += (G, rows) @ (rows, P)
+            out.addmm_(d[first : first + rows].t(), states[state : state + rows])
+        return out
 
     def input_side_grads(
         self,
@@ -161,64 +214,59 @@ class Timeline:
         rolled: int = 0,
         scratch: Tensor | None = None,
     ) -> tuple[Tensor | None, list[Tensor] | None]:
-        """Gradients of the layer input and of each ``W_ih`` from the step-major gradient of the
-        hoisted input part (:func:`project`), one GEMM (per gate-row block) each over all steps.
+        """Gradients of the layer input and of each ``W_ih`` from the packed step-major
+        gradient of the hoisted input part (:func:`project`), one GEMM (per gate-row block) each
+        over all ``N`` rows.
 
         Args:
-            d_pre: ``D`` step-major ``(T, B, G*H)`` gradients of ``x_d @ W_ih_d^T`` (rows of any
-                stride). This function takes them out of the list and, the caller holding no
+            d_pre: ``D`` packed step-major ``(N, G*H)`` gradients of ``x_d @ W_ih_d^T`` (rows of
+                any stride). This function takes them out of the list and, the caller holding no
                 other reference, frees each one that owns its storage as soon as it is spent, so
                 they never all live next to every weight gradient.
-            x: the layer input ``(T, B, I)``, time-major, zero at padded steps.
+            x: the layer input ``(N, I)``, time order.
             w_ih: ``D`` weights ``(G*H, I)`` in torch's row order.
             rolled: ``d_pre``'s columns are torch's rows rolled by this many (the last ``rolled``
                 rows first), as the GRU's factors ``[n_x, r, z]`` are; 0 for torch's order.
                 Handled by splitting the GEMMs instead of copying (large) weights into another
                 order.
-            scratch: a contiguous ``(T, B, G*H)`` buffer that nobody reads any more, for the
+            scratch: a contiguous ``(N, G*H)`` buffer that nobody reads any more, for the
                 reverse direction's gradient put back in time order: ``d_pre[0]`` when it is a
                 view of a buffer that stays alive anyway (it is spent before the copy is
                 made), or a saved buffer of the layer that the released graph drops after this
                 backward. None allocates one.
 
         Returns:
-            ``(d_x (T, B, I) or None, D x d_W_ih (G*H, I) in torch's order, or None)``.
+            ``(d_x (N, I) or None, D x d_W_ih (G*H, I) in torch's order, or None)``.
         """
-        num_steps, batch, gate_rows = d_pre[0].shape
-        rows = num_steps * batch
+        rows, gate_rows = d_pre[0].shape
         # (columns of d_pre, rows of W_ih) pairs: torch's last `rolled` rows come first in d_pre.
         blocks = [(slice(0, gate_rows), slice(0, gate_rows))]
         if rolled:
             blocks = [(slice(0, rolled), slice(gate_rows - rolled, gate_rows)),
                       (slice(rolled, gate_rows), slice(0, gate_rows - rolled))]  # fmt: skip
-        d_x = x.new_zeros(num_steps, batch, x.shape[-1]) if need_input else None  # (T, B, I)
-        x2d = x.reshape(rows, x.shape[-1]) if need_weights else None  # zero at padded steps
+        d_x = x.new_zeros(rows, x.shape[-1]) if need_input else None  # (N, I)
         d_w = [] if need_weights else None
 
         def one_direction(time_major: Tensor, w: Tensor) -> None:
-            """Add ``time_major (T, B, G*H)``'s share to ``d_x`` and append its ``d_W_ih``."""
-            d_dir = time_major.reshape(rows, gate_rows)  # (T*B, G*H)
+            """Add ``time_major (N, G*H)``'s share to ``d_x`` and append its ``d_W_ih``."""
             if need_input:
-                d_x2d = d_x.view(rows, x.shape[-1])  # (T*B, I)
                 for cols, w_rows in blocks:
-                    d_x2d.addmm_(d_dir[:, cols], w[w_rows])  # (T*B, K) @ (K, I), K rows a block
+                    d_x.addmm_(time_major[:, cols], w[w_rows])  # (N, K) @ (K, I), K rows a block
             if need_weights:
                 d_w_dir = x.new_empty(gate_rows, x.shape[-1])  # (G*H, I), torch's order
                 for cols, w_rows in blocks:
-                    torch.mm(d_dir[:, cols].t(), x2d, out=d_w_dir[w_rows])  # (K, T*B) @ (T*B, I)
+                    torch.mm(time_major[:, cols].t(), x, out=d_w_dir[w_rows])  # (K, N) @ (N, I)
                 d_w.append(d_w_dir)
 
         # Direction 0 is already in time order. The reverse direction is put back in time order
-        # once (T*B*G*H), after direction 0 is done; then both gradients use x as it is, and
+        # once (N*G*H), after direction 0 is done; then both gradients use x as it is, and
         # neither x nor the input gradient is ever reversed.
         buffers = d_pre[::-1]  # popped in direction order; the caller's list is emptied
         d_pre.clear()
         one_direction(buffers.pop(), w_ih[0])
         if len(w_ih) == 2:
-            reverse_time_major = self.reverse(buffers.pop(), out=scratch)  # (T, B, G*H)
+            reverse_time_major = self.reverse(buffers.pop(), out=scratch)  # (N, G*H)
             one_direction(reverse_time_major, w_ih[1])
-        if d_x is not None and self.padding is not None:
-            d_x.masked_fill_(self.padding, 0)
         return d_x, d_w
 
 
@@ -229,28 +277,26 @@ def project(
     out: Tensor | None = None,
 ) -> Tensor:
     """The input part ``x_d @ W_ih_d^T + b_d`` (:func:`unrolled.cells.input_part`) hoisted out
-    of the loop: for every step and direction at once, one GEMM per direction, as a ``Cell``'s
-    ``project`` does (the word "projection" is kept for the LSTM's ``W_hr``).
+    of the loop: for every step and direction at once, one GEMM per direction over all ``N``
+    rows, as a ``Cell``'s ``project`` does (the word "projection" is kept for the LSTM's
+    ``W_hr``).
 
     Args:
-        inputs: ``D`` step-major inputs ``(T, B, I)``.
+        inputs: ``D`` packed step-major inputs ``(N, I)``.
         w_ih: ``D`` weights ``(G*H, I)``; bias: ``D`` biases ``(G*H,)`` or None.
-        out: where to write, ``(D, T, B, G*H)`` with each ``out[d]`` contiguous; None allocates.
+        out: where to write, ``(D, N, G*H)`` with each ``out[d]`` contiguous; None allocates.
 
     Returns:
-        ``(D, T, B, G*H)``, one GEMM per direction straight into the buffer.
+        ``(D, N, G*H)``, one GEMM per direction straight into the buffer.
     """
-    num_steps, batch, _ = inputs[0].shape
-    gate_rows = w_ih[0].shape[0]
+    rows, gate_rows = inputs[0].shape[0], w_ih[0].shape[0]
     if out is None:
-        out = inputs[0].new_empty(len(inputs), num_steps, batch, gate_rows)  # (D, T, B, G*H)
+        out = inputs[0].new_empty(len(inputs), rows, gate_rows)  # (D, N, G*H)
     for d, (x, w, b) in enumerate(zip(inputs, w_ih, bias)):
-        x2d = x.reshape(num_steps * batch, x.shape[-1])  # (T*B, I)
-        target = out[d].view(num_steps * batch, gate_rows)  # (T*B, G*H)
         if b is None:
-            torch.mm(x2d, w.t(), out=target)  # (T*B, I) @ (I, G*H)
+            torch.mm(x, w.t(), out=out[d])  # (N, I) @ (I, G*H)
         else:
-            torch.addmm(b, x2d, w.t(), out=target)  # (T*B, I) @ (I, G*H) + (G*H,)
+            torch.addmm(b, x, w.t(), out=out[d])  # (N, I) @ (I, G*H) + (G*H,)
     return out
 
 
@@ -263,7 +309,7 @@ def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
 #: What a layer Function takes before its weights, in order: settings, with no gradient, then
 #: the tensors ``x, h0, c0`` (``c0`` None but for the LSTM). The weights follow flat: see
 #: :func:`gradients_as_inputs`.
-SETTINGS = ("plan", "num_directions", "lengths")
+SETTINGS = ("plan", "num_directions", "steps")
 LEADING_INPUTS = (*SETTINGS, "x", "h0", "c0")
 
 
@@ -294,7 +340,7 @@ def gradients_as_inputs(
     those inputs were.
 
     Every layer Function's forward takes the :data:`LEADING_INPUTS` ``(plan, num_directions,
-    lengths, x, h0, c0)``, then each direction's weights flat, the five fields of
+    steps, x, h0, c0)``, then each direction's weights flat, the five fields of
     :class:`LayerWeights` in order (``w_ih, w_hh, b_ih, b_hh, w_hr``), direction after
     direction. Its backward returns ``(None, None, None, d_x, d_h0, d_c0)`` (the settings have no
     gradient), then each direction's ``weight_grads`` (a :class:`LayerWeights` of gradients) flat
@@ -315,12 +361,12 @@ def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[LayerWei
     return [LayerWeights(*flat[d * fields : (d + 1) * fields]) for d in range(num_directions)]
 
 
-def remember(ctx, plan, num_directions: int, timeline: Timeline, tensors: Sequence) -> None:
+def remember(ctx, plan, num_directions: int, steps: Steps, tensors: Sequence) -> None:
     """What every layer Function's backward needs besides its saved tensors: the forward's plan
     (the backward runs the plan's loops, ``ctx.plan.loops``, and never asks again), the number
-    of directions, the ``Timeline`` and the number of differentiable inputs (``x, h0, c0`` and
+    of directions, the :class:`Steps` and the number of differentiable inputs (``x, h0, c0`` and
     the flat weights)."""
-    ctx.plan, ctx.num_directions, ctx.timeline = plan, num_directions, timeline
+    ctx.plan, ctx.num_directions, ctx.steps = plan, num_directions, steps
     ctx.num_inputs = len(tensors)
 
 
@@ -350,18 +396,27 @@ def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
 
     The hand-written backward is not itself differentiable, nor can vmap see through it, so
     then we rebuild this layer with the reference backend from the saved inputs and let
-    autograd differentiate it (twice, if the caller wants; batched, under vmap). Returns the
+    autograd differentiate it (twice, if the caller wants; batched, under vmap): the packed
+    input is padded for it and its output packed again, both differentiable. Returns the
     backward's result, laid out as :func:`gradients_as_inputs` says.
     """
     x, h0, c0, *flat = ctx.saved_tensors[: ctx.num_inputs]
-    mode, num_directions = ctx.plan.mode, ctx.num_directions
+    mode, num_directions, steps = ctx.plan.mode, ctx.num_directions, ctx.steps
     weights = unbatched_flat_weights(flat, num_directions)
     with torch.enable_grad():
         hx = (h0, c0) if mode == "LSTM" else h0
+        if steps.uniform:
+            padded = x.view(steps.num_steps, steps.batch, -1)  # (T, B, I)
+        else:
+            padded, _ = packed_to_padded(x, steps.batch_sizes())  # (T, B, I)
         output, h_n = reference.run(
-            mode, x, hx, weights, num_layers=1, num_directions=num_directions,
-            lengths=ctx.timeline.lengths,
+            mode, padded, hx, weights, num_layers=1, num_directions=num_directions,
+            lengths=steps.lengths,
         )  # fmt: skip
+        if steps.uniform:
+            output = output.reshape(steps.total, -1)  # (N, D*P)
+        else:
+            output = padded_to_packed(output, steps.batch_sizes())  # (N, D*P)
         outputs = [output, *h_n] if mode == "LSTM" else [output, h_n]
         targets = [x, h0, c0, *flat]
         wanted = [t for t in targets if t is not None and t.requires_grad]

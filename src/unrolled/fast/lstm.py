@@ -24,14 +24,15 @@ plan chose in the forward (:func:`unrolled.backends.plan`); the backward runs th
 never another one. Both keep the buffers below, so either could back-propagate the other's
 forward (``tests/test_loop_contract.py`` checks exactly that).
 
-**The LSTM buffer contract.** Step-major (``[d, s]`` is direction ``d``'s ``s``-th step: time
-``s`` forward, the reverse direction's own ``s``-th step; see :mod:`.layer`), torch's gate order
-``(i, f, g, o)`` and torch's own weights, every buffer contiguous:
+**The LSTM buffer contract.** Packed step-major (see :mod:`.layer`: step ``s``'s
+``rows_s = batch_sizes[s]`` rows at row ``offset[s]`` of an ``(N, X)`` buffer, states ``(B + N,
+X)`` with the initial state first), torch's gate order ``(i, f, g, o)`` and torch's own weights,
+every buffer contiguous:
 
 ==============  ================  ==========================================================
 buffer          shape             holds
 ==============  ================  ==========================================================
-gates           (D, T, B, 4H)     forward in: ``x_s W_ih^T`` (the hoisted input part, no
+gates           (D, N, 4H)        forward in: ``x_s W_ih^T`` (the hoisted input part, no
                                   bias); forward out (``keep``): ``i, f, g, o`` activated
                                   (``g = tanh``), without ``keep``: scratch. Backward out:
                                   ``d_pre``, when the caller passes ``gates`` as ``d_pre``
@@ -40,26 +41,24 @@ w_rec           (D, P, 4H)        forward: ``W_hh^T`` (a view or a row-major cop
                 (D, 4H, P)        backward: ``W_hh``
 w_proj          (D, H, P)         forward: ``W_hr^T``; backward ``(D, P, H)``: ``W_hr``;
                                   empty without projection
-cs              (D, T+1, B, H)    slot 0 ``c_0``, slot ``s+1`` ``c_s``; ``(D, 1, B, H)``, one
-                                  reused slot, when nothing reads the cells afterwards
-hs              (D, T+1, B, P)    slot 0 ``h_0``, slot ``s+1`` ``h_s``
-d_h             (D, T, B, P)      backward in: the gradient reaching each ``h_s`` from the
+cs              (D, B + N, H)     ``c_0``, then each step's ``c_s``; ``(D, B, H)``, one reused
+                                  slot, when nothing reads the cells afterwards (a row that
+                                  stops keeps its last cell: the slot ends holding ``c_n``)
+hs              (D, B + N, P)     ``h_0``, then each step's ``h_s``
+d_h             (D, N, P)         backward in: the gradient reaching each ``h_s`` from the
                                   output and ``h_n``; out: all of ``h_s``'s gradient
-dc              (D, B, H)         backward in: ``d_c_n``, the gradient of ``c_n`` (zeros
-                                  with lengths); out: the gradient of ``c_0``
-dc_arrivals     (D, T, B, H)      backward, with lengths: ``d_c_n`` at each sequence's last
-                or empty          step, added there
-d_pre           (D, T, B, 4H)     backward out: the gradient of each gate's pre-activation,
+dc              (D, B, H)         backward in: ``d_c_n`` (a row is first touched at its last
+                                  step, where its ``c_n`` gradient enters); out: ``d_c_0``
+d_pre           (D, N, 4H)        backward out: the gradient of each gate's pre-activation,
                                   torch's order (may be ``gates`` itself)
-r               (D, T, B, H)      backward out, with projection: ``o tanh(c)``, what W_hr
+r               (D, N, H)         backward out, with projection: ``o tanh(c)``, what W_hr
                 or empty          multiplied
-live            [] or T ints      step ``s`` advances rows ``[0, live[s])`` (batch sorted by
-                                  length); rows past them are zero in ``hs``, ``cs`` (forward)
-                                  and ``d_pre``, ``r`` (backward), unspecified in ``gates``
-inputs, w_in    D x (T, B, I),    forward, given exactly with ``fused``: the step-major layer
-                D x (4H, I)       input and ``W_ih``; the loop computes the input part itself
-                                  and ``gates`` holds nothing on entry (without ``keep`` it may
-                                  be empty). Otherwise ``gates`` holds the input part
+batch_sizes     T ints            rows per step, non-increasing (``[B] * T``: a full batch)
+inputs, w_in    D x (N, I),       forward, given exactly with ``fused``: the packed
+                D x (4H, I)       step-major layer input and ``W_ih``; the loop computes the
+                                  input part itself and ``gates`` holds nothing on entry
+                                  (without ``keep`` it may be empty). Otherwise ``gates``
+                                  holds the input part
 ==============  ================  ==========================================================
 
 ``packed`` (forward) asks the native loop for MKL's packed GEMM on ``W_hh`` (float32, full
@@ -76,7 +75,7 @@ import torch
 from ..weights import LayerWeights
 from . import native
 from .layer import (
-    Timeline,
+    Steps,
     differentiate_the_reference,
     gradients_as_inputs,
     project,
@@ -92,31 +91,30 @@ if TYPE_CHECKING:
 
 
 def lstm_layer_forward(
-    plan: Plan, num_directions: int, timeline: Timeline, x, h0, c0, flat, keep: bool = False
+    plan: Plan, num_directions: int, steps: Steps, x, h0, c0, flat, keep: bool = False
 ):
-    """One layer, ``D`` directions.
+    """One layer, ``D`` directions, on the packed layer input ``x (N, I)``.
 
-    Returns ``(output (T, B, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))``, the buffers
+    Returns ``(output (N, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))``, the buffers
     as the contract above leaves them. Without ``keep`` (nothing will be differentiated) only
     what the outputs need is kept.
     """
     weights = unbatched_flat_weights(flat, num_directions)
-    num_steps, batch, _ = x.shape
+    batch, rows = steps.batch, steps.total
     hidden, out_size = c0.shape[-1], h0.shape[-1]
-    every_cell = keep or timeline.lengths is not None  # lengths: c_n is gathered afterwards
-    cs = x.new_empty(num_directions, num_steps + 1 if every_cell else 1, batch, hidden)
-    hs = x.new_empty(num_directions, num_steps + 1, batch, out_size)  # (D, T+1, B, P)
-    cs[:, 0] = c0
-    hs[:, 0] = h0
+    cs = x.new_empty(num_directions, batch + rows if keep else batch, hidden)  # (D, B+N, H)
+    hs = x.new_empty(num_directions, batch + rows, out_size)  # (D, B + N, P)
+    cs[:, :batch] = c0
+    hs[:, :batch] = h0
     none = x.new_empty(0)
-    inputs = timeline.directions(x, num_directions)  # D x (T, B, I), step-major
+    inputs = steps.directions(x, num_directions)  # D x (N, I), packed step-major
     w_ih = [w.w_ih for w in weights]
     if plan.fused:  # the fused engine multiplies [x_s, h_{s-1}] by [W_ih; W_hh]^T per tile
-        gates = x.new_empty(num_directions, num_steps, batch, 4 * hidden) if keep else none
+        gates = x.new_empty(num_directions, rows, 4 * hidden) if keep else none
         step_inputs = [seq.contiguous() for seq in inputs]
     else:  # hoisted: one GEMM; the loop adds the bias in its elementwise pass (addmm would
-        # first copy the bias into all T*B rows)
-        gates = project(inputs, w_ih, [None] * num_directions)  # (D, T, B, 4H)
+        # first copy the bias into all N rows)
+        gates = project(inputs, w_ih, [None] * num_directions)  # (D, N, 4H)
         step_inputs = w_ih = []
     bias = none if weights[0].b_ih is None else torch.stack([w.b_ih + w.b_hh for w in weights])
     w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,P,4H)
@@ -130,29 +128,27 @@ def lstm_layer_forward(
         w_proj,
         cs,
         hs,
-        timeline.live_rows,
+        steps.sizes,
         keep,
         plan.packed_gemm,
         plan.fused,
         step_inputs,
         w_ih,
     )
-    output = timeline.output(hs[:, 1:])
-    c_n = timeline.final(cs) if every_cell else cs[:, 0]
-    return output, timeline.final(hs), c_n, (gates, cs, hs)
+    c_n = steps.final(cs) if keep else cs.clone()  # the one slot holds every c_n
+    return steps.output(hs), steps.final(hs), c_n, (gates, cs, hs)
 
 
 class LSTMLayer(torch.autograd.Function):
-    """``(plan, D, lengths, x (T, B, I), h0 (D, B, P), c0 (D, B, H), *D x (w_ih, w_hh, b_ih,
-    b_hh, w_hr)) -> (output (T, B, D*P), h_n (D, B, P), c_n (D, B, H))``."""
+    """``(plan, D, steps, x (N, I), h0 (D, B, P), c0 (D, B, H), *D x (w_ih, w_hh, b_ih,
+    b_hh, w_hr)) -> (output (N, D*P), h_n (D, B, P), c_n (D, B, H))``."""
 
     @staticmethod
-    def forward(ctx, plan, num_directions, lengths, x, h0, c0, *flat):
-        timeline = Timeline(x.shape[0], lengths)
+    def forward(ctx, plan, num_directions, steps, x, h0, c0, *flat):
         output, h_n, c_n, buffers = lstm_layer_forward(
-            plan, num_directions, timeline, x, h0, c0, flat, keep=True
+            plan, num_directions, steps, x, h0, c0, flat, keep=True
         )
-        remember(ctx, plan, num_directions, timeline, (x, h0, c0, *flat))
+        remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat))
         ctx.save_for_backward(x, h0, c0, *flat, *buffers)
         return output, h_n, c_n
 
@@ -161,65 +157,52 @@ class LSTMLayer(torch.autograd.Function):
         if differentiate_the_reference((d_output, d_h_n, d_c_n)):  # create_graph, torch.func
             return reference_double_backward(ctx, (d_output, d_h_n, d_c_n))
         x, h0, c0, *flat, gates, cs, hs = ctx.saved_tensors
-        num_directions, timeline = ctx.num_directions, ctx.timeline
+        num_directions, steps = ctx.num_directions, ctx.steps
         weights = unbatched_flat_weights(flat, num_directions)
         wanted = wanted_grads(ctx)
-        num_steps = x.shape[0]
         has_projection = weights[0].w_hr is not None
         none = x.new_empty(0)
         w_hh = stack_directions([w.w_hh for w in weights])  # (D, 4H, P)
         w_hr = stack_directions([w.w_hr for w in weights]) if has_projection else none  # (D, P, H)
 
-        d_h = timeline.step_major_grad(d_output, num_directions, d_h_n)  # (D, T, B, P)
-        if timeline.lengths is None:
-            dc = d_c_n.clone(memory_format=torch.contiguous_format)  # (D, B, H)
-            dc_arrivals = none
-        else:  # each sequence's c_n gradient enters at its own last step
-            dc = d_c_n.new_zeros(d_c_n.shape)
-            dc_arrivals = d_c_n.new_zeros(num_directions, num_steps, *d_c_n.shape[1:])
-            timeline.add_at_final_step_(dc_arrivals, d_c_n)
+        d_h = steps.step_major_grad(d_output, num_directions, d_h_n)  # (D, N, P)
+        # A row's c_n gradient waits in dc until its last step, the first to touch the row.
+        dc = d_c_n.clone(memory_format=torch.contiguous_format)  # (D, B, H)
         keep_r = has_projection and wanted.weights  # r = o tanh(c), what W_hr multiplied
         # No one reads the gates after this backward once the graph is released: d_pre
         # overwrites them (same shape), else it is a buffer of its own.
-        d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D, T, B, 4H)
-        r = torch.empty_like(cs[:, 1:]) if keep_r else none  # (D, T, B, H)
+        d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D, N, 4H)
+        r = torch.empty_like(gates[..., : cs.shape[-1]]) if keep_r else none  # (D, N, H)
         ctx.plan.loops.lstm_backward(
-            gates,
-            cs,
-            d_h,
-            dc,
-            dc_arrivals,
-            w_hh,
-            w_hr,
-            d_pre,
-            r,
-            timeline.live_rows,
-            ctx.plan.fused,
+            gates, cs, d_h, dc, w_hh, w_hr, d_pre, r, steps.sizes, ctx.plan.fused
         )
         one_direction = num_directions == 1
         w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
         d_h0 = None
-        if wanted.h0:
-            first = d_pre[0, 0] if one_direction else d_pre[:, 0]  # ([D,] B, 4H)
-            d_h0 = (torch.mm if one_direction else torch.bmm)(first, w_rec)  # ([D,] B, P)
-            d_h0 = d_h0.unsqueeze(0) if one_direction else d_h0  # (D, B, P)
+        if wanted.h0:  # only the first step reads h_0, and all of it
+            first = d_pre[:, : steps.batch]  # (D, B, 4H)
+            if one_direction:
+                d_h0 = torch.mm(first[0], w_rec).unsqueeze(0)  # (B, 4H) @ (4H, P)
+            else:
+                d_h0 = torch.bmm(first, w_rec)  # (D, B, 4H) @ (D, 4H, P)
 
         if wanted.weights:  # W_hh, W_hr and biases first: d_pre is handed over to the input side
-            prev = hs[:, :num_steps].flatten(1, 2)  # (D, T*B, P)
-            d_w_hh = d_pre.flatten(1, 2).transpose(1, 2).bmm(prev)  # (D,4H,T*B) @ (D,T*B,P)
-            d_bias = d_pre.sum((1, 2))  # (D, 4H)
+            d_w_hh = [
+                steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)
+            ]  # D x (4H, P)
+            d_bias = d_pre.sum(1)  # (D, 4H)
             if has_projection:  # d_h holds all of each h_s's gradient now
-                d_w_hr = d_h.flatten(1, 2).transpose(1, 2).bmm(r.flatten(1, 2))  # (D, P, H)
+                d_w_hr = d_h.transpose(1, 2).bmm(r)  # (D, P, N) @ (D, N, H)
         del d_h, r
         # Direction 0's rows are spent before the reverse direction is put back in time order:
         # it goes there, no new buffer.
-        per_direction = list(d_pre.unbind(0))  # D x (T, B, 4H) views
+        per_direction = list(d_pre.unbind(0))  # D x (N, 4H) views
         del d_pre
         w_ih = [w.w_ih for w in weights]  # D x (4H, I)
         scratch = per_direction[0] if num_directions == 2 else None
-        d_x, d_w_ih = timeline.input_side_grads(
+        d_x, d_w_ih = steps.input_side_grads(
             per_direction, x, w_ih, wanted.x, wanted.weights, scratch=scratch
-        )  # (T, B, I), D x (4H, I)
+        )  # (N, I), D x (4H, I)
         weight_grads = None
         if wanted.weights:
             weight_grads = [

@@ -20,22 +20,23 @@ loop is ``plan.loops.rnn_forward`` / ``rnn_backward``: the native C++ loop (``na
 or the same loop in torch ops (``loops/rnn.py``), whichever the layer's plan chose in the
 forward; the backward runs the plan's loop, never another one.
 
-**The RNN buffer contract.** Step-major (see :mod:`.layer`), every buffer contiguous:
+**The RNN buffer contract.** Packed step-major (see :mod:`.layer`: step ``s``'s rows at row
+``offset[s]`` of an ``(N, X)`` buffer, states ``(B + N, X)`` with ``h_0`` first), every buffer
+contiguous:
 
 ==============  ================  ==========================================================
 buffer          shape             holds
 ==============  ================  ==========================================================
-hs              (D, T+1, B, H)    slot 0 ``h_0``; slots ``1..T`` hold ``x_s W_ih^T + b_ih +
+hs              (D, B + N, H)     ``h_0``; the rows of the steps hold ``x_s W_ih^T + b_ih +
                                   b_hh`` (the hoisted input part) on entry and the states
                                   ``h_s`` on exit, activated in place
 w_rec           (D, H, H)         forward: ``W_hh^T`` (a view or a row-major copy)
 w_hh            D x (H, H)        backward: ``W_hh`` per direction
-grads           D x (T, B, H)     backward in: the gradient reaching each ``h_s``; out:
+grads           D x (N, H)        backward in: the gradient reaching each ``h_s``; out:
                                   ``d_pre_s``, the gradient of step s's pre-activation
 relu            bool              ReLU instead of tanh; ``relu'`` is torch's: the gradient
                                   passes wherever ``h <= 0`` does not hold (NaN included)
-live            [] or T ints      step ``s`` advances rows ``[0, live[s])``; rows past them
-                                  are zero in ``hs`` (forward) and ``grads`` (backward)
+batch_sizes     T ints            rows per step, non-increasing (``[B] * T``: a full batch)
 ==============  ================  ==========================================================
 """
 
@@ -48,7 +49,7 @@ import torch
 from ..weights import LayerWeights
 from . import native
 from .layer import (
-    Timeline,
+    Steps,
     differentiate_the_reference,
     gradients_as_inputs,
     project,
@@ -63,31 +64,30 @@ if TYPE_CHECKING:
     from ..backends import Plan
 
 
-def rnn_layer_forward(plan: Plan, num_directions: int, timeline: Timeline, x, h0, c0, flat):
-    """One layer, ``D`` directions. Returns ``(output (T, B, D*H), h_n (D, B, H), hs)``."""
+def rnn_layer_forward(plan: Plan, num_directions: int, steps: Steps, x, h0, c0, flat):
+    """One layer, ``D`` directions, on the packed layer input ``x (N, I)``. Returns ``(output
+    (N, D*H), h_n (D, B, H), hs)``."""
     weights = unbatched_flat_weights(flat, num_directions)
-    num_steps, batch, _ = x.shape
-    hidden = h0.shape[-1]
+    batch, hidden = steps.batch, h0.shape[-1]
     bias = [None if w.b_ih is None else w.b_ih + w.b_hh for w in weights]  # D x (H,)
-    hs = x.new_empty(num_directions, num_steps + 1, batch, hidden)  # (D, T+1, B, H)
-    hs[:, 0] = h0
-    # Slots 1..T first hold the hoisted input part, then (in place) the states.
-    project(timeline.directions(x, num_directions), [w.w_ih for w in weights], bias, out=hs[:, 1:])
+    hs = x.new_empty(num_directions, batch + steps.total, hidden)  # (D, B + N, H)
+    hs[:, :batch] = h0
+    # The steps' rows first hold the hoisted input part, then (in place) the states.
+    inputs = steps.directions(x, num_directions)
+    project(inputs, [w.w_ih for w in weights], bias, out=hs[:, batch:])
     w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D, H, H)
-    plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", timeline.live_rows, plan.fused)
-    output = timeline.output(hs[:, 1:])
-    return output, timeline.final(hs), hs
+    plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", steps.sizes, plan.fused)
+    return steps.output(hs), steps.final(hs), hs
 
 
 class RNNLayer(torch.autograd.Function):
-    """``(plan, D, lengths, x (T, B, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
-    None)) -> (output (T, B, D*H), h_n (D, B, H))``."""
+    """``(plan, D, steps, x (N, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
+    None)) -> (output (N, D*H), h_n (D, B, H))``."""
 
     @staticmethod
-    def forward(ctx, plan, num_directions, lengths, x, h0, c0, *flat):
-        timeline = Timeline(x.shape[0], lengths)
-        output, h_n, hs = rnn_layer_forward(plan, num_directions, timeline, x, h0, c0, flat)
-        remember(ctx, plan, num_directions, timeline, (x, h0, c0, *flat))
+    def forward(ctx, plan, num_directions, steps, x, h0, c0, *flat):
+        output, h_n, hs = rnn_layer_forward(plan, num_directions, steps, x, h0, c0, flat)
+        remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat))
         ctx.save_for_backward(x, h0, c0, *flat, hs)
         return output, h_n
 
@@ -96,36 +96,34 @@ class RNNLayer(torch.autograd.Function):
         if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
             return reference_double_backward(ctx, (d_output, d_h_n))
         x, h0, c0, *flat, hs = ctx.saved_tensors
-        num_directions, timeline = ctx.num_directions, ctx.timeline
+        num_directions, steps = ctx.num_directions, ctx.steps
         weights = unbatched_flat_weights(flat, num_directions)
         wanted = wanted_grads(ctx)
-        num_steps = x.shape[0]
         # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
         w_hh = [w.w_hh for w in weights]  # D x (H, H)
         # One buffer per direction, turned into d_pre in place: each is freed as soon as its
         # gradients are done.
-        d_pre = timeline.step_major_grad(d_output, num_directions, d_h_n, separate=True)
+        d_pre = steps.step_major_grad(d_output, num_directions, d_h_n, separate=True)
         relu = ctx.plan.mode == "RNN_RELU"
-        ctx.plan.loops.rnn_backward(hs, d_pre, w_hh, relu, timeline.live_rows, ctx.plan.fused)
-        d_h0 = hs.new_empty(num_directions, *hs.shape[2:])  # (D, B, H)
-        for d in range(num_directions):
-            torch.mm(d_pre[d][0], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
+        ctx.plan.loops.rnn_backward(hs, d_pre, w_hh, relu, steps.sizes, ctx.plan.fused)
+        d_h0 = hs.new_empty(num_directions, steps.batch, hs.shape[-1])  # (D, B, H)
+        for d in range(num_directions):  # only the first step reads h_0, and all of it
+            torch.mm(d_pre[d][: steps.batch], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
 
         if wanted.weights:  # W_hh and biases first: d_pre is handed over to the input side next
-            d_w_hh = [
-                step_grads.reshape(-1, step_grads.shape[-1]).t() @ prev.reshape(-1, prev.shape[-1])
-                for step_grads, prev in zip(d_pre, hs[:, :num_steps])
-            ]  # D x (H, T*B) @ (T*B, H)
-            d_bias = [step_grads.sum((0, 1)) for step_grads in d_pre]  # D x (H,)
+            d_w_hh = [steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)]
+            d_bias = [step_grads.sum(0) for step_grads in d_pre]  # D x (H,)
         # With two directions the output is a copy, so the saved states are the layer's own;
         # once the graph is released they are dead here and hold the reverse direction's
         # gradient in time order (no new buffer for it).
-        scratch = hs[1, 1:] if num_directions == 2 and native.graph_released() else None
+        scratch = None
+        if num_directions == 2 and native.graph_released():
+            scratch = hs[1, steps.batch :]  # (N, H)
         # d_pre is handed over (the list is emptied), so each direction's buffer is freed once
         # its input-side gradients are done.
-        d_x, d_w_ih = timeline.input_side_grads(
+        d_x, d_w_ih = steps.input_side_grads(
             d_pre, x, [w.w_ih for w in weights], wanted.x, wanted.weights, scratch=scratch
-        )  # (T, B, I), D x (H, I)
+        )  # (N, I), D x (H, I)
         weight_grads = None
         if wanted.weights:
             weight_grads = [

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import first_rows, first_rows_of, live_rows, step_views
+from .rows import previous_states, state_views, step_views
 
 
 class StepBlocks(NamedTuple):
@@ -35,13 +35,20 @@ class StepBlocks(NamedTuple):
     x_n: Tensor
 
 
-def step_blocks(hh: Tensor, x_pre: Tensor, one_direction: bool) -> list[StepBlocks]:
-    """``hh (D, T or 1, B, 3H)`` and ``x_pre (D, T, B, 3H)`` -> per step, its views."""
+def step_blocks(
+    hh: Tensor, x_pre: Tensor, batch_sizes: Sequence[int], one_direction: bool
+) -> list[StepBlocks]:
+    """``hh (D, N or B, 3H)`` and ``x_pre (D, N, 3H)`` -> per step, its views ``([D,] rows_s,
+    *)``."""
     hidden = hh.shape[-1] // 3
-    if hh.shape[1] != x_pre.shape[1]:  # one reused slot
-        hh = hh.expand(-1, x_pre.shape[1], -1, -1)
-    blocks = (hh, hh[..., : 2 * hidden], *hh.split(hidden, dim=-1), *x_pre.split(2 * hidden, -1))
-    return [StepBlocks(*step) for step in zip(*(step_views(b, one_direction) for b in blocks))]
+    blocks = (hh, hh[..., : 2 * hidden], *hh.split(hidden, dim=-1))
+    if hh.shape[1] == x_pre.shape[1]:  # a slot per step
+        hh_views = [step_views(b, batch_sizes, one_direction) for b in blocks]
+    else:  # one reused slot: each step its first rows
+        hh_views = [[(b[0] if one_direction else b).narrow(-2, 0, rows) for rows in batch_sizes]
+                    for b in blocks]  # fmt: skip
+    x_views = [step_views(b, batch_sizes, one_direction) for b in x_pre.split(2 * hidden, -1)]
+    return [StepBlocks(*step) for step in zip(*hh_views, *x_views)]
 
 
 def forward_rows(step: StepBlocks, n: Tensor, h_prev: Tensor, h: Tensor) -> None:
@@ -64,40 +71,40 @@ def gru_forward(
     hs: Tensor,
     w_rec: Tensor,
     biases: Sequence[Tensor],
-    live: Sequence[int],
+    batch_sizes: Sequence[int],
     fused: bool = False,
 ) -> None:
     """Forward (``forward_loop`` in C++): ``w_rec = W_hh^T (D, H, 3H)``; ``biases`` D x
     ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False). ``fused`` (the C++ loop's engine
     switch) changes nothing here."""
-    directions, steps, batch, gate_rows = xw.shape
+    directions, _, gate_rows = xw.shape
     hidden = gate_rows // 3
     h_bias = None
     if len(biases):
         b_ih, b_hh = torch.stack(list(biases[0::2])), torch.stack(list(biases[1::2]))  # (D, 3H)
         x_bias = b_ih.clone()
         x_bias[:, : 2 * hidden] += b_hh[:, : 2 * hidden]
-        xw += x_bias.view(directions, 1, 1, gate_rows)  # every step: x W_ih^T + b_ih + [b_hr, b_hz]
+        xw += x_bias.view(directions, 1, gate_rows)  # every step: x W_ih^T + b_ih + [b_hr, b_hz]
         h_bias = torch.zeros_like(b_hh)
         h_bias[:, 2 * hidden :] = b_hh[:, 2 * hidden :]  # (D, 3H): b_hn rides with W_hn h
         h_bias = h_bias[0] if directions == 1 else h_bias[:, None]  # (3H,) or (D, 1, 3H)
     one = directions == 1
     w = w_rec[0] if one else w_rec  # ([D,] H, 3H)
-    blocks, h_steps = step_blocks(hh, xw, one), step_views(hs, one)
-    n_steps = step_views(ns.expand(-1, steps, -1, -1), one)  # one reused slot, or each step's
-    for s in range(steps):
-        rows = live_rows(live, s, batch)
-        step = first_rows_of(blocks[s], rows)  # ([D,] rows, *)
-        h_prev = first_rows(h_steps[s], rows)  # ([D,] rows, H)
+    blocks = step_blocks(hh, xw, batch_sizes, one)
+    h_prev_steps, h_steps = state_views(hs, batch_sizes, one)
+    if ns.shape[1] == xw.shape[1]:  # a slot per step, or one reused slot
+        n_steps = step_views(ns, batch_sizes, one)
+    else:
+        n_steps = [(ns[0] if one else ns).narrow(-2, 0, rows) for rows in batch_sizes]
+    for s in range(len(batch_sizes)):
+        step, h_prev = blocks[s], h_prev_steps[s]  # ([D,] rows, *)
         if h_bias is None:
             (torch.mm if one else torch.bmm)(h_prev, w, out=step.all)  # ([D,] rows, H) @ (H, 3H)
         elif one:
             torch.addmm(h_bias, h_prev, w, out=step.all)  # (rows, H) @ (H, 3H) + b_hn
         else:
             torch.baddbmm(h_bias, h_prev, w, out=step.all)  # (D, rows, H) @ (D, H, 3H) + b_hn
-        forward_rows(step, first_rows(n_steps[s], rows), h_prev, first_rows(h_steps[s + 1], rows))
-        if rows < batch:
-            hs[:, s + 1, rows:] = 0
+        forward_rows(step, n_steps[s], h_prev, h_steps[s])
 
 
 def backward_factors(
@@ -108,8 +115,8 @@ def backward_factors(
     .. math::
         factors \leftarrow [\, (1 - z)(1 - n^2),\ a \, r (1 - r),\ (h_{prev} - n) z (1 - z) \,]
 
-    from ``hh (T, B, 3H)`` (``[r, z, a]``), ``n`` and ``h_prev`` ``(T, B, H)``, into ``factors
-    (T, B, 3H)``, which may be ``hh`` itself. Returns ``(r, z)`` for the loop (copies when
+    from ``hh (N, 3H)`` (``[r, z, a]``), ``n`` and ``h_prev`` ``(N, H)``, into ``factors
+    (N, 3H)``, which may be ``hh`` itself. Returns ``(r, z)`` for the loop (copies when
     ``factors`` overwrites them).
     """
     hidden = n.shape[-1]
@@ -152,37 +159,36 @@ def gru_backward(
     w_hh: Sequence[Tensor],
     factors: Sequence[Tensor],
     d_h0: Tensor,
-    live: Sequence[int],
+    batch_sizes: Sequence[int],
     fused: bool = False,
 ) -> None:
-    """Backward (``backward_loop`` in C++). ``grads`` D x ``(T, B, H)``: d_h_s on entry, d_a on
-    exit; ``factors`` D x ``(T, B, 3H)``: ``[n_x, r, z]`` per step (may be ``hh[d]``);
+    """Backward (``backward_loop`` in C++). ``grads`` D x ``(N, H)``: d_h_s on entry, d_a on
+    exit; ``factors`` D x ``(N, 3H)``: ``[n_x, r, z]`` per step (may be ``hh[d]``);
     ``d_h0 (D, B, H)``: the gradient of h_0; ``w_hh`` D x ``(3H, H)``, torch's rows (r, z, n)."""
-    directions, steps, batch = hh.shape[:3]
-    hidden = hs.shape[3]
-    for d in range(directions):
+    hidden = hs.shape[-1]
+    for d in range(hh.shape[0]):
         w_rz, w_n = w_hh[d][: 2 * hidden], w_hh[d][2 * hidden :]  # (2H, H), (H, H)
-        r, z = backward_factors(hh[d], ns[d], hs[d, :steps], factors[d])
+        h_prev = previous_states(hs[d], batch_sizes)  # (N, H)
+        r, z = backward_factors(hh[d], ns[d], h_prev, factors[d])
         d_h0[d].zero_()
+
+        def views(buffer: Tensor) -> list[Tensor]:
+            return step_views(buffer.unsqueeze(0), batch_sizes, True)  # T x (rows, *)
+
         # Per-step views, made once: the factors block, its (n, z) pair, n and r blocks.
-        factor_steps = factors[d].unbind(0)  # T x (B, 3H)
-        n_z_steps = factors[d].unflatten(-1, (3, hidden))[..., 0::2, :].unbind(0)  # (B, 2, H)
-        n_steps, r_block_steps = (factors[d][..., k * hidden : (k + 1) * hidden].unbind(0)
+        factor_steps = views(factors[d])  # (rows, 3H)
+        n_z_steps = views(factors[d].unflatten(-1, (3, hidden))[..., 0::2, :])  # (rows, 2, H)
+        n_steps, r_block_steps = (views(factors[d][..., k * hidden : (k + 1) * hidden])
                                   for k in (0, 1))  # fmt: skip
-        grad_steps, r_steps, z_steps = grads[d].unbind(0), r.unbind(0), z.unbind(0)
-        for s in range(steps - 1, -1, -1):
-            rows = live_rows(live, s, batch)
-            grad_s = first_rows(grad_steps[s], rows)  # (rows, H): d_h_s in, d_a out
-            d_h_prev = first_rows(grad_steps[s - 1] if s > 0 else d_h0[d], rows)
+        grad_steps, r_steps, z_steps = views(grads[d]), views(r), views(z)
+        for s in range(len(batch_sizes) - 1, -1, -1):
+            rows = batch_sizes[s]
+            grad_s = grad_steps[s]  # (rows, H): d_h_s in, d_a out
+            d_h_prev = (grad_steps[s - 1] if s > 0 else d_h0[d]).narrow(0, 0, rows)
             backward_rows(
-                first_rows(n_z_steps[s], rows, dim=-3), first_rows(n_steps[s], rows),
-                first_rows(r_block_steps[s], rows), first_rows(r_steps[s], rows),
-                first_rows(z_steps[s], rows), grad_s, d_h_prev,
+                n_z_steps[s], n_steps[s], r_block_steps[s], r_steps[s], z_steps[s], grad_s,
+                d_h_prev,
             )  # fmt: skip
-            if rows < batch:
-                factors[d][s, rows:] = 0
-                grads[d][s, rows:] = 0
             # d_h_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) @ (2H, H) and
             # (rows, H) @ (H, H)
-            rz_grads = first_rows(factor_steps[s], rows)[:, hidden:]
-            d_h_prev.addmm_(rz_grads, w_rz).addmm_(grad_s, w_n)
+            d_h_prev.addmm_(factor_steps[s][:, hidden:], w_rz).addmm_(grad_s, w_n)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import first_rows, first_rows_of, given, live_rows, step_views
+from .rows import given, previous_states, state_views, step_views
 
 
 class GateBlocks(NamedTuple):
@@ -40,11 +40,12 @@ class GateBlocks(NamedTuple):
     o: Tensor
 
 
-def gate_blocks(gates: Tensor, one_direction: bool) -> list[GateBlocks]:
-    """``gates (D, T, B, 4H)`` -> per step, its :class:`GateBlocks`."""
+def gate_blocks(gates: Tensor, batch_sizes: Sequence[int], one_direction: bool) -> list[GateBlocks]:
+    """``gates (D, N, 4H)`` -> per step, its :class:`GateBlocks` ``([D,] rows_s, *)``."""
     hidden = gates.shape[-1] // 4
     blocks = (gates, gates[..., : 2 * hidden], *gates.split(hidden, dim=-1))  # all, i_f, i, f, g, o
-    return [GateBlocks(*step) for step in zip(*(step_views(b, one_direction) for b in blocks))]
+    views = (step_views(b, batch_sizes, one_direction) for b in blocks)
+    return [GateBlocks(*step) for step in zip(*views)]
 
 
 def forward_rows(step_gates: GateBlocks, c_prev: Tensor, c: Tensor, out: Tensor) -> None:
@@ -69,7 +70,7 @@ def lstm_forward(
     w_proj: Tensor,
     cs: Tensor,
     hs: Tensor,
-    live: Sequence[int],
+    batch_sizes: Sequence[int],
     keep: bool,
     packed: bool,
     fused: bool,
@@ -81,12 +82,13 @@ def lstm_forward(
     GEMM for the recurrent product; the fused engine): here the gates are activated in place
     either way and the product is a plain GEMM, as the contract allows. With ``inputs`` the
     loop computes the input part itself, into ``gates``."""
-    for x, w, target in zip(inputs, w_in, gates):  # (T, B, I) @ (I, 4H) -> (T, B, 4H)
-        torch.matmul(x, w.t(), out=target)
-    directions, steps, batch, four_hidden = gates.shape
-    has_projection, every_cell = given(w_proj), cs.shape[1] > 1
+    for x, w, target in zip(inputs, w_in, gates):  # (N, I) @ (I, 4H) -> (N, 4H)
+        torch.mm(x, w.t(), out=target)
+    directions, _, four_hidden = gates.shape
+    batch = hs.shape[1] - gates.shape[1]
+    has_projection, every_cell = given(w_proj), cs.shape[1] > batch
     if given(bias):
-        gates += bias.view(directions, 1, 1, four_hidden)  # a = x W_ih^T + b, every step
+        gates += bias.view(directions, 1, four_hidden)  # a = x W_ih^T + b, every step
     # One direction: 2-D views and addmm_ (it adds in place; baddbmm_ on a strided view copies).
     one = directions == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
@@ -95,27 +97,25 @@ def lstm_forward(
     w_out = (w_proj[0] if one else w_proj) if has_projection else None  # ([D,] H, P)
     r = gates.new_empty(directions, batch, four_hidden // 4) if has_projection else None
     r = r[0] if has_projection and one else r  # ([D,] B, H)
-    gate_steps, h_steps, c_steps = gate_blocks(gates, one), step_views(hs, one), step_views(cs, one)
-    if not every_cell:
-        c_steps *= steps + 1  # one reused slot
-    for s in range(steps):
-        rows = live_rows(live, s, batch)
-        step_gates = first_rows_of(gate_steps[s], rows)  # ([D,] rows, 4H or H)
-        c_prev, c = first_rows(c_steps[s], rows), first_rows(c_steps[s + 1], rows)
-        h_next = first_rows(h_steps[s + 1], rows)  # ([D,] rows, P)
-        out = first_rows(r, rows) if has_projection else h_next
-        # += ([D,] rows, P) @ ([D,] P, 4H)
-        add_matmul(step_gates.all, first_rows(h_steps[s], rows), w)
-        forward_rows(step_gates, c_prev, c, out)
+    gate_steps = gate_blocks(gates, batch_sizes, one)
+    h_prev_steps, h_steps = state_views(hs, batch_sizes, one)
+    if every_cell:
+        c_prev_steps, c_steps = state_views(cs, batch_sizes, one)
+    else:  # one reused slot: a row that stops keeps its last cell, its c_n
+        slot = cs[0] if one else cs
+        c_prev_steps = c_steps = [slot.narrow(-2, 0, rows) for rows in batch_sizes]
+    for s, rows in enumerate(batch_sizes):
+        step_gates = gate_steps[s]  # ([D,] rows, 4H or H)
+        out = r.narrow(-2, 0, rows) if has_projection else h_steps[s]
+        add_matmul(step_gates.all, h_prev_steps[s], w)  # += ([D,] rows, P) @ ([D,] P, 4H)
+        forward_rows(step_gates, c_prev_steps[s], c_steps[s], out)
         if has_projection:
-            matmul(out, w_out, out=h_next)  # ([D,] rows, H) @ ([D,] H, P)
-        if rows < batch:
-            hs[:, s + 1, rows:] = 0
-            if every_cell:
-                cs[:, s + 1, rows:] = 0
+            matmul(out, w_out, out=h_steps[s])  # ([D,] rows, H) @ ([D,] H, P)
 
 
-def backward_factors(gates: Tensor, cs: Tensor, d_pre: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+def backward_factors(
+    gates: Tensor, cs: Tensor, d_pre: Tensor, r: Tensor, batch_sizes: Sequence[int]
+) -> tuple[Tensor, Tensor]:
     r"""The step-independent half of ``backward_rows``, for all steps at once:
 
     .. math::
@@ -124,15 +124,16 @@ def backward_factors(gates: Tensor, cs: Tensor, d_pre: Tensor, r: Tensor) -> tup
         r\_slope &= \partial r / \partial c = o (1 - \tanh^2 c), \qquad
         r = o \tanh(c) \ \text{(if asked)}
 
-    written into ``d_pre (D, T, B, 4H)`` (which may be ``gates`` itself: every gate is read
-    before its block is written). Returns ``(r_slope (D, T, B, H), f (D, T, B, H))``, ``f``
-    being a copy when ``d_pre`` overwrites the gates (the loop needs it for ``dc_prev = dc f``).
+    written into ``d_pre (D, N, 4H)`` (which may be ``gates`` itself: every gate is read
+    before its block is written), from the cells ``cs (D, B + N, H)``. Returns ``(r_slope (D,
+    N, H), f (D, N, H))``, ``f`` being a copy when ``d_pre`` overwrites the gates (the loop
+    needs it for ``dc_prev = dc f``).
     """
     hidden = cs.shape[-1]
-    steps = gates.shape[1]
-    i, f, g, o = gates.split(hidden, dim=-1)  # 4 x (D, T, B, H)
+    i, f, g, o = gates.split(hidden, dim=-1)  # 4 x (D, N, H)
     d_pre_i, d_pre_f, d_pre_g, d_pre_o = d_pre.split(hidden, dim=-1)
-    c_prev, c = cs[:, :steps], cs[:, 1:]
+    batch = cs.shape[1] - gates.shape[1]
+    c_prev, c = previous_states(cs, batch_sizes), cs[:, batch:]  # (D, N, H) each
     tanh_c = torch.tanh(c)
     r_slope = torch.addcmul(o, o, tanh_c.square(), value=-1)  # o (1 - tanh^2 c)
     if given(r):
@@ -154,21 +155,18 @@ def backward_rows(
     f: Tensor,
     d_r: Tensor,
     dc: Tensor,
-    dc_arrival: Tensor | None,
 ) -> None:
     r"""One step backward, the half that depends on the recurrence. ``d_r`` is the gradient
-    reaching ``r = o tanh(c)``; ``dc`` holds c_s's gradient on entry (plus ``dc_arrival``, the
-    c_n gradient entering at this step) and c_{s-1}'s on exit; ``d_pre_o ([D,] rows, H)`` and
-    ``d_pre_ifg ([D,] rows, 3, H)``, this step's blocks of ``d_pre``, hold its factors
-    (:func:`backward_factors`) on entry and the pre-activation gradients on exit:
+    reaching ``r = o tanh(c)``; ``dc`` holds c_s's gradient on entry (a row enters its last step
+    holding its c_n gradient: no earlier step touched it) and c_{s-1}'s on exit; ``d_pre_o
+    ([D,] rows, H)`` and ``d_pre_ifg ([D,] rows, 3, H)``, this step's blocks of ``d_pre``, hold
+    its factors (:func:`backward_factors`) on entry and the pre-activation gradients on exit:
 
     .. math::
         dc \mathrel{+}= d\_r \cdot r\_slope, \quad
         d\_pre_{i,f,g} \mathrel{*}= dc, \quad d\_pre_o \mathrel{*}= d\_r, \quad
         dc_{prev} = dc \, f
     """
-    if dc_arrival is not None:
-        dc.add_(dc_arrival)
     dc.addcmul_(d_r, r_slope)
     d_pre_o.mul_(d_r)
     d_pre_ifg.mul_(dc.unsqueeze(-2))
@@ -180,44 +178,40 @@ def lstm_backward(
     cs: Tensor,
     d_h: Tensor,
     dc: Tensor,
-    dc_arrivals: Tensor,
     w_rec: Tensor,
     w_proj: Tensor,
     d_pre: Tensor,
     r: Tensor,
-    live: Sequence[int],
+    batch_sizes: Sequence[int],
     fused: bool,
 ) -> None:
     """Backward (``backward_loop`` in C++; ``fused``, the C++ loop's engine switch, changes
     nothing here)."""
-    directions, steps, batch, four_hidden = gates.shape
+    directions, _, four_hidden = gates.shape
     hidden = four_hidden // 4
-    has_projection, arrivals = given(w_proj), given(dc_arrivals)
-    r_slope, f = backward_factors(gates, cs, d_pre, r)
+    has_projection = given(w_proj)
+    r_slope, f = backward_factors(gates, cs, d_pre, r, batch_sizes)
     one = directions == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
     matmul = torch.mm if one else torch.bmm
     w = w_rec[0] if one else w_rec  # ([D,] 4H, P)
     w_out = (w_proj[0] if one else w_proj) if has_projection else None  # ([D,] P, H)
     dc_rows = dc[0] if one else dc  # ([D,] B, H): the loop updates dc in place
-    d_pre_steps, d_h_steps = step_views(d_pre, one), step_views(d_h, one)
-    d_pre_o_steps = step_views(d_pre[..., 3 * hidden :], one)  # T x ([D,] B, H)
-    d_pre_ifg_steps = step_views(d_pre[..., : 3 * hidden].unflatten(-1, (3, hidden)), one)
-    r_slope_steps, f_steps = step_views(r_slope, one), step_views(f, one)
-    arrival_steps = step_views(dc_arrivals, one) if arrivals else None
-    for s in range(steps - 1, -1, -1):
-        rows = live_rows(live, s, batch)
-        d_h_s = first_rows(d_h_steps[s], rows)  # ([D,] rows, P)
+
+    def views(buffer: Tensor) -> list[Tensor]:
+        return step_views(buffer, batch_sizes, one)
+
+    d_pre_steps, d_h_steps = views(d_pre), views(d_h)
+    d_pre_o_steps = views(d_pre[..., 3 * hidden :])  # T x ([D,] rows, H)
+    d_pre_ifg_steps = views(d_pre[..., : 3 * hidden].unflatten(-1, (3, hidden)))
+    r_slope_steps, f_steps = views(r_slope), views(f)
+    for s in range(len(batch_sizes) - 1, -1, -1):
+        rows = batch_sizes[s]
+        d_h_s = d_h_steps[s]  # ([D,] rows, P)
         d_r = matmul(d_h_s, w_out) if has_projection else d_h_s  # ([D,] rows, P) @ ([D,] P, H)
-        arrival = first_rows(arrival_steps[s], rows) if arrivals else None
         backward_rows(
-            first_rows(d_pre_o_steps[s], rows), first_rows(d_pre_ifg_steps[s], rows, dim=-3),
-            first_rows(r_slope_steps[s], rows), first_rows(f_steps[s], rows), d_r,
-            first_rows(dc_rows, rows), arrival,
+            d_pre_o_steps[s], d_pre_ifg_steps[s], r_slope_steps[s], f_steps[s], d_r,
+            dc_rows.narrow(-2, 0, rows),
         )  # fmt: skip
-        if rows < batch:
-            d_pre[:, s, rows:] = 0
-            if given(r):
-                r[:, s, rows:] = 0
         if s > 0:  # d_h_{s-1} += d_pre_s @ W_hh: ([D,] rows, 4H) @ ([D,] 4H, P)
-            add_matmul(first_rows(d_h_steps[s - 1], rows), first_rows(d_pre_steps[s], rows), w)
+            add_matmul(d_h_steps[s - 1].narrow(-2, 0, rows), d_pre_steps[s], w)

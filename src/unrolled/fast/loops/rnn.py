@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .rows import first_rows, live_rows, step_views
+from .rows import state_views, step_views
 
 
 def activate_rows(h: Tensor, relu: bool) -> None:
@@ -28,26 +28,21 @@ def activate_rows(h: Tensor, relu: bool) -> None:
 
 
 def rnn_forward(
-    hs: Tensor, w_rec: Tensor, relu: bool, live: Sequence[int], fused: bool = False
+    hs: Tensor, w_rec: Tensor, relu: bool, batch_sizes: Sequence[int], fused: bool = False
 ) -> None:
-    """Forward: ``h_s = act(hs[s+1] + h_{s-1} @ W_hh^T)``, ``w_rec = W_hh^T (D, H, H)``.
+    """Forward: ``h_s = act(h_s's rows + h_{s-1} @ W_hh^T)``, ``w_rec = W_hh^T (D, H, H)``.
     ``fused`` (the C++ loop's engine switch) changes nothing here."""
-    directions, slots, batch = hs.shape[:3]
-    one = directions == 1
+    one = hs.shape[0] == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
     w = w_rec[0] if one else w_rec  # ([D,] H, H)
-    h_steps = step_views(hs, one)
-    for s in range(slots - 1):
-        rows = live_rows(live, s, batch)
-        h = first_rows(h_steps[s + 1], rows)  # ([D,] rows, H): x_s W_ih^T + b in, h_s out
-        add_matmul(h, first_rows(h_steps[s], rows), w)  # += ([D,] rows, H) @ ([D,] H, H)
+    h_prev_steps, h_steps = state_views(hs, batch_sizes, one)
+    for h_prev, h in zip(h_prev_steps, h_steps):  # ([D,] rows, H): x_s W_ih^T + b in, h_s out
+        add_matmul(h, h_prev, w)  # += ([D,] rows, H) @ ([D,] H, H)
         activate_rows(h, relu)
-        if rows < batch:
-            hs[:, s + 1, rows:] = 0
 
 
 def activation_slopes(states: Tensor, relu: bool) -> Tensor:
-    """``act'`` at every state ``(T, B, H)`` at once: ``1 - h^2`` for tanh; for ReLU, where the
+    """``act'`` at every state ``(N, H)`` at once: ``1 - h^2`` for tanh; for ReLU, where the
     gradient stops (``h <= 0``, as torch's threshold_backward: a NaN state passes it on)."""
     return states <= 0 if relu else 1 - states * states
 
@@ -65,22 +60,20 @@ def rnn_backward(
     grads: Sequence[Tensor],
     w_hh: Sequence[Tensor],
     relu: bool,
-    live: Sequence[int],
+    batch_sizes: Sequence[int],
     fused: bool = False,
 ) -> None:
-    """Backward: ``grads`` D x ``(T, B, H)`` holds the gradient reaching each h_s on entry and
+    """Backward: ``grads`` D x ``(N, H)`` holds the gradient reaching each h_s on entry and
     ``d_pre_s`` on exit (step s turns its own d_h_s into d_pre_s once the later steps have
     added to it); ``d_h_{s-1} += d_pre_s @ W_hh`` with ``w_hh`` D x ``(H, H)``."""
-    directions, slots, batch = hs.shape[:3]
-    for d in range(directions):
+    batch = batch_sizes[0] if len(batch_sizes) else 0
+    for d in range(hs.shape[0]):
         w = w_hh[d]  # (H, H)
-        slope_steps = activation_slopes(hs[d, 1:], relu).unbind(0)  # T x (B, H)
-        grad_steps = grads[d].unbind(0)
-        for s in range(slots - 2, -1, -1):
-            rows = live_rows(live, s, batch)
-            grad = first_rows(grad_steps[s], rows)  # (rows, H)
-            backward_rows(first_rows(slope_steps[s], rows), grad, relu)
-            if rows < batch:
-                grads[d][s, rows:] = 0
+        slopes = activation_slopes(hs[d, batch:], relu).unsqueeze(0)  # (1, N, H)
+        slope_steps = step_views(slopes, batch_sizes, True)  # T x (rows, H)
+        grad_steps = step_views(grads[d].unsqueeze(0), batch_sizes, True)
+        for s in range(len(batch_sizes) - 1, -1, -1):
+            grad = grad_steps[s]  # (rows, H)
+            backward_rows(slope_steps[s], grad, relu)
             if s > 0:  # d_h_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
-                first_rows(grad_steps[s - 1], rows).addmm_(grad, w)
+                grad_steps[s - 1].narrow(0, 0, batch_sizes[s]).addmm_(grad, w)

@@ -1,10 +1,11 @@
-"""What the Python loops share with ``native/common.h``: optional buffers and live rows."""
+"""What the Python loops share with ``native/common.h``: optional buffers and where each step's
+rows lie in the packed step-major buffers (the layout of :mod:`unrolled.fast.layer`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, TypeVar
 
+import torch
 from torch import Tensor
 
 
@@ -14,32 +15,53 @@ def given(tensor: Tensor | None) -> bool:
     return tensor is not None and tensor.numel() > 0
 
 
-def live_rows(live: Sequence[int], step: int, batch: int) -> int:
-    """Rows advancing at ``step``: all of ``batch``, or ``live[step]`` (a batch sorted by length,
-    longest first)."""
-    return live[step] if len(live) else batch
+def offsets(batch_sizes: Sequence[int]) -> list[int]:
+    """``T + 1`` row offsets: step ``s``'s rows are ``[offsets[s], offsets[s + 1])`` of an
+    ``(N, X)`` buffer."""
+    out = [0]
+    for rows in batch_sizes:
+        out.append(out[-1] + rows)
+    return out
 
 
-def step_views(buffer: Tensor, one_direction: bool) -> list[Tensor]:
-    """``(D, S, B, X)`` -> its ``S`` per-step views ``([D,] B, X)``, made once before a loop
+def step_views(buffer: Tensor, batch_sizes: Sequence[int], one_direction: bool) -> list[Tensor]:
+    """``(D, N, X)`` -> its ``T`` per-step views ``([D,] rows_s, X)``, made once before a loop
     (making a view costs about as much as a small step's arithmetic). One direction drops the
     direction dim, so that the loop can use 2-D matmuls (addmm_ adds in place, baddbmm_ on a
     strided view first copies)."""
-    return list(buffer[0].unbind(0)) if one_direction else list(buffer.unbind(1))
+    source = buffer[0] if one_direction else buffer
+    dim = 0 if one_direction else 1
+    starts = offsets(batch_sizes)
+    return [source.narrow(dim, start, rows) for start, rows in zip(starts, batch_sizes)]
 
 
-def first_rows(view: Tensor, rows: int, dim: int = -2) -> Tensor:
-    """The first ``rows`` batch rows (dim ``dim``) of a step view ``([D,] B, X)`` (the view
-    itself when that is all of them)."""
-    return view if rows == view.shape[dim] else view.narrow(dim, 0, rows)
+def state_views(
+    states: Tensor, batch_sizes: Sequence[int], one_direction: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """States ``(D, B + N, X)`` -> per step, the views ``([D,] rows_s, X)`` of the state it
+    starts from (the first ``rows_s`` rows of the block step ``s - 1`` wrote, or of ``h_0``) and
+    of the state it writes."""
+    source = states[0] if one_direction else states
+    dim = 0 if one_direction else 1
+    batch = batch_sizes[0] if len(batch_sizes) else 0
+    starts = offsets(batch_sizes)
+    previous = [source.narrow(dim, 0 if s == 0 else batch + starts[s - 1], rows)
+                for s, rows in enumerate(batch_sizes)]  # fmt: skip
+    following = [source.narrow(dim, batch + starts[s], rows) for s, rows in enumerate(batch_sizes)]
+    return previous, following
 
 
-Blocks = TypeVar("Blocks", bound=NamedTuple)
-
-
-def first_rows_of(blocks: Blocks, rows: int) -> Blocks:
-    """A step's named views ``([D,] B, X)`` each cut to its first ``rows`` batch rows (the views
-    themselves when that is all of them)."""
-    if rows == blocks[0].shape[-2]:
-        return blocks
-    return type(blocks)(*(first_rows(view, rows) for view in blocks))
+def previous_states(states: Tensor, batch_sizes: Sequence[int]) -> Tensor:
+    """States ``(..., B + N, X)`` -> ``(..., N, X)``: for every packed row, the state its step
+    started from (a view for a full batch, else one gather), for the backward's factors that
+    need it at all steps at once."""
+    batch = batch_sizes[0] if len(batch_sizes) else 0
+    total = sum(batch_sizes)
+    if all(rows == batch for rows in batch_sizes):
+        return states.narrow(-2, 0, total)
+    starts = offsets(batch_sizes)
+    sizes = torch.tensor(list(batch_sizes))  # (T,)
+    first = torch.tensor([0] + [batch + start for start in starts[:-2]])  # (T,) h_{s-1}'s row
+    step = torch.repeat_interleave(torch.arange(len(batch_sizes)), sizes)  # (N,)
+    index = first[step] + torch.arange(total) - torch.tensor(starts[:-1])[step]  # (N,)
+    return states.index_select(-2, index.to(states.device))

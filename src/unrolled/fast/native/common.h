@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 // Tells the compiler that the iterations of the next loop are independent (they are: every
 // loop below reads and writes element j only), so it vectorises despite the many pointers.
@@ -193,10 +194,34 @@ inline void for_rows(int64_t rows, int64_t elements_per_row, const F& body) {
   }
 }
 
-// Live rows at step s: all of `batch`, or live[s] (batch sorted by length, longest first).
-inline int64_t live_rows(at::IntArrayRef live, int64_t step, int64_t batch) {
-  return live.empty() ? batch : live[step];
-}
+// Where each step's rows lie in a layer's packed step-major buffers (the layout of
+// `unrolled/fast/layer.py`): step s advances the first batch_sizes[s] rows of the batch (sorted
+// longest first), found at row at(s) = batch_sizes[0] + ... + batch_sizes[s-1] of an (N, X)
+// buffer; in an (B + N, X) state buffer its previous state starts at row previous(s) (h_0 at
+// row 0, else the block step s-1 wrote) and its new state at row next(s) = B + at(s). A full
+// batch is batch_sizes = [B] * T: at(s) = s * B, one layout for both.
+class Steps {
+ public:
+  explicit Steps(at::IntArrayRef batch_sizes)
+      : sizes_(batch_sizes), offsets_(batch_sizes.size() + 1, 0) {
+    for (size_t s = 0; s < sizes_.size(); ++s) offsets_[s + 1] = offsets_[s] + sizes_[s];
+  }
+  int64_t count() const { return static_cast<int64_t>(sizes_.size()); }  // T
+  int64_t batch() const { return sizes_.empty() ? 0 : sizes_[0]; }  // B
+  int64_t total() const { return offsets_.back(); }  // N
+  int64_t rows(int64_t s) const { return sizes_[s]; }
+  int64_t at(int64_t s) const { return offsets_[s]; }
+  int64_t previous(int64_t s) const { return s == 0 ? 0 : batch() + offsets_[s - 1]; }
+  int64_t next(int64_t s) const { return batch() + offsets_[s]; }
+  // Every step advances the whole batch (no sequence ends early).
+  bool uniform() const {
+    return std::all_of(sizes_.begin(), sizes_.end(), [&](int64_t n) { return n == batch(); });
+  }
+
+ private:
+  at::IntArrayRef sizes_;
+  std::vector<int64_t> offsets_;
+};
 
 // A (rows, cols) row-major matrix at `data` as a tensor, for the GEMMs. Built straight from the
 // pointer: slicing the buffers with select/narrow per step would go through the dispatcher and
@@ -214,12 +239,6 @@ inline void add_matmul_(Tensor& out, const Tensor& a, const Tensor& b) {
 // out = a @ b
 inline void matmul_into(Tensor& out, const Tensor& a, const Tensor& b) {
   at::cpu::mm_out(out, a, b);
-}
-
-// Rows [rows, batch) of a (batch, width) block set to zero.
-template <typename T>
-inline void zero_rows(T* block, int64_t rows, int64_t batch, int64_t width) {
-  if (rows < batch) std::memset(block + rows * width, 0, (batch - rows) * width * sizeof(T));
 }
 
 // MKL's packed GEMM, where this torch build has it (x86 builds with MKL register the ops

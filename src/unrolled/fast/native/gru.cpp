@@ -108,8 +108,8 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* d_h, T*
   }
 }
 
-// Direction d's pointers into the forward's buffers (the GRU buffer contract): xw (T, B, 3H),
-// hh (T or 1, B, 3H), ns (T or 1, B, H), hs (T+1, B, H), b_ih and b_hh (3H,) each (zeros
+// Direction d's pointers into the forward's buffers (the GRU buffer contract): xw (N, 3H),
+// hh (N or B, 3H), ns (N or B, H), hs (B + N, H), b_ih and b_hh (3H,) each (zeros
 // without bias).
 template <typename T>
 std::tuple<const T*, T*, T*, T*, const T*, const T*> forward_views(
@@ -125,37 +125,37 @@ std::tuple<const T*, T*, T*, T*, const T*, const T*> forward_views(
 // each (3H,), or empty (bias=False).
 template <typename T>
 void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Tensor& w_rec,
-                  at::TensorList biases, at::IntArrayRef live) {
-  const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
-  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden;
-  const bool every_step = hh.size(1) > 1;  // kept for the backward, or one reused slot
+                  at::TensorList biases, const Steps& steps) {
+  const int64_t directions = xw.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
+  // Kept for the backward, or one reused slot.
+  const bool every_step = hh.size(1) > batch;
   const auto options = xw.options();
   const Tensor zeros = biases.empty() ? at::zeros({gate_rows}, options) : Tensor();
   for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
     const Tensor w = w_rec.select(0, d);  // (H, 3H)
     const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
         forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t rows = live_rows(live, s, batch);
-      const int64_t slot = every_step ? s : 0;
-      T* hh_s = hh_base + slot * batch * gate_rows;
-      T* n_s = n_base + slot * batch * hidden;
-      T* h_prev = h_base + s * batch * hidden;
-      T* h = h_prev + batch * hidden;
+    for (int64_t s = 0; s < steps.count(); ++s) {
+      const int64_t rows = steps.rows(s);
+      const int64_t slot = every_step ? steps.at(s) : 0;
+      T* hh_s = hh_base + slot * gate_rows;
+      T* n_s = n_base + slot * hidden;
+      T* h_prev = h_base + steps.previous(s) * hidden;
+      T* h = h_base + steps.next(s) * hidden;
       Tensor hh_live = matrix(hh_s, rows, gate_rows, options);
       matmul_into(hh_live, matrix(h_prev, rows, hidden, options), w);  // (rows,H) @ (H,3H)
       for_rows(rows, gate_rows, [&](int64_t first, int64_t last) {
-        forward_rows<T, false>(x_base + s * batch * gate_rows, hh_s, nullptr, 0, 0, b_ih, b_hh,
-                               n_s, h_prev, h, first, last, 0, hidden, hidden);
+        forward_rows<T, false>(x_base + steps.at(s) * gate_rows, hh_s, nullptr, 0, 0, b_ih,
+                               b_hh, n_s, h_prev, h, first, last, 0, hidden, hidden);
       });
-      zero_rows(h, rows, batch, hidden);
     }
   });
 }
 
-// Direction d's pointers into the backward's buffers (the GRU buffer contract): hh (T, B, 3H),
-// ns (T, B, H), hs (T+1, B, H), grads[d] (T, B, H: d_h_s in, d_a out), factors[d] (T, B, 3H:
-// [n_x, r, z]), d_h0 (B, H).
+// Direction d's pointers into the backward's buffers (the GRU buffer contract): hh (N, 3H),
+// ns (N, H), hs (B + N, H), grads[d] (N, H: d_h_s in, d_a out), factors[d] (N, 3H: [n_x, r,
+// z]), d_h0 (B, H).
 template <typename T>
 std::tuple<const T*, const T*, const T*, T*, T*, T*> backward_views(
     const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
@@ -165,9 +165,9 @@ std::tuple<const T*, const T*, const T*, T*, T*, T*> backward_views(
           d_h0.select(0, d).data_ptr<T>()};
 }
 
-// Backward. grads, D x (T, B, H), holds the gradient reaching each h_s (from the output and
+// Backward. grads, D x (N, H), holds the gradient reaching each h_s (from the output and
 // h_n) on entry and d_a (n_h: what W_hn, b_hn saw) on exit: step s turns its own d_h_s into
-// d_a in place once the later steps have added to it. factors, D x (T, B, 3H), gets [n_x, r,
+// d_a in place once the later steps have added to it. factors, D x (N, 3H), gets [n_x, r,
 // z] per step; it may be hh's own storage (hh[d]), overwritten step by step once read. One
 // buffer per direction and kind, so that each can be freed as soon as it is spent: d_a after
 // d_W_hh, the factors after the input side. d_h0 (D, B, H) gets the gradient of h_0. w_hh:
@@ -176,27 +176,26 @@ std::tuple<const T*, const T*, const T*, T*, T*, T*> backward_views(
 template <typename T>
 void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
                    at::TensorList w_hh, at::TensorList factors, Tensor& d_h0,
-                   at::IntArrayRef live) {
-  const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
-  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
+                   const Steps& steps) {
+  const int64_t directions = hh.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
   const auto options = hh.options();
   for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
     const Tensor w_rz = w_hh[d].narrow(0, 0, 2 * hidden);  // (2H, H)
     const Tensor w_n = w_hh[d].narrow(0, 2 * hidden, hidden);  // (H, H)
     const auto [hh_base, n_base, h_base, grad_base, f_base, d_h0_base] =
         backward_views<T>(hh, ns, hs, grads, factors, d_h0, d);
-    std::memset(d_h0_base, 0, step * sizeof(T));
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t rows = live_rows(live, s, batch);
-      T* f_s = f_base + s * batch * gate_rows;
-      T* grad_s = grad_base + s * step;
-      T* d_h_prev = s > 0 ? grad_s - step : d_h0_base;
+    std::memset(d_h0_base, 0, batch * hidden * sizeof(T));
+    for (int64_t s = steps.count() - 1; s >= 0; --s) {
+      const int64_t rows = steps.rows(s);
+      T* f_s = f_base + steps.at(s) * gate_rows;
+      T* grad_s = grad_base + steps.at(s) * hidden;
+      T* d_h_prev = s > 0 ? grad_base + steps.at(s - 1) * hidden : d_h0_base;
       for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-        backward_rows<T>(hh_base + s * batch * gate_rows, n_base + s * step, h_base + s * step,
-                         grad_s, f_s, grad_s, d_h_prev, first, last, 0, hidden, hidden);
+        backward_rows<T>(hh_base + steps.at(s) * gate_rows, n_base + steps.at(s) * hidden,
+                         h_base + steps.previous(s) * hidden, grad_s, f_s, grad_s, d_h_prev,
+                         first, last, 0, hidden, hidden);
       });
-      zero_rows(f_s, rows, batch, gate_rows);
-      zero_rows(grad_s, rows, batch, hidden);
       // d_h_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) (row stride 3H) @
       // (2H, H) and (rows, H) @ (H, H)
       Tensor target = matrix(d_h_prev, rows, hidden, options);
@@ -215,12 +214,12 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
 template <typename T>
 void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
                         const Tensor& w_rec, const Tensor& zeros, at::TensorList biases,
-                        at::IntArrayRef live) {
+                        const Steps& steps) {
   using L = engine::Layout<T, 3>;
   using C = engine::Chunks<T, 3>;
-  const int64_t directions = xw.size(0), steps = xw.size(1), batch = xw.size(2);
-  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, panels = L::panels(hidden);
-  const bool every_step = hh.size(1) > 1;
+  const int64_t directions = xw.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), gate_rows = 3 * hidden, panels = L::panels(hidden);
+  const bool every_step = hh.size(1) > batch;
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * gate_rows,
@@ -232,17 +231,15 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
                                   p0, p1, panel_base, hidden * L::columns);
         const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
             forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
-        const int64_t first_unit = p0 * L::units;
-        const int64_t last_unit = std::min(p1 * L::units, hidden);
         alignas(64) T tile[C::scratch];
-        for (int64_t s = 0; s < steps; ++s) {
-          const int64_t rows = live_rows(live, s, batch);
-          const int64_t slot = every_step ? s : 0;
-          const T* x_s = x_base + s * batch * gate_rows;
-          T* hh_s = hh_base + slot * batch * gate_rows;
-          T* n_s = n_base + slot * batch * hidden;
-          const T* h_prev = h_base + s * batch * hidden;
-          T* h = h_base + (s + 1) * batch * hidden;
+        for (int64_t s = 0; s < steps.count(); ++s) {
+          const int64_t rows = steps.rows(s);
+          const int64_t slot = every_step ? steps.at(s) : 0;
+          const T* x_s = x_base + steps.at(s) * gate_rows;
+          T* hh_s = hh_base + slot * gate_rows;
+          T* n_s = n_base + slot * hidden;
+          const T* h_prev = h_base + steps.previous(s) * hidden;
+          T* h = h_base + steps.next(s) * hidden;
           engine::for_chunks<T, 3>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
                                                             int64_t unit_end) {
             const int64_t units = unit_end - unit;
@@ -257,9 +254,6 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
                                     unit + units, hidden);
             });
           });
-          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
-            std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
-          }
           barrier.wait();  // h_s complete: the next step reads all of it
         }
       });
@@ -272,10 +266,10 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
 template <typename T>
 void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
                          at::TensorList grads, at::TensorList w_hh, at::TensorList factors,
-                         Tensor& d_h0, at::IntArrayRef live) {
+                         Tensor& d_h0, const Steps& steps) {
   using L = engine::Layout<T, 1>;
-  const int64_t directions = hh.size(0), steps = hh.size(1), batch = hh.size(2);
-  const int64_t hidden = hs.size(3), gate_rows = 3 * hidden, step = batch * hidden;
+  const int64_t directions = hh.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
   const int64_t panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, gate_rows, L::columns);
   engine::for_direction_shares(
@@ -293,20 +287,14 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
         for (int64_t b = 0; b < batch; ++b) {
           std::fill(d_h0_base + b * hidden + first_unit, d_h0_base + b * hidden + last_unit, T(0));
         }
-        for (int64_t s = steps - 1; s >= 0; --s) {
-          const int64_t rows = live_rows(live, s, batch);
-          T* f_s = f_base + s * batch * gate_rows;
-          T* grad_s = grad_base + s * step;
-          T* d_h_prev = s > 0 ? grad_s - step : d_h0_base;
-          backward_rows<T>(hh_base + s * batch * gate_rows, n_base + s * step, h_base + s * step,
-                           grad_s, f_s, grad_s, d_h_prev, 0, rows, first_unit, last_unit, hidden);
-          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
-            for (int64_t g = 0; g < 3; ++g) {
-              T* row = f_s + b * gate_rows + g * hidden;
-              std::fill(row + first_unit, row + last_unit, T(0));
-            }
-            std::fill(grad_s + b * hidden + first_unit, grad_s + b * hidden + last_unit, T(0));
-          }
+        for (int64_t s = steps.count() - 1; s >= 0; --s) {
+          const int64_t rows = steps.rows(s);
+          T* f_s = f_base + steps.at(s) * gate_rows;
+          T* grad_s = grad_base + steps.at(s) * hidden;
+          T* d_h_prev = s > 0 ? grad_base + steps.at(s - 1) * hidden : d_h0_base;
+          backward_rows<T>(hh_base + steps.at(s) * gate_rows, n_base + steps.at(s) * hidden,
+                           h_base + steps.previous(s) * hidden, grad_s, f_s, grad_s, d_h_prev, 0,
+                           rows, first_unit, last_unit, hidden);
           barrier.wait();  // [d_pre_r, d_pre_z] and d_a of step s complete
           // d_h_{s-1}[:, its units] += [d_pre_r, d_pre_z, d_a]_s @ W_hh[:, its units]: (rows, 3H)
           // @ (3H, units), the first two from the factors, d_a from the grads
@@ -318,7 +306,7 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
 }
 
 void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor& w_rec,
-                 at::TensorList biases, at::IntArrayRef live, bool fused) {
+                 at::TensorList biases, at::IntArrayRef batch_sizes, bool fused) {
   TORCH_CHECK(xw.is_contiguous() && hh.is_contiguous() && ns.is_contiguous() &&
                   hs.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -326,22 +314,28 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor
               "unrolled native GRU: biases must be empty or (b_ih, b_hh) per direction, got ",
               biases.size(), " tensors for ", xw.size(0), " directions");
   for (const Tensor& b : biases) {
-    TORCH_CHECK(b.is_contiguous() && b.numel() == 3 * hs.size(3),
+    TORCH_CHECK(b.is_contiguous() && b.numel() == 3 * hs.size(2),
                 "unrolled native GRU: each bias must be contiguous (3H,)");
   }
+  const Steps steps(batch_sizes);
+  TORCH_CHECK(hs.dim() == 3 && hs.size(1) == steps.batch() + steps.total() &&
+                  xw.size(1) == steps.total(),
+              "unrolled native GRU: xw must be (D, N, 3H) and hs (D, B + N, H) for batch_sizes "
+              "summing to N, got ", xw.sizes(), " and ", hs.sizes(), " for B=", steps.batch(),
+              ", N=", steps.total());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
     if (fused) {
-      const Tensor zeros = at::zeros({3 * hs.size(3)}, xw.options());
-      fused_forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, zeros, biases, live);
+      const Tensor zeros = at::zeros({3 * hs.size(2)}, xw.options());
+      fused_forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, zeros, biases, steps);
     } else {
-      forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, live);
+      forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, steps);
     }
   });
 }
 
 void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
                   at::TensorList w_hh, at::TensorList factors, Tensor d_h0,
-                  at::IntArrayRef live, bool fused) {
+                  at::IntArrayRef batch_sizes, bool fused) {
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
                   d_h0.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -351,11 +345,17 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
   for (const Tensor& f : factors) {
     TORCH_CHECK(f.is_contiguous(), "unrolled native GRU: factors must be contiguous");
   }
+  const Steps steps(batch_sizes);
+  TORCH_CHECK(hs.dim() == 3 && hs.size(1) == steps.batch() + steps.total() &&
+                  hh.size(1) == steps.total(),
+              "unrolled native GRU: hh must be (D, N, 3H) and hs (D, B + N, H) for the backward, "
+              "got ", hh.sizes(), " and ", hs.sizes(), " for B=", steps.batch(), ", N=",
+              steps.total());
   AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
     if (fused) {
-      fused_backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, live);
+      fused_backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, steps);
     } else {
-      backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, live);
+      backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, steps);
     }
   });
 }
@@ -365,9 +365,9 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
-        "Tensor[] biases, int[] live, bool fused) -> ()",
+        "Tensor[] biases, int[] batch_sizes, bool fused) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, "
-        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] live, bool fused) -> ()",
+        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] batch_sizes, bool fused) -> ()",
         &unrolled::gru_backward);
 }

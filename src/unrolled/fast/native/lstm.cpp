@@ -86,8 +86,8 @@ void forward_rows(T* gates, const T* extra, int64_t extra_row, int64_t extra_gat
 
 // One step backward, rows [first_row, last_row) and hidden units [first_unit, last_unit).
 // `d_r` is the gradient reaching r = o * tanh(c) (d_h, or d_h @ W_hr); `dc` holds c_s's
-// gradient on entry (plus `dc_arrival`, the c_n gradient entering at this step) and
-// c_{s-1}'s on exit:
+// gradient on entry and c_{s-1}'s on exit (a row enters its last step holding its c_n
+// gradient: no earlier step touched it):
 //   dc      += d_r * o * (1 - tanh(c)^2)
 //   d_pre_o  = d_r * tanh(c) * o (1 - o)     d_pre_i = dc * g * i (1 - i)
 //   d_pre_f  = dc * c_prev * f (1 - f)       d_pre_g = dc * i * (1 - g^2)
@@ -95,8 +95,8 @@ void forward_rows(T* gates, const T* extra, int64_t extra_row, int64_t extra_gat
 // into d_pre in torch's gate order; `r` (nullable) gets o * tanh(c). Every input of element j
 // is read before any output is written, so d_pre may be the gates' own block.
 template <typename T>
-void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T* dc,
-                   const T* dc_arrival, T* d_pre, T* r, int64_t first_row, int64_t last_row,
+void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T* dc, T* d_pre,
+                   T* r, int64_t first_row, int64_t last_row,
                    int64_t first_unit, int64_t last_unit, int64_t hidden) {
   const int64_t units = last_unit - first_unit;
   for (int64_t b = first_row; b < last_row; ++b) {
@@ -112,7 +112,6 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
     const T* c_prev_row = c_prev + at;
     const T* c_row = c + at;
     const T* d_r_row = d_r + at;
-    const T* arrival_row = dc_arrival == nullptr ? nullptr : dc_arrival + at;
     T* dc_row = dc + at;
     T* r_row = r == nullptr ? nullptr : r + at;
     UNROLLED_VECTOR_LOOP
@@ -120,7 +119,7 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
       const T i_j = i[j], f_j = f[j], g_j = g[j], o_j = o[j];
       const T tanh_c = tanh(c_row[j]);
       const T d_r_j = d_r_row[j];
-      T dc_j = dc_row[j] + (arrival_row == nullptr ? T(0) : arrival_row[j]);
+      T dc_j = dc_row[j];
       dc_j += d_r_j * o_j * (T(1) - tanh_c * tanh_c);
       if (r_row != nullptr) r_row[j] = o_j * tanh_c;
       d_pre_o[j] = d_r_j * tanh_c * o_j * (T(1) - o_j);
@@ -136,16 +135,15 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
 template <typename T>
 void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tensor& w_rec,
                        const Tensor& w_proj, Tensor& cs, Tensor& hs, Tensor& r,
-                       at::IntArrayRef live, bool keep, bool packed_product) {
-  const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
-  const int64_t out_size = hs.size(3);
-  const bool has_projection = given(w_proj), every_cell = cs.size(1) > 1;
+                       const Steps& steps, bool keep, bool packed_product) {
+  const int64_t batch = steps.batch(), hidden = cs.size(2), out_size = hs.size(2);
+  const bool has_projection = given(w_proj), every_cell = cs.size(1) > batch;
   const auto options = gates.options();
   const Tensor w = w_rec.select(0, d);  // (P, 4H)
   const Tensor w_out = has_projection ? w_proj.select(0, d) : Tensor();  // (H, P)
-  T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
-  T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
-  T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, P)
+  T* gate_base = gates.select(0, d).data_ptr<T>();  // (N, 4H)
+  T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N or B, H)
+  T* h_base = hs.select(0, d).data_ptr<T>();  // (B + N, P)
   T* r_ptr = has_projection ? r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
   const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
   // The plan's packed variant: MKL's packed GEMM (packed once here) computes each step's
@@ -154,13 +152,13 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
   const PackedGemm* packed = packed_product ? packed_gemm() : nullptr;
   const Tensor w_rows = packed ? w.t().contiguous() : Tensor();  // W_hh (4H, P)
   const Tensor w_packed = packed ? packed->reorder.call(w_rows, batch) : Tensor();
-  for (int64_t s = 0; s < steps; ++s) {
-    const int64_t rows = live_rows(live, s, batch);
-    T* gate_ptr = gate_base + s * batch * 4 * hidden;
-    T* h_prev = h_base + s * batch * out_size;
-    T* h_next = h_prev + batch * out_size;
-    T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
-    T* c = every_cell ? c_prev + batch * hidden : c_prev;  // slot s+1, or the same slot
+  for (int64_t s = 0; s < steps.count(); ++s) {
+    const int64_t rows = steps.rows(s);
+    T* gate_ptr = gate_base + steps.at(s) * 4 * hidden;
+    T* h_prev = h_base + steps.previous(s) * out_size;
+    T* h_next = h_base + steps.next(s) * out_size;
+    T* c_prev = every_cell ? c_base + steps.previous(s) * hidden : c_base;
+    T* c = every_cell ? c_base + steps.next(s) * hidden : c_base;  // or the same slot
     T* out = has_projection ? r_ptr : h_next;
     const Tensor h = matrix(h_prev, rows, out_size, options);  // (rows, P)
     Tensor product;  // (B, 4H), packed GEMM only
@@ -189,66 +187,58 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
       Tensor h_new = matrix(h_next, rows, out_size, options);
       matmul_into(h_new, matrix(r_ptr, rows, hidden, options), w_out);  // (rows, H) @ (H, P)
     }
-    zero_rows(h_next, rows, batch, out_size);
-    if (every_cell) zero_rows(c, rows, batch, hidden);
   }
 }
 
 template <typename T>
 void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor& cs, Tensor& hs, at::IntArrayRef live, bool keep, bool packed) {
-  const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
-  Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
+                  Tensor& cs, Tensor& hs, const Steps& steps, bool keep, bool packed) {
+  const int64_t directions = hs.size(0), batch = steps.batch(), hidden = cs.size(2);
+  Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, hs.options()) : Tensor();
   // No bias (bias=False): zeros, so the loop has one shape.
   const Tensor b =
-      given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, gates.options());
-  for_directions(directions, gates.size(2) * hs.size(3) * 4 * hidden, [&](int64_t d) {
-    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, live, keep, packed);
+      given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, hs.options());
+  for_directions(directions, batch * hs.size(2) * 4 * hidden, [&](int64_t d) {
+    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, steps, keep, packed);
   });
 }
 
 // The backward time loop of direction d.
 template <typename T>
 void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor& d_h,
-                        Tensor& dc, const Tensor& dc_arrivals, const Tensor& w_rec,
-                        const Tensor& w_proj, Tensor& d_pre, Tensor& r, Tensor& d_r,
-                        at::IntArrayRef live) {
-  const int64_t steps = gates.size(1), batch = gates.size(2), hidden = gates.size(3) / 4;
-  const int64_t out_size = d_h.size(3);
-  const bool has_projection = given(w_proj), arrivals = given(dc_arrivals), keep_r = given(r);
+                        Tensor& dc, const Tensor& w_rec, const Tensor& w_proj, Tensor& d_pre,
+                        Tensor& r, Tensor& d_r, const Steps& steps) {
+  const int64_t hidden = cs.size(2), out_size = d_h.size(2);
+  const bool has_projection = given(w_proj), keep_r = given(r);
   const auto options = gates.options();
-  const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
   const Tensor w = w_rec.select(0, d);  // (4H, P)
   const Tensor w_out = has_projection ? w_proj.select(0, d) : Tensor();  // (P, H)
-  const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
-  const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-  T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (T, B, P)
+  const T* gate_base = gates.select(0, d).data_ptr<T>();  // (N, 4H)
+  const T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N, H)
+  T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (N, P)
   T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
-  const T* arrival_base = arrivals ? dc_arrivals.select(0, d).data_ptr<T>() : nullptr;
-  T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
-  T* r_base = keep_r ? r.select(0, d).data_ptr<T>() : nullptr;  // (T, B, H)
+  T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (N, 4H)
+  T* r_base = keep_r ? r.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
   T* d_r_buffer = has_projection ? d_r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
-  for (int64_t s = steps - 1; s >= 0; --s) {
-    const int64_t rows = live_rows(live, s, batch);
-    T* d_h_s = d_h_base + s * batch * out_size;
+  for (int64_t s = steps.count() - 1; s >= 0; --s) {
+    const int64_t rows = steps.rows(s);
+    T* d_h_s = d_h_base + steps.at(s) * out_size;
     if (has_projection) {
       Tensor d_r_live = matrix(d_r_buffer, rows, hidden, options);
       matmul_into(d_r_live, matrix(d_h_s, rows, out_size, options), w_out);  // (rows,P) @ (P,H)
     }
     const T* d_r_ptr = has_projection ? d_r_buffer : d_h_s;
-    const T* gate_ptr = gate_base + s * gate_step;
-    const T* c_prev = c_base + s * cell_step;
-    const T* arrival = arrivals ? arrival_base + s * cell_step : nullptr;
-    T* d_pre_ptr = d_pre_base + s * gate_step;
-    T* r_ptr = keep_r ? r_base + s * cell_step : nullptr;
+    const T* gate_ptr = gate_base + steps.at(s) * 4 * hidden;
+    const T* c_prev = c_base + steps.previous(s) * hidden;
+    const T* c = c_base + steps.next(s) * hidden;
+    T* d_pre_ptr = d_pre_base + steps.at(s) * 4 * hidden;
+    T* r_ptr = keep_r ? r_base + steps.at(s) * hidden : nullptr;
     for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-      backward_rows<T>(gate_ptr, c_prev, c_prev + cell_step, d_r_ptr, dc_ptr, arrival,
-                       d_pre_ptr, r_ptr, first, last, 0, hidden, hidden);
+      backward_rows<T>(gate_ptr, c_prev, c, d_r_ptr, dc_ptr, d_pre_ptr, r_ptr, first, last, 0,
+                       hidden, hidden);
     });
-    zero_rows(d_pre_ptr, rows, batch, 4 * hidden);
-    if (keep_r) zero_rows(r_ptr, rows, batch, hidden);
     if (s > 0) {  // d_h_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
-      Tensor d_h_prev = matrix(d_h_s - batch * out_size, rows, out_size, options);
+      Tensor d_h_prev = matrix(d_h_base + steps.at(s - 1) * out_size, rows, out_size, options);
       add_matmul_(d_h_prev, matrix(d_pre_ptr, rows, 4 * hidden, options), w);
     }
   }
@@ -256,12 +246,12 @@ void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor
 
 template <typename T>
 void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
-                   const Tensor& dc_arrivals, const Tensor& w_rec, const Tensor& w_proj,
-                   Tensor& d_pre, Tensor& r, at::IntArrayRef live) {
-  const int64_t directions = gates.size(0), batch = gates.size(2), hidden = gates.size(3) / 4;
-  Tensor d_r = given(w_proj) ? at::empty({directions, batch, hidden}, gates.options()) : Tensor();
-  for_directions(directions, gates.size(2) * d_h.size(3) * 4 * hidden, [&](int64_t d) {
-    backward_direction<T>(d, gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, d_r, live);
+                   const Tensor& w_rec, const Tensor& w_proj, Tensor& d_pre, Tensor& r,
+                   const Steps& steps) {
+  const int64_t directions = d_h.size(0), batch = steps.batch(), hidden = cs.size(2);
+  Tensor d_r = given(w_proj) ? at::empty({directions, batch, hidden}, d_h.options()) : Tensor();
+  for_directions(directions, batch * d_h.size(2) * 4 * hidden, [&](int64_t d) {
+    backward_direction<T>(d, gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, d_r, steps);
   });
 }
 
@@ -273,15 +263,15 @@ void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& d
 // meets once per step, when h_s is complete.
 template <typename T, bool keep>
 void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, Tensor& cs,
-                        Tensor& hs, at::IntArrayRef live, at::TensorList inputs,
+                        Tensor& hs, const Steps& steps, at::TensorList inputs,
                         at::TensorList w_in) {
   using L = engine::Layout<T, 4>;
   using C = engine::Chunks<T, 4>;
-  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
-  const int64_t hidden = hs.size(3), panels = L::panels(hidden);
-  const int64_t input_size = inputs[0].size(2);
+  const int64_t directions = hs.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), panels = L::panels(hidden);
+  const int64_t input_size = inputs[0].size(1);
   const int64_t depth = input_size + hidden;
-  const bool every_cell = cs.size(1) > 1;
+  const bool every_cell = cs.size(1) > batch;
   // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is W_hh^T (D, H, 4H), w_in
   // D x W_ih (4H, I), any strides.
   T* packed = engine::packing_room<T>(directions, panels, depth, L::columns);
@@ -297,22 +287,20 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
                                   input_size, p0, p1, panel_base, depth * L::columns);
         engine::pack_panels<T, 4>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p0,
                                   p1, panel_base + input_size * L::columns, depth * L::columns);
-        T* gate_base = keep ? gates.select(0, d).data_ptr<T>() : nullptr;  // (T, B, 4H)
-        const T* x_base = inputs[d].data_ptr<T>();  // (T, B, I)
-        T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1 or 1, B, H)
-        T* h_base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        T* gate_base = keep ? gates.select(0, d).data_ptr<T>() : nullptr;  // (N, 4H)
+        const T* x_base = inputs[d].data_ptr<T>();  // (N, I)
+        T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N or B, H)
+        T* h_base = hs.select(0, d).data_ptr<T>();  // (B + N, H)
         const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
-        const int64_t first_unit = p0 * L::units;
-        const int64_t last_unit = std::min(p1 * L::units, hidden);
         alignas(64) T tile[C::scratch];
-        for (int64_t s = 0; s < steps; ++s) {
-          const int64_t rows = live_rows(live, s, batch);
-          T* gate_s = keep ? gate_base + s * batch * 4 * hidden : nullptr;
-          const T* x_s = x_base + s * batch * input_size;
-          const T* h_prev = h_base + s * batch * hidden;
-          T* h = h_base + (s + 1) * batch * hidden;
-          T* c_prev = c_base + (every_cell ? s : 0) * batch * hidden;
-          T* c = every_cell ? c_prev + batch * hidden : c_prev;
+        for (int64_t s = 0; s < steps.count(); ++s) {
+          const int64_t rows = steps.rows(s);
+          T* gate_s = keep ? gate_base + steps.at(s) * 4 * hidden : nullptr;
+          const T* x_s = x_base + steps.at(s) * input_size;
+          const T* h_prev = h_base + steps.previous(s) * hidden;
+          T* h = h_base + steps.next(s) * hidden;
+          T* c_prev = every_cell ? c_base + steps.previous(s) * hidden : c_base;
+          T* c = every_cell ? c_base + steps.next(s) * hidden : c_base;
           engine::for_chunks<T, 4>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
                                                             int64_t unit_end) {
             const int64_t units = unit_end - unit;
@@ -330,12 +318,6 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
                   unit, unit + units, hidden);
             });
           });
-          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
-            std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
-            if (every_cell) {
-              std::fill(c + b * hidden + first_unit, c + b * hidden + last_unit, T(0));
-            }
-          }
           barrier.wait();  // h_s complete: the next step reads all of it
         }
       });
@@ -348,13 +330,10 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
 // step reads, so one meeting per step suffices.
 template <typename T>
 void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
-                         const Tensor& dc_arrivals, const Tensor& w_rec, Tensor& d_pre,
-                         at::IntArrayRef live) {
+                         const Tensor& w_rec, Tensor& d_pre, const Steps& steps) {
   using L = engine::Layout<T, 1>;
-  const int64_t directions = gates.size(0), steps = gates.size(1), batch = gates.size(2);
-  const int64_t hidden = gates.size(3) / 4, panels = L::panels(hidden);
-  const int64_t gate_step = batch * 4 * hidden, cell_step = batch * hidden;
-  const bool arrivals = given(dc_arrivals);
+  const int64_t directions = d_h.size(0), batch = steps.batch();
+  const int64_t hidden = cs.size(2), panels = L::panels(hidden);
   // W_hh panels, (D, panels, 4H, units); w_rec is W_hh (D, 4H, H), any strides.
   T* packed = engine::packing_room<T>(directions, panels, 4 * hidden, L::columns);
   engine::for_direction_shares(
@@ -365,31 +344,24 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
         T* panel_base = packed + d * panels * (4 * hidden) * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, 4 * hidden,
                                   p0, p1, panel_base, 4 * hidden * L::columns);
-        const T* gate_base = gates.select(0, d).data_ptr<T>();  // (T, B, 4H)
-        const T* c_base = cs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-        T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (T, B, H)
+        const T* gate_base = gates.select(0, d).data_ptr<T>();  // (N, 4H)
+        const T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N, H)
+        T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (N, H)
         T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
-        const T* arrival_base = arrivals ? dc_arrivals.select(0, d).data_ptr<T>() : nullptr;
-        T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (T, B, 4H)
+        T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (N, 4H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        for (int64_t s = steps - 1; s >= 0; --s) {
-          const int64_t rows = live_rows(live, s, batch);
-          T* d_h_s = d_h_base + s * cell_step;
-          const T* c_prev = c_base + s * cell_step;
-          T* d_pre_s = d_pre_base + s * gate_step;
-          backward_rows<T>(gate_base + s * gate_step, c_prev, c_prev + cell_step, d_h_s,
-                           dc_ptr, arrivals ? arrival_base + s * cell_step : nullptr, d_pre_s,
-                           nullptr, 0, rows, first_unit, last_unit, hidden);
-          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
-            for (int64_t g = 0; g < 4; ++g) {
-              T* row = d_pre_s + b * 4 * hidden + g * hidden;
-              std::fill(row + first_unit, row + last_unit, T(0));
-            }
-          }
+        for (int64_t s = steps.count() - 1; s >= 0; --s) {
+          const int64_t rows = steps.rows(s);
+          T* d_h_s = d_h_base + steps.at(s) * hidden;
+          T* d_pre_s = d_pre_base + steps.at(s) * 4 * hidden;
+          backward_rows<T>(gate_base + steps.at(s) * 4 * hidden,
+                           c_base + steps.previous(s) * hidden, c_base + steps.next(s) * hidden,
+                           d_h_s, dc_ptr, d_pre_s, nullptr, 0, rows, first_unit, last_unit,
+                           hidden);
           barrier.wait();  // d_pre_s complete: every member's product reads all of it
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
-          T* d_h_prev = d_h_s - cell_step;
+          T* d_h_prev = d_h_base + steps.at(s - 1) * hidden;
           // d_h_{s-1}[:, its units] += d_pre_s @ W_hh[:, its units]: (rows, 4H) @ (4H, units)
           engine::add_product<T>(d_pre_s, 4 * hidden, 4 * hidden, nullptr, 0, 0, panel_base,
                                  4 * hidden * L::columns, p0, p1, hidden, rows, d_h_prev, hidden);
@@ -403,12 +375,16 @@ void check_contiguous(const Tensor& t, const char* name) {
 }
 
 void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
-                  Tensor cs, Tensor hs, at::IntArrayRef live, bool keep, bool packed,
+                  Tensor cs, Tensor hs, at::IntArrayRef batch_sizes, bool keep, bool packed,
                   bool fused, at::TensorList inputs, at::TensorList w_in) {
   check_contiguous(gates, "gates");
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
   for (const Tensor& x : inputs) check_contiguous(x, "inputs");
+  const Steps steps(batch_sizes);
+  TORCH_CHECK(hs.dim() == 3 && hs.size(1) == steps.batch() + steps.total(),
+              "unrolled native LSTM: hs must be (D, B + N, P) for batch_sizes summing to N, got ",
+              hs.sizes(), " for B=", steps.batch(), ", N=", steps.total());
   // The engine computes the input part in its own pass, from the inputs; the per-step BLAS
   // loop reads it from the gates (hoisted by the caller).
   const auto expected = static_cast<size_t>(fused ? hs.size(0) : 0);
@@ -419,25 +395,25 @@ void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const T
   // The plan asks for the packed variant only where it exists and applies; a request that does
   // not fit is a bug in the caller, never silently ignored.
   TORCH_CHECK(!packed || (packed_gemm() != nullptr && hs.scalar_type() == at::kFloat &&
-                          live.empty()),
+                          steps.uniform()),
               "unrolled native LSTM: packed=True needs MKL's packed GEMM (this torch has it: ",
               packed_gemm() != nullptr, "), float32 (got ", hs.scalar_type(),
               ") and the full batch at every step");
   TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
               "projection (proj_size=0)");
-  TORCH_CHECK(gates.dim() == 4 || (fused && !keep),  // (D, T, B, 4H); B may be 0
+  TORCH_CHECK(gates.dim() == 3 || (fused && !keep),  // (D, N, 4H); N may be 0
               "unrolled native LSTM: gates must be given unless fused=True and keep=False");
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_forward", [&] {
     if (!fused) {
-      forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, live, keep, packed);
+      forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, steps, keep, packed);
       return;
     }
     const Tensor b = given(bias) ? bias.contiguous()
-                                 : at::zeros({hs.size(0), 4 * cs.size(3)}, hs.options());
+                                 : at::zeros({hs.size(0), 4 * cs.size(2)}, hs.options());
     if (keep) {
-      fused_forward_loop<scalar_t, true>(gates, b, w_rec, cs, hs, live, inputs, w_in);
+      fused_forward_loop<scalar_t, true>(gates, b, w_rec, cs, hs, steps, inputs, w_in);
     } else {
-      fused_forward_loop<scalar_t, false>(gates, b, w_rec, cs, hs, live, inputs, w_in);
+      fused_forward_loop<scalar_t, false>(gates, b, w_rec, cs, hs, steps, inputs, w_in);
     }
   });
 }
@@ -445,20 +421,23 @@ void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const T
 bool packed_gemm_available() { return packed_gemm() != nullptr; }
 
 void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
-                   const Tensor& dc_arrivals, const Tensor& w_rec, const Tensor& w_proj,
-                   Tensor d_pre, Tensor r, at::IntArrayRef live, bool fused) {
+                   const Tensor& w_rec, const Tensor& w_proj, Tensor d_pre, Tensor r,
+                   at::IntArrayRef batch_sizes, bool fused) {
   for (const auto& [t, name] : {std::pair{gates, "gates"}, {cs, "cs"}, {d_h, "d_h"},
-                                {dc, "dc"}, {dc_arrivals, "dc_arrivals"}, {d_pre, "d_pre"},
-                                {r, "r"}}) {
+                                {dc, "dc"}, {d_pre, "d_pre"}, {r, "r"}}) {
     check_contiguous(t, name);
   }
+  const Steps steps(batch_sizes);
+  TORCH_CHECK(cs.dim() == 3 && cs.size(1) == steps.batch() + steps.total(),
+              "unrolled native LSTM: cs must be (D, B + N, H) for the backward, got ", cs.sizes(),
+              " for B=", steps.batch(), ", N=", steps.total());
   TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
               "projection (proj_size=0)");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     if (fused) {
-      fused_backward_loop<scalar_t>(gates, cs, d_h, dc, dc_arrivals, w_rec, d_pre, live);
+      fused_backward_loop<scalar_t>(gates, cs, d_h, dc, w_rec, d_pre, steps);
     } else {
-      backward_loop<scalar_t>(gates, cs, d_h, dc, dc_arrivals, w_rec, w_proj, d_pre, r, live);
+      backward_loop<scalar_t>(gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, steps);
     }
   });
 }
@@ -468,12 +447,12 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
-        "Tensor(c!) hs, int[] live, bool keep, bool packed, bool fused, Tensor[] inputs, "
+        "Tensor(c!) hs, int[] batch_sizes, bool keep, bool packed, bool fused, Tensor[] inputs, "
         "Tensor[] w_in) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
-        "Tensor dc_arrivals, Tensor w_rec, Tensor w_proj, Tensor(c!) d_pre, Tensor(d!) r, "
-        "int[] live, bool fused) -> ()",
+        "Tensor w_rec, Tensor w_proj, Tensor(c!) d_pre, Tensor(d!) r, int[] batch_sizes, "
+        "bool fused) -> ()",
         &unrolled::lstm_backward);
   m.def("packed_gemm_available() -> bool", &unrolled::packed_gemm_available);
 }

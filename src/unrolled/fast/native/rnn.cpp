@@ -49,53 +49,51 @@ void backward_rows(const T* h, const T* d_h, T* d_pre, int64_t first, int64_t la
   }
 }
 
-// Forward: h_s = act(hs[s+1] + h_{s-1} @ W_hh^T), with w_rec = W_hh^T (D, H, H).
+// Forward: h_s = act(x_s W_ih^T + b (in h_s's rows on entry) + h_{s-1} @ W_hh^T), with w_rec =
+// W_hh^T (D, H, H).
 template <typename T>
-void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
-  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
-  const int64_t hidden = hs.size(3);
+void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, const Steps& steps) {
+  const int64_t directions = hs.size(0), batch = steps.batch(), hidden = hs.size(2);
   const auto options = hs.options();
   for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
     const Tensor w = w_rec.select(0, d);  // (H, H)
-    T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t rows = live_rows(live, s, batch);
-      T* h_prev = base + s * batch * hidden;
-      T* h = h_prev + batch * hidden;
+    T* base = hs.select(0, d).data_ptr<T>();  // (B + N, H)
+    for (int64_t s = 0; s < steps.count(); ++s) {
+      const int64_t rows = steps.rows(s);
+      T* h_prev = base + steps.previous(s) * hidden;
+      T* h = base + steps.next(s) * hidden;
       Tensor h_new = matrix(h, rows, hidden, options);
       add_matmul_(h_new, matrix(h_prev, rows, hidden, options), w);  // += (rows,H) @ (H,H)
       for_rows(rows, hidden, [&](int64_t first, int64_t last) {
         activate_rows<T>(h, first, last, hidden, relu);
       });
-      zero_rows(h, rows, batch, hidden);
     }
   });
 }
 
 // Backward: d_pre_s = d_h_s * act'(h_s); d_h_{s-1} += d_pre_s @ W_hh, with w_hh D x (H, H)
 // (a list: stacking would copy the weights of two directions for the whole loop). grads,
-// D x (T, B, H) (one buffer per direction, so that each can be freed on its own), holds the
+// D x (N, H) (one buffer per direction, so that each can be freed on its own), holds the
 // gradient reaching each h_s on entry and d_pre_s on exit: step s turns its own d_h_s into
 // d_pre_s in place once the later steps have added to it.
 template <typename T>
 void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, bool relu,
-                   at::IntArrayRef live) {
-  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
-  const int64_t hidden = hs.size(3), step = batch * hidden;
+                   const Steps& steps) {
+  const int64_t directions = hs.size(0), batch = steps.batch(), hidden = hs.size(2);
   const auto options = hs.options();
   for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
     const Tensor& w = w_hh[d];  // (H, H)
-    const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
-    T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t rows = live_rows(live, s, batch);
-      T* grad_s = grad_base + s * step;
+    const T* h_base = hs.select(0, d).data_ptr<T>() + batch * hidden;  // the h_s: (N, H)
+    T* grad_base = grads[d].data_ptr<T>();  // (N, H): d_h_s in, d_pre_s out
+    for (int64_t s = steps.count() - 1; s >= 0; --s) {
+      const int64_t rows = steps.rows(s);
+      T* grad_s = grad_base + steps.at(s) * hidden;
       for_rows(rows, hidden, [&](int64_t first, int64_t last) {
-        backward_rows<T>(h_base + s * step, grad_s, grad_s, first, last, hidden, relu);
+        backward_rows<T>(h_base + steps.at(s) * hidden, grad_s, grad_s, first, last, hidden,
+                         relu);
       });
-      zero_rows(grad_s, rows, batch, hidden);
       if (s > 0) {  // d_h_{s-1} += d_pre_s @ W_hh: (rows, H) @ (H, H)
-        Tensor d_h_prev = matrix(grad_s - step, rows, hidden, options);
+        Tensor d_h_prev = matrix(grad_base + steps.at(s - 1) * hidden, rows, hidden, options);
         add_matmul_(d_h_prev, matrix(grad_s, rows, hidden, options), w);
       }
     }
@@ -108,10 +106,10 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
 // hidden units (its panels) tile by tile of batch rows, adds it to the tile's input part in hs
 // and activates it at once; the team meets once per step, when h_s is complete.
 template <typename T>
-void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArrayRef live) {
+void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, const Steps& steps) {
   using L = engine::Layout<T, 1>;
-  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
-  const int64_t hidden = hs.size(3), panels = L::panels(hidden);
+  const int64_t directions = hs.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * hidden,
@@ -121,21 +119,18 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
                                   p0, p1, panel_base, hidden * L::columns);
-        T* base = hs.select(0, d).data_ptr<T>();  // (T+1, B, H)
+        T* base = hs.select(0, d).data_ptr<T>();  // (B + N, H)
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        for (int64_t s = 0; s < steps; ++s) {
-          const int64_t rows = live_rows(live, s, batch);
-          const T* h_prev = base + s * batch * hidden;
-          T* h = base + (s + 1) * batch * hidden;
+        for (int64_t s = 0; s < steps.count(); ++s) {
+          const int64_t rows = steps.rows(s);
+          const T* h_prev = base + steps.previous(s) * hidden;
+          T* h = base + steps.next(s) * hidden;
           // h_s[:, its units] = act(x_s W_ih^T (there already) + h_{s-1} @ W_hh^T[:, its units])
           engine::add_product<T>(h_prev, hidden, hidden, nullptr, 0, 0, panel_base,
                                  hidden * L::columns, p0, p1, hidden, rows, h, hidden);
           for (int64_t b = 0; b < rows; ++b) {
             activate_rows<T>(h + b * hidden + first_unit, 0, 1, last_unit - first_unit, relu);
-          }
-          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
-            std::fill(h + b * hidden + first_unit, h + b * hidden + last_unit, T(0));
           }
           barrier.wait();  // h_s complete: the next step reads all of it
         }
@@ -147,10 +142,10 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, at::IntArray
 // from its own panels of W_hh: the columns its next step reads.
 template <typename T>
 void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh,
-                         bool relu, at::IntArrayRef live) {
+                         bool relu, const Steps& steps) {
   using L = engine::Layout<T, 1>;
-  const int64_t directions = hs.size(0), steps = hs.size(1) - 1, batch = hs.size(2);
-  const int64_t hidden = hs.size(3), step = batch * hidden, panels = L::panels(hidden);
+  const int64_t directions = hs.size(0), batch = steps.batch();
+  const int64_t hidden = hs.size(2), panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * hidden,
@@ -160,24 +155,22 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
                                   p0, p1, panel_base, hidden * L::columns);
-        const T* h_base = hs.select(0, d).data_ptr<T>() + step;  // h_1 .. h_T: (T, B, H)
-        T* grad_base = grads[d].data_ptr<T>();  // (T, B, H): d_h_s in, d_pre_s out
+        const T* h_base = hs.select(0, d).data_ptr<T>() + batch * hidden;  // the h_s: (N, H)
+        T* grad_base = grads[d].data_ptr<T>();  // (N, H): d_h_s in, d_pre_s out
         const int64_t first_unit = p0 * L::units;
         const int64_t last_unit = std::min(p1 * L::units, hidden);
-        for (int64_t s = steps - 1; s >= 0; --s) {
-          const int64_t rows = live_rows(live, s, batch);
-          T* grad_s = grad_base + s * step;
+        for (int64_t s = steps.count() - 1; s >= 0; --s) {
+          const int64_t rows = steps.rows(s);
+          T* grad_s = grad_base + steps.at(s) * hidden;
+          const T* h_s = h_base + steps.at(s) * hidden;
           for (int64_t b = 0; b < rows; ++b) {
             const int64_t at = b * hidden + first_unit;
-            backward_rows<T>(h_base + s * step + at, grad_s + at, grad_s + at, 0, 1,
-                             last_unit - first_unit, relu);
-          }
-          for (int64_t b = rows; b < batch; ++b) {  // rows past their sequence: zero
-            std::fill(grad_s + b * hidden + first_unit, grad_s + b * hidden + last_unit, T(0));
+            backward_rows<T>(h_s + at, grad_s + at, grad_s + at, 0, 1, last_unit - first_unit,
+                             relu);
           }
           barrier.wait();  // d_pre_s complete: every member's product reads all of it
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
-          T* d_h_prev = grad_s - step;
+          T* d_h_prev = grad_base + steps.at(s - 1) * hidden;
           // d_h_{s-1}[:, its units] += d_pre_s @ W_hh[:, its units]: (rows, H) @ (H, units)
           engine::add_product<T>(grad_s, hidden, hidden, nullptr, 0, 0, panel_base,
                                  hidden * L::columns, p0, p1, hidden, rows, d_h_prev, hidden);
@@ -185,28 +178,37 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
       });
 }
 
-void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef live, bool fused) {
+void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef batch_sizes,
+                 bool fused) {
   TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
+  const Steps steps(batch_sizes);
+  TORCH_CHECK(hs.dim() == 3 && hs.size(1) == steps.batch() + steps.total(),
+              "unrolled native RNN: hs must be (D, B + N, H) for batch_sizes summing to N, got ",
+              hs.sizes(), " for B=", steps.batch(), ", N=", steps.total());
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_forward", [&] {
     if (fused) {
-      fused_forward_loop<scalar_t>(hs, w_rec, relu, live);
+      fused_forward_loop<scalar_t>(hs, w_rec, relu, steps);
     } else {
-      forward_loop<scalar_t>(hs, w_rec, relu, live);
+      forward_loop<scalar_t>(hs, w_rec, relu, steps);
     }
   });
 }
 
 void rnn_backward(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, bool relu,
-                  at::IntArrayRef live, bool fused) {
+                  at::IntArrayRef batch_sizes, bool fused) {
   TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
   for (const Tensor& t : grads) {
     TORCH_CHECK(t.is_contiguous(), "unrolled native RNN: grads must be contiguous");
   }
+  const Steps steps(batch_sizes);
+  TORCH_CHECK(hs.dim() == 3 && hs.size(1) == steps.batch() + steps.total(),
+              "unrolled native RNN: hs must be (D, B + N, H) for batch_sizes summing to N, got ",
+              hs.sizes(), " for B=", steps.batch(), ", N=", steps.total());
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
     if (fused) {
-      fused_backward_loop<scalar_t>(hs, grads, w_hh, relu, live);
+      fused_backward_loop<scalar_t>(hs, grads, w_hh, relu, steps);
     } else {
-      backward_loop<scalar_t>(hs, grads, w_hh, relu, live);
+      backward_loop<scalar_t>(hs, grads, w_hh, relu, steps);
     }
   });
 }
@@ -215,9 +217,10 @@ void rnn_backward(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, b
 }  // namespace unrolled
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
-  m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] live, bool fused) -> ()",
+  m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] batch_sizes, bool fused) "
+        "-> ()",
         &unrolled::rnn_forward);
-  m.def("rnn_backward(Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, bool relu, int[] live, "
-        "bool fused) -> ()",
+  m.def("rnn_backward(Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, bool relu, "
+        "int[] batch_sizes, bool fused) -> ()",
         &unrolled::rnn_backward);
 }
