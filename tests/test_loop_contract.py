@@ -149,8 +149,8 @@ def lstm_forward_buffers(
     def make():
         gates = rand(directions, rows, 4 * hidden)
         b = rand(directions, 4 * hidden) if bias else none()
-        w_rec = rand(directions, out_size, 4 * hidden) / 2
-        w_proj = rand(directions, hidden, proj) if proj else none()
+        w_rec = list(rand(directions, out_size, 4 * hidden) / 2)  # D x (P, 4H)
+        w_proj = list(rand(directions, hidden, proj)) if proj else []
         cs = rand(directions, batch + rows if keep else batch, hidden)  # or one reused slot
         hs = rand(directions, batch + rows, out_size)
         inputs = [rand(rows, input_size) for _ in range(directions)] if fused else []
@@ -175,10 +175,10 @@ def test_lstm_forward_packed_gemm_computes_the_same(bidirectional):
     def make():
         gates = rand(directions, 2 * batch, 4 * hidden, dtype=torch.float32)
         b = rand(directions, 4 * hidden, dtype=torch.float32)
-        w_rec = rand(directions, hidden, 4 * hidden, dtype=torch.float32) / 20
+        w_rec = list(rand(directions, hidden, 4 * hidden, dtype=torch.float32) / 20)
         cs = rand(directions, 3 * batch, hidden, dtype=torch.float32)
         hs = rand(directions, 3 * batch, hidden, dtype=torch.float32)
-        return [gates, b, w_rec, none(torch.float32), cs, hs, [batch] * 2, True, True, False,
+        return [gates, b, w_rec, [], cs, hs, [batch] * 2, True, True, False,
                 [], []]  # fmt: skip
 
     native_out, python_out = run_both("lstm_forward", make, [0, 4, 5])
@@ -224,8 +224,8 @@ def lstm_backward_buffers(
         cs = rand(directions, batch + rows, hidden)
         d_h = rand(directions, rows, out_size)
         dc = rand(directions, batch, hidden)  # d_c_n: each row's enters at its last step
-        w_rec = rand(directions, 4 * hidden, out_size) / 2
-        w_proj = rand(directions, out_size, hidden) if proj else none()
+        w_rec = list(rand(directions, 4 * hidden, out_size) / 2)  # D x (4H, P)
+        w_proj = list(rand(directions, out_size, hidden)) if proj else []
         d_pre = torch.empty(directions, rows, 4 * hidden, dtype=torch.float64)
         r = torch.empty(directions, rows, hidden, dtype=torch.float64) if keep_r else none()
         return [gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, sizes, fused]
@@ -275,7 +275,7 @@ def gru_forward_buffers(directions, bias, lengths, keep, fused, hidden=4, batch=
         hh = rand(directions, slots, 3 * hidden)
         ns = rand(directions, slots, hidden)
         hs = rand(directions, batch + rows, hidden)
-        w_rec = rand(directions, hidden, 3 * hidden) / 2
+        w_rec = list(rand(directions, hidden, 3 * hidden) / 2)  # D x (H, 3H)
         biases = [rand(3 * hidden) for _ in range(2 * directions)] if bias else []
         return [xw, hh, ns, hs, w_rec, biases, sizes, fused]
 
@@ -359,7 +359,7 @@ def rnn_buffers(directions, relu, lengths, fused, hidden=4, batch=BATCH, steps=S
     rows = sum(sizes)
 
     def make_forward():
-        return [rand(directions, batch + rows, hidden), rand(directions, hidden, hidden) / 2, relu,
+        return [rand(directions, batch + rows, hidden), list(rand(directions, hidden, hidden) / 2), relu,
                 sizes, fused]  # fmt: skip
 
     assert_same_buffers(run_both("rnn_forward", make_forward, [0]), ["hs"])
@@ -400,7 +400,7 @@ def test_the_engine_gives_the_same_bits_on_one_thread_and_two(directions):
 
     def lstm_forward():
         return [rand(directions, rows, 4 * hidden), rand(directions, 4 * hidden),
-                rand(directions, hidden, 4 * hidden) / 2, none(),
+                list(rand(directions, hidden, 4 * hidden) / 2), [],
                 rand(directions, batch + rows, hidden), rand(directions, batch + rows, hidden),
                 sizes, True, False, True, [rand(rows, inputs) for _ in range(directions)],
                 [rand(4 * hidden, inputs) for _ in range(directions)]]  # fmt: skip
@@ -408,14 +408,14 @@ def test_the_engine_gives_the_same_bits_on_one_thread_and_two(directions):
     def lstm_backward():
         return [rand(directions, rows, 4 * hidden, low=0.0),
                 rand(directions, batch + rows, hidden), rand(directions, rows, hidden),
-                rand(directions, batch, hidden), rand(directions, 4 * hidden, hidden) / 2, none(),
+                rand(directions, batch, hidden), list(rand(directions, 4 * hidden, hidden) / 2), [],
                 torch.empty(directions, rows, 4 * hidden, dtype=torch.float64), none(),
                 sizes, True]  # fmt: skip
 
     def gru_forward():
         return [rand(directions, rows, 3 * hidden), rand(directions, rows, 3 * hidden),
                 rand(directions, rows, hidden), rand(directions, batch + rows, hidden),
-                rand(directions, hidden, 3 * hidden) / 2,
+                list(rand(directions, hidden, 3 * hidden) / 2),
                 [rand(3 * hidden) for _ in range(2 * directions)], sizes, True]  # fmt: skip
 
     def rnn_backward():

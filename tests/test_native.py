@@ -364,15 +364,13 @@ def test_the_engine_asks_for_the_inputs_exactly_when_fused():
     sizes = [3, 3]  # T = 2 steps of B = 3 rows: N = 6
     gates, cs, hs = torch.zeros(1, 6, 16), torch.zeros(1, 9, 4), torch.zeros(1, 9, 4)
     none = torch.empty(0)
-    w_rec = torch.zeros(1, 4, 16)
+    w_rec = [torch.zeros(4, 16)]
     with pytest.raises(RuntimeError, match="inputs and w_in must be one per direction"):
-        native.ops().lstm_forward(
-            gates, none, w_rec, none, cs, hs, sizes, True, False, True, [], []
-        )
+        native.ops().lstm_forward(gates, none, w_rec, [], cs, hs, sizes, True, False, True, [], [])
     x, w_ih = [torch.zeros(6, 5)], [torch.zeros(16, 5)]
     with pytest.raises(RuntimeError, match="and empty without"):
         native.ops().lstm_forward(
-            gates, none, w_rec, none, cs, hs, sizes, True, False, False, x, w_ih
+            gates, none, w_rec, [], cs, hs, sizes, True, False, False, x, w_ih
         )
 
 
@@ -388,10 +386,10 @@ def test_the_loops_check_the_buffers_against_batch_sizes(op):
         if op == "lstm":
             gates, cs = torch.zeros(1, 5, 16), torch.zeros(1, 9, 4)
             native.ops().lstm_forward(
-                gates, none, torch.zeros(1, 4, 16), none, cs, hs, sizes, True, False, False, [], []
+                gates, none, [torch.zeros(4, 16)], [], cs, hs, sizes, True, False, False, [], []
             )
         elif op == "gru":
             xw, hh, ns = torch.zeros(1, 5, 12), torch.zeros(1, 5, 12), torch.zeros(1, 5, 4)
-            native.ops().gru_forward(xw, hh, ns, hs, torch.zeros(1, 4, 12), [], sizes, False)
+            native.ops().gru_forward(xw, hh, ns, hs, [torch.zeros(4, 12)], [], sizes, False)
         else:
-            native.ops().rnn_forward(hs, torch.zeros(1, 4, 4), False, sizes, False)
+            native.ops().rnn_forward(hs, [torch.zeros(4, 4)], False, sizes, False)

@@ -62,9 +62,10 @@ class Layout:
         if self.batch_sizes is not None:
             data = output.packed()  # (N, O)
             return PackedSequence(data, self.batch_sizes, self.sorted_indices, unsorted), h_n
-        out = output.padded()  # (T, B, O), zero past each length
-        if unsorted is not None:
-            out = out.index_select(1, unsorted)
+        if unsorted is None:
+            out = output.padded()  # (T, B, O), zero past each length
+        else:  # the user's order, by one scatter
+            out = output.padded_in_order(self.sorted_indices)
         if self.batch_first:
             out = out.transpose(0, 1)  # (B, T, O)
         if not self.batched:

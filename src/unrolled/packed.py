@@ -183,6 +183,19 @@ class Sequences:
         self._clean = True
         return self._padded
 
+    def padded_in_order(self, sorted_indices: Tensor) -> Tensor:
+        """``(T, B, X)`` with row ``sorted_indices[k]`` holding sorted sequence ``k``: the
+        padded form in a caller's own batch order, made by one scatter from the packed form
+        (or one gather of the padded form)."""
+        if self._packed is None or self.uniform:
+            return self.padded().index_select(1, torch.argsort(sorted_indices))
+        time, slot = _packed_positions(self.batch_sizes)  # (N,) each
+        slot = sorted_indices.cpu()[slot]
+        data = self._packed
+        padded = data.new_zeros((self.num_steps, self.batch, *data.shape[1:]))  # (T, B, X)
+        padded.index_put_((time.to(data.device), slot.to(data.device)), data)
+        return padded
+
     def map(self, fn: Callable[[Tensor], Tensor]) -> Sequences:
         """The same sequences with ``fn`` applied to the data held (e.g. a dtype cast)."""
         packed = None if self._packed is None else fn(self._packed)

@@ -35,7 +35,7 @@ hh              (D, N, 3H)           forward: ``h_{s-1} W_hh^T``, then ``[r, z, 
                                      no backward reads it
 ns              (D, N or B, H)       the new-gate values ``n``
 hs              (D, B + N, H)        ``h_0``, then each step's ``h_s``
-w_rec           (D, H, 3H)           forward: ``W_hh^T`` (a view or a row-major copy)
+w_rec           D x (H, 3H)          forward: ``W_hh^T`` (a view or a row-major copy)
 w_hh            D x (3H, H)          backward: ``W_hh`` per direction (stacking would copy
                                      both directions' weights for the whole loop)
 biases          D x (b_ih, b_hh)     each ``(3H,)``; empty without bias
@@ -71,7 +71,6 @@ from .layer import (
     project,
     reference_double_backward,
     remember,
-    stack_directions,
     unbatched_flat_weights,
     wanted_grads,
 )
@@ -99,7 +98,7 @@ def gru_layer_forward(
     inputs = steps.directions(x, num_directions)
     xw = project(inputs, [w.w_ih for w in weights], [None] * num_directions)  # (D, N, 3H)
     biases = [b.contiguous() for w in weights for b in (w.b_ih, w.b_hh) if b is not None]  # (3H,)
-    w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,H,3H)
+    w_rec = [plan.arrange(w.w_hh.t()) for w in weights]  # D x (H, 3H)
     plan.loops.gru_forward(xw, hh, ns, hs, w_rec, biases, steps.sizes, plan.fused)
     return steps.output(hs), steps.final(hs), (ns, hh, hs)
 

@@ -300,12 +300,6 @@ def project(
     return out
 
 
-def stack_directions(tensors: Sequence[Tensor]) -> Tensor:
-    """``D`` same-shaped tensors as one ``(D, *)`` batch for ``bmm``; a view when ``D = 1`` (at
-    large H the weights outweigh the activations, so copying them shows in peak memory)."""
-    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(list(tensors))
-
-
 #: What a layer Function takes before its weights, in order: settings, with no gradient, then
 #: the tensors ``x, h0, c0`` (``c0`` None but for the LSTM). The weights follow flat: see
 #: :func:`gradients_as_inputs`.

@@ -37,10 +37,11 @@ gates           (D, N, 4H)        forward in: ``x_s W_ih^T`` (the hoisted input 
                                   (``g = tanh``), without ``keep``: scratch. Backward out:
                                   ``d_pre``, when the caller passes ``gates`` as ``d_pre``
 bias            (D, 4H) or empty  ``b_ih + b_hh``, added in the step's elementwise pass
-w_rec           (D, P, 4H)        forward: ``W_hh^T`` (a view or a row-major copy)
-                (D, 4H, P)        backward: ``W_hh``
-w_proj          (D, H, P)         forward: ``W_hr^T``; backward ``(D, P, H)``: ``W_hr``;
-                                  empty without projection
+w_rec           D x (P, 4H)       forward: ``W_hh^T`` (a view or a row-major copy)
+                D x (4H, P)       backward: ``W_hh``
+w_proj          D x (H, P)        forward: ``W_hr^T``; backward D x ``(P, H)``: ``W_hr``;
+                                  an empty list without projection (the weights are per
+                                  direction: a stacked copy would show in peak memory)
 cs              (D, B + N, H)     ``c_0``, then each step's ``c_s``; ``(D, B, H)``, one reused
                                   slot, when nothing reads the cells afterwards (a row that
                                   stops keeps its last cell: the slot ends holding ``c_n``)
@@ -81,7 +82,6 @@ from .layer import (
     project,
     reference_double_backward,
     remember,
-    stack_directions,
     unbatched_flat_weights,
     wanted_grads,
 )
@@ -117,10 +117,10 @@ def lstm_layer_forward(
         gates = project(inputs, w_ih, [None] * num_directions)  # (D, N, 4H)
         step_inputs = w_ih = []
     bias = none if weights[0].b_ih is None else torch.stack([w.b_ih + w.b_hh for w in weights])
-    w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D,P,4H)
-    w_proj = none
-    if weights[0].w_hr is not None:  # W_hr^T: (D, H, P)
-        w_proj = plan.arrange(stack_directions([w.w_hr for w in weights]).transpose(1, 2))
+    w_rec = [plan.arrange(w.w_hh.t()) for w in weights]  # D x (P, 4H)
+    w_proj = []
+    if weights[0].w_hr is not None:  # D x W_hr^T (H, P)
+        w_proj = [plan.arrange(w.w_hr.t()) for w in weights]
     plan.loops.lstm_forward(
         gates,
         bias,
@@ -162,8 +162,8 @@ class LSTMLayer(torch.autograd.Function):
         wanted = wanted_grads(ctx)
         has_projection = weights[0].w_hr is not None
         none = x.new_empty(0)
-        w_hh = stack_directions([w.w_hh for w in weights])  # (D, 4H, P)
-        w_hr = stack_directions([w.w_hr for w in weights]) if has_projection else none  # (D, P, H)
+        w_hh = [w.w_hh for w in weights]  # D x (4H, P)
+        w_hr = [w.w_hr for w in weights] if has_projection else []  # D x (P, H)
 
         d_h = steps.step_major_grad(d_output, num_directions, d_h_n)  # (D, N, P)
         # A row's c_n gradient waits in dc until its last step, the first to touch the row.
@@ -176,15 +176,11 @@ class LSTMLayer(torch.autograd.Function):
         ctx.plan.loops.lstm_backward(
             gates, cs, d_h, dc, w_hh, w_hr, d_pre, r, steps.sizes, ctx.plan.fused
         )
-        one_direction = num_directions == 1
-        w_rec = w_hh[0] if one_direction else w_hh  # ([D,] 4H, P)
         d_h0 = None
         if wanted.h0:  # only the first step reads h_0, and all of it
-            first = d_pre[:, : steps.batch]  # (D, B, 4H)
-            if one_direction:
-                d_h0 = torch.mm(first[0], w_rec).unsqueeze(0)  # (B, 4H) @ (4H, P)
-            else:
-                d_h0 = torch.bmm(first, w_rec)  # (D, B, 4H) @ (D, 4H, P)
+            d_h0 = h0.new_empty(num_directions, steps.batch, h0.shape[-1])  # (D, B, P)
+            for d in range(num_directions):
+                torch.mm(d_pre[d, : steps.batch], w_hh[d], out=d_h0[d])  # (B, 4H) @ (4H, P)
 
         if wanted.weights:  # W_hh, W_hr and biases first: d_pre is handed over to the input side
             d_w_hh = [

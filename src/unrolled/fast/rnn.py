@@ -30,7 +30,7 @@ buffer          shape             holds
 hs              (D, B + N, H)     ``h_0``; the rows of the steps hold ``x_s W_ih^T + b_ih +
                                   b_hh`` (the hoisted input part) on entry and the states
                                   ``h_s`` on exit, activated in place
-w_rec           (D, H, H)         forward: ``W_hh^T`` (a view or a row-major copy)
+w_rec           D x (H, H)        forward: ``W_hh^T`` (a view or a row-major copy)
 w_hh            D x (H, H)        backward: ``W_hh`` per direction
 grads           D x (N, H)        backward in: the gradient reaching each ``h_s``; out:
                                   ``d_pre_s``, the gradient of step s's pre-activation
@@ -55,7 +55,6 @@ from .layer import (
     project,
     reference_double_backward,
     remember,
-    stack_directions,
     unbatched_flat_weights,
     wanted_grads,
 )
@@ -75,7 +74,7 @@ def rnn_layer_forward(plan: Plan, num_directions: int, steps: Steps, x, h0, c0, 
     # The steps' rows first hold the hoisted input part, then (in place) the states.
     inputs = steps.directions(x, num_directions)
     project(inputs, [w.w_ih for w in weights], bias, out=hs[:, batch:])
-    w_rec = plan.arrange(stack_directions([w.w_hh for w in weights]).transpose(1, 2))  # (D, H, H)
+    w_rec = [plan.arrange(w.w_hh.t()) for w in weights]  # D x (H, H)
     plan.loops.rnn_forward(hs, w_rec, plan.mode == "RNN_RELU", steps.sizes, plan.fused)
     return steps.output(hs), steps.final(hs), hs
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import previous_states, state_views, step_views
+from .rows import directions_batched, previous_states, state_views, step_views
 
 
 class StepBlocks(NamedTuple):
@@ -69,12 +69,12 @@ def gru_forward(
     hh: Tensor,
     ns: Tensor,
     hs: Tensor,
-    w_rec: Tensor,
+    w_rec: Sequence[Tensor],
     biases: Sequence[Tensor],
     batch_sizes: Sequence[int],
     fused: bool = False,
 ) -> None:
-    """Forward (``forward_loop`` in C++): ``w_rec = W_hh^T (D, H, 3H)``; ``biases`` D x
+    """Forward (``forward_loop`` in C++): ``w_rec`` D x ``W_hh^T (H, 3H)``; ``biases`` D x
     ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False). ``fused`` (the C++ loop's engine
     switch) changes nothing here."""
     directions, _, gate_rows = xw.shape
@@ -89,7 +89,7 @@ def gru_forward(
         h_bias[:, 2 * hidden :] = b_hh[:, 2 * hidden :]  # (D, 3H): b_hn rides with W_hn h
         h_bias = h_bias[0] if directions == 1 else h_bias[:, None]  # (3H,) or (D, 1, 3H)
     one = directions == 1
-    w = w_rec[0] if one else w_rec  # ([D,] H, 3H)
+    w = directions_batched(w_rec)  # ([D,] H, 3H)
     blocks = step_blocks(hh, xw, batch_sizes, one)
     h_prev_steps, h_steps = state_views(hs, batch_sizes, one)
     if ns.shape[1] == xw.shape[1]:  # a slot per step, or one reused slot

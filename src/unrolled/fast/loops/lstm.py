@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import given, previous_states, state_views, step_views
+from .rows import directions_batched, given, previous_states, state_views, step_views
 
 
 class GateBlocks(NamedTuple):
@@ -66,8 +66,8 @@ def forward_rows(step_gates: GateBlocks, c_prev: Tensor, c: Tensor, out: Tensor)
 def lstm_forward(
     gates: Tensor,
     bias: Tensor,
-    w_rec: Tensor,
-    w_proj: Tensor,
+    w_rec: Sequence[Tensor],
+    w_proj: Sequence[Tensor],
     cs: Tensor,
     hs: Tensor,
     batch_sizes: Sequence[int],
@@ -86,15 +86,15 @@ def lstm_forward(
         torch.mm(x, w.t(), out=target)
     directions, _, four_hidden = gates.shape
     batch = hs.shape[1] - gates.shape[1]
-    has_projection, every_cell = given(w_proj), cs.shape[1] > batch
+    has_projection, every_cell = len(w_proj) > 0, cs.shape[1] > batch
     if given(bias):
         gates += bias.view(directions, 1, four_hidden)  # a = x W_ih^T + b, every step
     # One direction: 2-D views and addmm_ (it adds in place; baddbmm_ on a strided view copies).
     one = directions == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
     matmul = torch.mm if one else torch.bmm
-    w = w_rec[0] if one else w_rec  # ([D,] P, 4H)
-    w_out = (w_proj[0] if one else w_proj) if has_projection else None  # ([D,] H, P)
+    w = directions_batched(w_rec)  # ([D,] P, 4H)
+    w_out = directions_batched(w_proj) if has_projection else None  # ([D,] H, P)
     r = gates.new_empty(directions, batch, four_hidden // 4) if has_projection else None
     r = r[0] if has_projection and one else r  # ([D,] B, H)
     gate_steps = gate_blocks(gates, batch_sizes, one)
@@ -178,8 +178,8 @@ def lstm_backward(
     cs: Tensor,
     d_h: Tensor,
     dc: Tensor,
-    w_rec: Tensor,
-    w_proj: Tensor,
+    w_rec: Sequence[Tensor],
+    w_proj: Sequence[Tensor],
     d_pre: Tensor,
     r: Tensor,
     batch_sizes: Sequence[int],
@@ -189,13 +189,13 @@ def lstm_backward(
     nothing here)."""
     directions, _, four_hidden = gates.shape
     hidden = four_hidden // 4
-    has_projection = given(w_proj)
+    has_projection = len(w_proj) > 0
     r_slope, f = backward_factors(gates, cs, d_pre, r, batch_sizes)
     one = directions == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
     matmul = torch.mm if one else torch.bmm
-    w = w_rec[0] if one else w_rec  # ([D,] 4H, P)
-    w_out = (w_proj[0] if one else w_proj) if has_projection else None  # ([D,] P, H)
+    w = directions_batched(w_rec)  # ([D,] 4H, P)
+    w_out = directions_batched(w_proj) if has_projection else None  # ([D,] P, H)
     dc_rows = dc[0] if one else dc  # ([D,] B, H): the loop updates dc in place
 
     def views(buffer: Tensor) -> list[Tensor]:

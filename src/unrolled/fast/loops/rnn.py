@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .rows import state_views, step_views
+from .rows import directions_batched, state_views, step_views
 
 
 def activate_rows(h: Tensor, relu: bool) -> None:
@@ -28,13 +28,13 @@ def activate_rows(h: Tensor, relu: bool) -> None:
 
 
 def rnn_forward(
-    hs: Tensor, w_rec: Tensor, relu: bool, batch_sizes: Sequence[int], fused: bool = False
+    hs: Tensor, w_rec: Sequence[Tensor], relu: bool, batch_sizes: Sequence[int], fused: bool = False
 ) -> None:
-    """Forward: ``h_s = act(h_s's rows + h_{s-1} @ W_hh^T)``, ``w_rec = W_hh^T (D, H, H)``.
+    """Forward: ``h_s = act(h_s's rows + h_{s-1} @ W_hh^T)``, ``w_rec`` D x ``W_hh^T (H, H)``.
     ``fused`` (the C++ loop's engine switch) changes nothing here."""
     one = hs.shape[0] == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
-    w = w_rec[0] if one else w_rec  # ([D,] H, H)
+    w = directions_batched(w_rec)  # ([D,] H, H)
     h_prev_steps, h_steps = state_views(hs, batch_sizes, one)
     for h_prev, h in zip(h_prev_steps, h_steps):  # ([D,] rows, H): x_s W_ih^T + b in, h_s out
         add_matmul(h, h_prev, w)  # += ([D,] rows, H) @ ([D,] H, H)

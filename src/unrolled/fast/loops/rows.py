@@ -15,6 +15,13 @@ def given(tensor: Tensor | None) -> bool:
     return tensor is not None and tensor.numel() > 0
 
 
+def directions_batched(tensors: Sequence[Tensor]) -> Tensor:
+    """``D`` per-direction weights -> the one weight of a single direction, or the ``(D, *)``
+    batch that ``bmm`` takes for two (the native loops take the list as it is: a stacked copy
+    of large weights would show in peak memory)."""
+    return tensors[0] if len(tensors) == 1 else torch.stack(list(tensors))
+
+
 def offsets(batch_sizes: Sequence[int]) -> list[int]:
     """``T + 1`` row offsets: step ``s``'s rows are ``[offsets[s], offsets[s + 1])`` of an
     ``(N, X)`` buffer."""

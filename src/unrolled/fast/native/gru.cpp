@@ -121,10 +121,10 @@ std::tuple<const T*, T*, T*, T*, const T*, const T*> forward_views(
           (biases.empty() ? zeros : biases[2 * d + 1]).data_ptr<T>()};
 }
 
-// Forward, w_rec = W_hh^T (D, H, 3H) row-major or a transposed view; biases: D x (b_ih, b_hh),
+// Forward, w_rec = D x W_hh^T (H, 3H), row-major or a transposed view; biases: D x (b_ih, b_hh),
 // each (3H,), or empty (bias=False).
 template <typename T>
-void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Tensor& w_rec,
+void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, at::TensorList w_rec,
                   at::TensorList biases, const Steps& steps) {
   const int64_t directions = xw.size(0), batch = steps.batch();
   const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
@@ -133,7 +133,7 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, const Te
   const auto options = xw.options();
   const Tensor zeros = biases.empty() ? at::zeros({gate_rows}, options) : Tensor();
   for_directions(directions, batch * hidden * gate_rows, [&](int64_t d) {
-    const Tensor w = w_rec.select(0, d);  // (H, 3H)
+    const Tensor& w = w_rec[d];  // (H, 3H)
     const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
         forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
     for (int64_t s = 0; s < steps.count(); ++s) {
@@ -213,7 +213,7 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
 // applies the cell to each tile at once; the team meets once per step, when h_s is complete.
 template <typename T>
 void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
-                        const Tensor& w_rec, const Tensor& zeros, at::TensorList biases,
+                        at::TensorList w_rec, const Tensor& zeros, at::TensorList biases,
                         const Steps& steps) {
   using L = engine::Layout<T, 3>;
   using C = engine::Chunks<T, 3>;
@@ -225,7 +225,7 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
       directions, panels, 2 * batch * hidden * gate_rows,
       directions * panels * hidden * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
-        const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 3H): element (g*H + j, k) below
+        const Tensor& w = w_rec[d];  // W_hh^T (H, 3H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
                                   p0, p1, panel_base, hidden * L::columns);
@@ -305,7 +305,7 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
       });
 }
 
-void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, const Tensor& w_rec,
+void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, at::TensorList w_rec,
                  at::TensorList biases, at::IntArrayRef batch_sizes, bool fused) {
   TORCH_CHECK(xw.is_contiguous() && hh.is_contiguous() && ns.is_contiguous() &&
                   hs.is_contiguous(),
@@ -364,7 +364,7 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
 }  // namespace unrolled
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
-  m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor w_rec, "
+  m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor[] w_rec, "
         "Tensor[] biases, int[] batch_sizes, bool fused) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, "

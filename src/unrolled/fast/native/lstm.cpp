@@ -133,14 +133,14 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
 
 // The forward time loop of direction d.
 template <typename T>
-void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tensor& w_rec,
-                       const Tensor& w_proj, Tensor& cs, Tensor& hs, Tensor& r,
+void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, at::TensorList w_rec,
+                       at::TensorList w_proj, Tensor& cs, Tensor& hs, Tensor& r,
                        const Steps& steps, bool keep, bool packed_product) {
   const int64_t batch = steps.batch(), hidden = cs.size(2), out_size = hs.size(2);
-  const bool has_projection = given(w_proj), every_cell = cs.size(1) > batch;
+  const bool has_projection = !w_proj.empty(), every_cell = cs.size(1) > batch;
   const auto options = gates.options();
-  const Tensor w = w_rec.select(0, d);  // (P, 4H)
-  const Tensor w_out = has_projection ? w_proj.select(0, d) : Tensor();  // (H, P)
+  const Tensor& w = w_rec[d];  // (P, 4H)
+  const Tensor w_out = has_projection ? w_proj[d] : Tensor();  // (H, P)
   T* gate_base = gates.select(0, d).data_ptr<T>();  // (N, 4H)
   T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N or B, H)
   T* h_base = hs.select(0, d).data_ptr<T>();  // (B + N, P)
@@ -191,10 +191,10 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, const Tenso
 }
 
 template <typename T>
-void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
+void forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec, at::TensorList w_proj,
                   Tensor& cs, Tensor& hs, const Steps& steps, bool keep, bool packed) {
   const int64_t directions = hs.size(0), batch = steps.batch(), hidden = cs.size(2);
-  Tensor r = given(w_proj) ? at::empty({directions, batch, hidden}, hs.options()) : Tensor();
+  Tensor r = w_proj.empty() ? Tensor() : at::empty({directions, batch, hidden}, hs.options());
   // No bias (bias=False): zeros, so the loop has one shape.
   const Tensor b =
       given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, hs.options());
@@ -206,13 +206,13 @@ void forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, const 
 // The backward time loop of direction d.
 template <typename T>
 void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor& d_h,
-                        Tensor& dc, const Tensor& w_rec, const Tensor& w_proj, Tensor& d_pre,
+                        Tensor& dc, at::TensorList w_rec, at::TensorList w_proj, Tensor& d_pre,
                         Tensor& r, Tensor& d_r, const Steps& steps) {
   const int64_t hidden = cs.size(2), out_size = d_h.size(2);
-  const bool has_projection = given(w_proj), keep_r = given(r);
+  const bool has_projection = !w_proj.empty(), keep_r = given(r);
   const auto options = gates.options();
-  const Tensor w = w_rec.select(0, d);  // (4H, P)
-  const Tensor w_out = has_projection ? w_proj.select(0, d) : Tensor();  // (P, H)
+  const Tensor& w = w_rec[d];  // (4H, P)
+  const Tensor w_out = has_projection ? w_proj[d] : Tensor();  // (P, H)
   const T* gate_base = gates.select(0, d).data_ptr<T>();  // (N, 4H)
   const T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N, H)
   T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (N, P)
@@ -246,10 +246,10 @@ void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor
 
 template <typename T>
 void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
-                   const Tensor& w_rec, const Tensor& w_proj, Tensor& d_pre, Tensor& r,
+                   at::TensorList w_rec, at::TensorList w_proj, Tensor& d_pre, Tensor& r,
                    const Steps& steps) {
   const int64_t directions = d_h.size(0), batch = steps.batch(), hidden = cs.size(2);
-  Tensor d_r = given(w_proj) ? at::empty({directions, batch, hidden}, d_h.options()) : Tensor();
+  Tensor d_r = w_proj.empty() ? Tensor() : at::empty({directions, batch, hidden}, d_h.options());
   for_directions(directions, batch * d_h.size(2) * 4 * hidden, [&](int64_t d) {
     backward_direction<T>(d, gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, d_r, steps);
   });
@@ -262,7 +262,7 @@ void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& d
 // batch rows, [x_s, h_{s-1}] @ panel, and applies the cell to each tile at once; the team
 // meets once per step, when h_s is complete.
 template <typename T, bool keep>
-void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, Tensor& cs,
+void fused_forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec, Tensor& cs,
                         Tensor& hs, const Steps& steps, at::TensorList inputs,
                         at::TensorList w_in) {
   using L = engine::Layout<T, 4>;
@@ -272,14 +272,14 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
   const int64_t input_size = inputs[0].size(1);
   const int64_t depth = input_size + hidden;
   const bool every_cell = cs.size(1) > batch;
-  // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is W_hh^T (D, H, 4H), w_in
+  // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is D x W_hh^T (H, 4H), w_in
   // D x W_ih (4H, I), any strides.
   T* packed = engine::packing_room<T>(directions, panels, depth, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * depth * 4 * hidden,
       directions * panels * depth * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
-        const Tensor w = w_rec.select(0, d);  // W_hh^T (H, 4H): element (g*H + j, k) below
+        const Tensor& w = w_rec[d];  // W_hh^T (H, 4H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * depth * L::columns;
         const Tensor& wi = w_in[d];  // W_ih (4H, I): element (g*H + j, k) below
         // Each panel: rows [0, I) from W_ih, rows [I, I + H) from W_hh.
@@ -330,17 +330,17 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, const Tensor& w_rec, 
 // step reads, so one meeting per step suffices.
 template <typename T>
 void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
-                         const Tensor& w_rec, Tensor& d_pre, const Steps& steps) {
+                         at::TensorList w_rec, Tensor& d_pre, const Steps& steps) {
   using L = engine::Layout<T, 1>;
   const int64_t directions = d_h.size(0), batch = steps.batch();
   const int64_t hidden = cs.size(2), panels = L::panels(hidden);
-  // W_hh panels, (D, panels, 4H, units); w_rec is W_hh (D, 4H, H), any strides.
+  // W_hh panels, (D, panels, 4H, units); w_rec is D x W_hh (4H, H), any strides.
   T* packed = engine::packing_room<T>(directions, panels, 4 * hidden, L::columns);
   engine::for_direction_shares(
       directions, panels, 2 * batch * hidden * 4 * hidden,
       directions * panels * (4 * hidden) * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
-        const Tensor w = w_rec.select(0, d);  // W_hh (4H, H): element (j, k) = W_hh[k, j]
+        const Tensor& w = w_rec[d];  // W_hh (4H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * (4 * hidden) * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, 4 * hidden,
                                   p0, p1, panel_base, 4 * hidden * L::columns);
@@ -374,7 +374,7 @@ void check_contiguous(const Tensor& t, const char* name) {
               " must be contiguous");
 }
 
-void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const Tensor& w_proj,
+void lstm_forward(Tensor gates, const Tensor& bias, at::TensorList w_rec, at::TensorList w_proj,
                   Tensor cs, Tensor hs, at::IntArrayRef batch_sizes, bool keep, bool packed,
                   bool fused, at::TensorList inputs, at::TensorList w_in) {
   check_contiguous(gates, "gates");
@@ -399,7 +399,7 @@ void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const T
               "unrolled native LSTM: packed=True needs MKL's packed GEMM (this torch has it: ",
               packed_gemm() != nullptr, "), float32 (got ", hs.scalar_type(),
               ") and the full batch at every step");
-  TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
+  TORCH_CHECK(!fused || w_proj.empty(), "unrolled native LSTM: fused=True is for layers without "
               "projection (proj_size=0)");
   TORCH_CHECK(gates.dim() == 3 || (fused && !keep),  // (D, N, 4H); N may be 0
               "unrolled native LSTM: gates must be given unless fused=True and keep=False");
@@ -421,7 +421,7 @@ void lstm_forward(Tensor gates, const Tensor& bias, const Tensor& w_rec, const T
 bool packed_gemm_available() { return packed_gemm() != nullptr; }
 
 void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
-                   const Tensor& w_rec, const Tensor& w_proj, Tensor d_pre, Tensor r,
+                   at::TensorList w_rec, at::TensorList w_proj, Tensor d_pre, Tensor r,
                    at::IntArrayRef batch_sizes, bool fused) {
   for (const auto& [t, name] : {std::pair{gates, "gates"}, {cs, "cs"}, {d_h, "d_h"},
                                 {dc, "dc"}, {d_pre, "d_pre"}, {r, "r"}}) {
@@ -431,7 +431,7 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
   TORCH_CHECK(cs.dim() == 3 && cs.size(1) == steps.batch() + steps.total(),
               "unrolled native LSTM: cs must be (D, B + N, H) for the backward, got ", cs.sizes(),
               " for B=", steps.batch(), ", N=", steps.total());
-  TORCH_CHECK(!fused || !given(w_proj), "unrolled native LSTM: fused=True is for layers without "
+  TORCH_CHECK(!fused || w_proj.empty(), "unrolled native LSTM: fused=True is for layers without "
               "projection (proj_size=0)");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     if (fused) {
@@ -446,12 +446,12 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 }  // namespace unrolled
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
-  m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor w_rec, Tensor w_proj, Tensor(b!) cs, "
-        "Tensor(c!) hs, int[] batch_sizes, bool keep, bool packed, bool fused, Tensor[] inputs, "
+  m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor[] w_rec, Tensor[] w_proj, "
+        "Tensor(b!) cs, Tensor(c!) hs, int[] batch_sizes, bool keep, bool packed, bool fused, Tensor[] inputs, "
         "Tensor[] w_in) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
-        "Tensor w_rec, Tensor w_proj, Tensor(c!) d_pre, Tensor(d!) r, int[] batch_sizes, "
+        "Tensor[] w_rec, Tensor[] w_proj, Tensor(c!) d_pre, Tensor(d!) r, int[] batch_sizes, "
         "bool fused) -> ()",
         &unrolled::lstm_backward);
   m.def("packed_gemm_available() -> bool", &unrolled::packed_gemm_available);

@@ -49,14 +49,14 @@ void backward_rows(const T* h, const T* d_h, T* d_pre, int64_t first, int64_t la
   }
 }
 
-// Forward: h_s = act(x_s W_ih^T + b (in h_s's rows on entry) + h_{s-1} @ W_hh^T), with w_rec =
-// W_hh^T (D, H, H).
+// Forward: h_s = act(x_s W_ih^T + b (in h_s's rows on entry) + h_{s-1} @ W_hh^T), with w_rec D x
+// W_hh^T (H, H).
 template <typename T>
-void forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, const Steps& steps) {
+void forward_loop(Tensor& hs, at::TensorList w_rec, bool relu, const Steps& steps) {
   const int64_t directions = hs.size(0), batch = steps.batch(), hidden = hs.size(2);
   const auto options = hs.options();
   for_directions(directions, batch * hidden * hidden, [&](int64_t d) {
-    const Tensor w = w_rec.select(0, d);  // (H, H)
+    const Tensor& w = w_rec[d];  // (H, H)
     T* base = hs.select(0, d).data_ptr<T>();  // (B + N, H)
     for (int64_t s = 0; s < steps.count(); ++s) {
       const int64_t rows = steps.rows(s);
@@ -106,7 +106,7 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
 // hidden units (its panels) tile by tile of batch rows, adds it to the tile's input part in hs
 // and activates it at once; the team meets once per step, when h_s is complete.
 template <typename T>
-void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, const Steps& steps) {
+void fused_forward_loop(Tensor& hs, at::TensorList w_rec, bool relu, const Steps& steps) {
   using L = engine::Layout<T, 1>;
   const int64_t directions = hs.size(0), batch = steps.batch();
   const int64_t hidden = hs.size(2), panels = L::panels(hidden);
@@ -115,7 +115,7 @@ void fused_forward_loop(Tensor& hs, const Tensor& w_rec, bool relu, const Steps&
       directions, panels, 2 * batch * hidden * hidden,
       directions * panels * hidden * L::columns * int64_t(sizeof(T)),
       [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
-        const Tensor w = w_rec.select(0, d);  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
+        const Tensor& w = w_rec[d];  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
                                   p0, p1, panel_base, hidden * L::columns);
@@ -178,7 +178,7 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
       });
 }
 
-void rnn_forward(Tensor hs, const Tensor& w_rec, bool relu, at::IntArrayRef batch_sizes,
+void rnn_forward(Tensor hs, at::TensorList w_rec, bool relu, at::IntArrayRef batch_sizes,
                  bool fused) {
   TORCH_CHECK(hs.is_contiguous(), "unrolled native RNN: hs must be contiguous");
   const Steps steps(batch_sizes);
@@ -217,7 +217,7 @@ void rnn_backward(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, b
 }  // namespace unrolled
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
-  m.def("rnn_forward(Tensor(a!) hs, Tensor w_rec, bool relu, int[] batch_sizes, bool fused) "
+  m.def("rnn_forward(Tensor(a!) hs, Tensor[] w_rec, bool relu, int[] batch_sizes, bool fused) "
         "-> ()",
         &unrolled::rnn_forward);
   m.def("rnn_backward(Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, bool relu, "
