@@ -111,9 +111,7 @@ def to_time_major(
     # Sorted once, longest first, stably (as pack_padded_sequence(enforce_sorted=False)): the
     # gather that packs the rows takes them in this order.
     order = torch.sort(lengths, descending=True, stable=True).indices  # (B,)
-    layout.sorted_indices = order
-    layout.unsorted_indices = torch.empty_like(order)
-    layout.unsorted_indices[order] = torch.arange(order.numel(), device=order.device)
+    layout.sorted_indices, layout.unsorted_indices = order, torch.argsort(order)
     return Sequences.from_padded(inputs, lengths[order], order), layout
 
 

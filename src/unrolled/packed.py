@@ -20,9 +20,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .scan import valid_steps
 
-def _packed_positions(batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
-    """For every packed row, its time step and its (sorted) batch slot: two ``(N,)`` tensors."""
+
+def packed_positions(batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """For every packed row, its time step and its (sorted) batch slot: two ``(N,)`` CPU
+    tensors."""
     batch_sizes = batch_sizes.to(torch.int64)
     num_steps = batch_sizes.numel()
     time = torch.repeat_interleave(torch.arange(num_steps), batch_sizes)  # (N,)
@@ -44,23 +47,35 @@ def batch_sizes_from_lengths(lengths: Tensor, num_steps: int) -> Tensor:
     return (lengths.cpu()[None, :] > steps[:, None]).sum(1)  # (T,)
 
 
-def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
-    """``data (N, *)`` -> ``(padded (T, B, *), lengths (B,))``, both in sorted batch order.
+def _indices(batch_sizes: Tensor, rows: Tensor | None, device) -> tuple[Tensor, Tensor]:
+    """Each packed row's ``(time, batch row)`` in a padded tensor whose sorted sequence ``k`` is
+    at batch row ``rows[k]`` (``rows`` None: at row ``k``)."""
+    time, slot = packed_positions(batch_sizes)  # (N,) each
+    if rows is not None:
+        slot = rows.cpu()[slot]
+    return time.to(device), slot.to(device)
 
-    ``lengths`` is on ``data``'s device; ``batch_sizes`` is torch's CPU int64 tensor.
+
+def packed_to_padded(
+    data: Tensor, batch_sizes: Tensor, rows: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``data (N, *)`` -> ``(padded (T, B, *), lengths (B,))``, one differentiable scatter;
+    sorted sequence ``k`` goes to batch row ``rows[k]`` (None: row ``k``, the sorted order).
+
+    ``lengths`` (sorted order) is on ``data``'s device; ``batch_sizes`` is torch's CPU int64
+    tensor.
     """
-    time, slot = _packed_positions(batch_sizes)
     num_steps, batch = batch_sizes.numel(), int(batch_sizes[0])
     padded = data.new_zeros((num_steps, batch, *data.shape[1:]))  # (T, B, *)
-    index = (time.to(data.device), slot.to(data.device))
-    padded.index_put_(index, data)  # in place: no copy of the zeros (autograd records it)
+    # In place: no copy of the zeros (autograd records it).
+    padded.index_put_(_indices(batch_sizes, rows, data.device), data)
     return padded, lengths_from_batch_sizes(batch_sizes).to(data.device)
 
 
-def padded_to_packed(padded: Tensor, batch_sizes: Tensor) -> Tensor:
-    """``padded (T, B, *)`` -> ``data (N, *)``: the rows a PackedSequence keeps."""
-    time, slot = _packed_positions(batch_sizes)
-    return padded[time.to(padded.device), slot.to(padded.device)]  # (N, *)
+def padded_to_packed(padded: Tensor, batch_sizes: Tensor, rows: Tensor | None = None) -> Tensor:
+    """``padded (T, B, *)`` -> ``data (N, *)``, the rows a PackedSequence keeps, one gather;
+    sorted sequence ``k`` is read from batch row ``rows[k]`` (None: row ``k``)."""
+    return padded[_indices(batch_sizes, rows, padded.device)]  # (N, *)
 
 
 class Sequences:
@@ -127,27 +142,23 @@ class Sequences:
             self._batch_sizes = torch.full((self.num_steps,), self.batch, dtype=torch.int64)
         return self._batch_sizes
 
-    @property
-    def _data(self) -> Tensor:
-        return self._packed if self._packed is not None else self._padded
-
     def held(self) -> Tensor:
         """The data in the form held now: padded ``(T, B, X)`` or packed ``(N, X)`` (for
         checks of its feature size, dtype and device)."""
-        return self._data
+        return self._packed if self._packed is not None else self._padded
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._data.dtype
+        return self.held().dtype
 
     @property
     def device(self) -> torch.device:
-        return self._data.device
+        return self.held().device
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(T, B, X)``, the padded shape (whichever form is held)."""
-        return (self.num_steps, self.batch, self._data.shape[-1])
+        return (self.num_steps, self.batch, self.held().shape[-1])
 
     def packed(self) -> Tensor:
         """``(N, X)``, step after step (a view of a full padded batch, else one gather)."""
@@ -156,10 +167,7 @@ class Sequences:
             if self.uniform:
                 self._packed = padded.reshape(self.num_steps * self.batch, padded.shape[-1])
             else:  # one gather of the valid rows, in sorted order
-                time, slot = _packed_positions(self.batch_sizes)  # (N,) each
-                if self._order is not None:
-                    slot = self._order.cpu()[slot]
-                self._packed = padded[time.to(self.device), slot.to(self.device)]  # (N, X)
+                self._packed = padded_to_packed(padded, self.batch_sizes, self._order)  # (N, X)
         return self._packed
 
     def padded(self) -> Tensor:
@@ -176,8 +184,7 @@ class Sequences:
             padded = self._padded
             if self._order is not None:
                 padded = padded.index_select(1, self._order)  # (T, B, X)
-            steps = torch.arange(self.num_steps, device=self.device)[:, None]  # (T, 1)
-            valid = (steps < self.lengths[None, :])[:, :, None]  # (T, B, 1)
+            valid = valid_steps(self.lengths, self.num_steps)  # (T, B, 1)
             self._padded = padded.masked_fill(~valid, 0.0)
             self._order = None
         self._clean = True
@@ -189,12 +196,7 @@ class Sequences:
         (or one gather of the padded form)."""
         if self._packed is None or self.uniform:
             return self.padded().index_select(1, torch.argsort(sorted_indices))
-        time, slot = _packed_positions(self.batch_sizes)  # (N,) each
-        slot = sorted_indices.cpu()[slot]
-        data = self._packed
-        padded = data.new_zeros((self.num_steps, self.batch, *data.shape[1:]))  # (T, B, X)
-        padded.index_put_((time.to(data.device), slot.to(data.device)), data)
-        return padded
+        return packed_to_padded(self._packed, self.batch_sizes, sorted_indices)[0]
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Sequences:
         """The same sequences with ``fn`` applied to the data held (e.g. a dtype cast)."""

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..packed import packed_to_padded, padded_to_packed
+from ..packed import lengths_from_batch_sizes, packed_positions, packed_to_padded, padded_to_packed
 from ..weights import LayerWeights
+from .loops.rows import offsets
 
 
 class Steps:
@@ -52,9 +53,7 @@ class Steps:
         self.sizes: list[int] = [int(n) for n in sizes]
         self.num_steps = len(self.sizes)
         self.batch = self.sizes[0] if self.sizes else 0
-        self.offsets = [0]
-        for n in self.sizes:
-            self.offsets.append(self.offsets[-1] + n)
+        self.offsets = offsets(self.sizes)  # (T + 1): step s's rows [offsets[s], offsets[s+1])
         self.total = self.offsets[-1]
         self.uniform = all(n == self.batch for n in self.sizes)
         self.device = device
@@ -64,32 +63,30 @@ class Steps:
 
     # ---- the indices, made once per call, when first needed ----------------------------------
 
-    @property
-    def lengths(self) -> Tensor | None:
-        """``(B,)`` int64 steps of each sequence, on the device; None for a full batch."""
-        if self.uniform:
-            return None
-        if self._lengths is None:
-            sizes = torch.tensor(self.sizes, dtype=torch.int64)  # (T,)
-            rows = torch.arange(self.batch)  # (B,)
-            self._lengths = (sizes[None, :] > rows[:, None]).sum(1).to(self.device)  # (B,)
-        return self._lengths
-
     def batch_sizes(self) -> Tensor:
         """``(T,)`` int64 on the CPU, as a PackedSequence holds them."""
         return torch.tensor(self.sizes, dtype=torch.int64)
+
+    def _cpu_lengths(self) -> Tensor:
+        """``(B,)`` int64 steps of each sequence, on the CPU (for building the indices)."""
+        if self._lengths is None:
+            self._lengths = lengths_from_batch_sizes(self.batch_sizes())  # (B,)
+        return self._lengths
+
+    @property
+    def lengths(self) -> Tensor | None:
+        """``(B,)`` int64 steps of each sequence, on the device; None for a full batch."""
+        return None if self.uniform else self._cpu_lengths().to(self.device)
 
     @property
     def reverse_index(self) -> Tensor:
         """``(N,)``: packed row ``offset[s] + j`` of the reverse direction reads row
         ``offset[len_j - 1 - s] + j`` (an involution: the same index maps back)."""
         if self._reverse_index is None:
-            sizes = torch.tensor(self.sizes, dtype=torch.int64)  # (T,)
-            offsets = torch.tensor(self.offsets[:-1], dtype=torch.int64)  # (T,)
-            step = torch.repeat_interleave(torch.arange(self.num_steps), sizes)  # (N,)
-            row = torch.arange(self.total) - offsets[step]  # (N,) j
-            length = (sizes[None, :] > row[:, None]).sum(1)  # (N,) len_j
-            self._reverse_index = (offsets[length - 1 - step] + row).to(self.device)  # (N,)
+            step, row = packed_positions(self.batch_sizes())  # (N,) s and j of each row
+            starts = torch.tensor(self.offsets[:-1])  # (T,)
+            length = self._cpu_lengths()[row]  # (N,) len_j
+            self._reverse_index = (starts[length - 1 - step] + row).to(self.device)  # (N,)
         return self._reverse_index
 
     @property
@@ -97,13 +94,8 @@ class Steps:
         """``(B,)``: the row of a state buffer ``(D, B + N, X)`` holding each sequence's final
         state, ``B + offset[len_j - 1] + j``."""
         if self._final_rows is None:
-            lengths = self.lengths
-            if lengths is None:
-                rows = torch.arange(self.total, self.total + self.batch)  # the last step's rows
-            else:
-                offsets = torch.tensor(self.offsets, dtype=torch.int64)  # (T+1,)
-                lengths = lengths.cpu()
-                rows = self.batch + offsets[lengths - 1] + torch.arange(self.batch)  # (B,)
+            starts = torch.tensor(self.offsets)  # (T + 1,)
+            rows = self.batch + starts[self._cpu_lengths() - 1] + torch.arange(self.batch)  # (B,)
             self._final_rows = rows.to(self.device)
         return self._final_rows
 

@@ -135,7 +135,7 @@ def lstm_layer_forward(
         step_inputs,
         w_ih,
     )
-    c_n = steps.final(cs) if keep else cs.clone()  # the one slot holds every c_n
+    c_n = steps.final(cs) if keep else cs  # the one slot, a buffer of its own, holds every c_n
     return steps.output(hs), steps.final(hs), c_n, (gates, cs, hs)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ...packed import packed_positions
+
 
 def given(tensor: Tensor | None) -> bool:
     """Whether an optional buffer is there: the ops take an empty tensor for "none" (as the C++
@@ -63,12 +65,9 @@ def previous_states(states: Tensor, batch_sizes: Sequence[int]) -> Tensor:
     started from (a view for a full batch, else one gather), for the backward's factors that
     need it at all steps at once."""
     batch = batch_sizes[0] if len(batch_sizes) else 0
-    total = sum(batch_sizes)
     if all(rows == batch for rows in batch_sizes):
-        return states.narrow(-2, 0, total)
+        return states.narrow(-2, 0, sum(batch_sizes))
     starts = offsets(batch_sizes)
-    sizes = torch.tensor(list(batch_sizes))  # (T,)
     first = torch.tensor([0] + [batch + start for start in starts[:-2]])  # (T,) h_{s-1}'s row
-    step = torch.repeat_interleave(torch.arange(len(batch_sizes)), sizes)  # (N,)
-    index = first[step] + torch.arange(total) - torch.tensor(starts[:-1])[step]  # (N,)
-    return states.index_select(-2, index.to(states.device))
+    step, row = packed_positions(torch.tensor(list(batch_sizes)))  # (N,) s and j of each row
+    return states.index_select(-2, (first[step] + row).to(states.device))
