@@ -59,10 +59,13 @@ def test_other_dtypes_run_the_reference():
     assert plan.runner == backends.REFERENCE and "bfloat16" in plan.reason
 
 
-def test_tracing_by_torch_compile_runs_the_reference(monkeypatch):
+def test_tracing_by_torch_compile_makes_one_operator_per_layer(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     plan = unrolled.plan(unrolled.RNN(3, 4), torch.randn(5, 2, 3))
-    assert plan.runner == backends.REFERENCE and "torch.compile" in plan.reason
+    assert plan.runner == backends.OPERATOR and "torch.compile" in plan.reason
+    # a step the fast loops do not have still traces through the reference
+    plan = unrolled.plan(unrolled.GRU(3, 4, zoneout=0.1), torch.randn(5, 2, 3))
+    assert plan.runner == backends.REFERENCE
 
 
 def test_disabled_plans_the_python_loops():

@@ -31,13 +31,16 @@ from torch import Tensor
 
 from . import fast, modes, precision, reference, tuning
 from .fast import loops as python_loops
-from .fast import native
+from .fast import native, operators
 from .fast.layer import transforms_active
 from .packed import Sequences
 from .weights import LayerWeights
 
 BACKENDS = ("fast", "reference")
 REFERENCE, PYTHON_LOOPS, NATIVE_LOOPS = "reference", "python loops", "native loops"
+#: Under a graph capture: one ``unrolled::layer`` operator per layer
+#: (:mod:`unrolled.fast.operators`), whose kernel makes the eager plan and runs its loops.
+OPERATOR = "graph operator"
 FAST_DTYPES = (torch.float32, torch.float64)
 #: Variants of the native loops, by the number of elements of W_hh (measured: common.h, and
 #: benchmarks/README.md): MKL's packed GEMM from 2^20 on (LSTM, float32, full batch); a
@@ -109,6 +112,7 @@ def plan(
     lengths: Tensor | None = None,
     custom_step: str = "",
     num_directions: int = 1,
+    operator: bool = True,
 ) -> Plan:
     """Choose the runner for one call of a layer.
 
@@ -123,6 +127,8 @@ def plan(
         custom_step: non-empty when the step is not one of the hand-written cells (recurrent
             dropout, zoneout): what it is, for the reason.
         num_directions: ``D``, for the shape class a runner is measured for.
+        operator: under a graph capture, the layer may become one operator
+            (:data:`OPERATOR`); False inside that operator's own kernel.
     """
     check_backend(backend)
 
@@ -144,10 +150,13 @@ def plan(
         return chose(REFERENCE, f"{custom_step} changes the step; only the reference loop runs it")
     if inputs.dtype not in FAST_DTYPES:
         return chose(REFERENCE, f"{inputs.dtype} input; the fast loops run float32 and float64")
-    if compiling:
-        return chose(REFERENCE, "traced by torch.compile; the reference loop traces into one graph")
     if precision.autocast_enabled(inputs.device.type):
         return chose(REFERENCE, "under autocast; the reference's torch ops follow its casts")
+    capture = graph_capture() if operator else ""
+    if capture and operators.available():
+        return chose(OPERATOR, f"{capture}: one unrolled::layer operator per layer, any length")
+    if capture:
+        return chose(REFERENCE, f"{capture}; this torch has no torch.library.custom_op")
     if transforms_active():
         return chose(
             REFERENCE, "inside a torch.func transform; every transform sees through the reference"
@@ -195,6 +204,28 @@ def plan(
         packed_gemm=fastest.packed_gemm, row_major=fastest.row_major, fused=fastest.fused,
         measured=f"{key}: {verdict}",
     )  # fmt: skip
+
+
+def graph_capture() -> str:
+    """What is capturing a graph of this call, in words ("" when nothing is): dynamo
+    (``torch.compile``, ``torch.export``) or the TorchScript tracer (``torch.jit.trace``, the
+    TorchScript ONNX exporter)."""
+    if torch.compiler.is_compiling():
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+        return "traced by torch.export" if exporting else "traced by torch.compile"
+    if torch.jit.is_tracing():
+        return "traced by torch.jit.trace (the TorchScript ONNX exporter)"
+    return ""
+
+
+def python_loops_plan(mode: str, reason: str) -> Plan:
+    """The fast backend with its loops in torch ops: what an operator's kernel runs where
+    the eager plan would be the reference (``reason``)."""
+    key = (mode, PYTHON_LOOPS, reason, python_loops, False, False, False, False, "")
+    made = _PLANS.get(key)
+    if made is None:
+        made = _PLANS[key] = Plan(*key)
+    return made
 
 
 def trials(
@@ -264,6 +295,18 @@ def run(
     options = dict(
         num_layers=num_layers, num_directions=num_directions, dropout=dropout, training=training
     )  # fmt: skip
+    if plan.runner == OPERATOR:
+        # a graph may be differentiated unless it is exported (an export holds the forward)
+        exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+        output, h_n = operators.run(
+            plan.mode,
+            sequences,
+            hx,
+            weights,
+            differentiable=not (exporting or torch.jit.is_tracing()),
+            **options,
+        )  # (T, B, D*P) or (N, D*P)
+        return sequences.like(output), h_n
     if plan.runner == REFERENCE:  # the masked loop, on padded input
         inputs, lengths = sequences.padded(), sequences.lengths  # (T, B, I)
         with per_step_batch_first(weights) if plan.per_sample else contextlib.nullcontext():

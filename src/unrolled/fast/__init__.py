@@ -18,7 +18,7 @@ weight has ``G*H`` gate rows), ``D`` directions, ``L`` layers, ``N`` packed rows
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,8 +65,38 @@ def run(
     flat (autograd's inputs are positional) and names them again
     (:func:`.layer.unbatched_flat_weights`).
     """
-    mode = plan.mode
-    function, plain_forward = LAYERS[mode]
+    function, plain_forward = LAYERS[plan.mode]
+
+    def one_layer(layer_input: Tensor, h0: Tensor, c0: Tensor | None, flat: list) -> list:
+        tensors = (layer_input, h0, c0, *flat)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return function.apply(plan, num_directions, steps, *tensors)
+        # the same outputs, without the buffers a backward would read
+        *result, _ = plain_forward(plan, num_directions, steps, layer_input, h0, c0, flat)
+        return result
+
+    return stack_layers(
+        plan.mode, one_layer, inputs, hx, weights, num_layers=num_layers,
+        num_directions=num_directions, dropout=dropout, training=training,
+    )  # fmt: skip
+
+
+def stack_layers(
+    mode: str,
+    one_layer: Callable[[Tensor, Tensor, Tensor | None, list], Sequence[Tensor]],
+    inputs: Tensor,
+    hx: Tensor | tuple[Tensor, Tensor],
+    weights: Sequence[LayerWeights],
+    *,
+    num_layers: int,
+    num_directions: int,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
+    """Layer after layer: ``one_layer(layer input, h0 (D, B, P), c0 (D, B, H) or None, flat
+    weights)`` gives ``(output, h_n[, c_n])`` of one layer (all its directions); between layers,
+    dropout on the layer's output as it is laid out (packed rows, or a full batch's ``(T, B,
+    X)``: the same draws); the final states stacked in torch's row order ``l * D + d``."""
     h0_all, c0_all = hx if mode == "LSTM" else (hx, None)
     layer_input = inputs
     finals_h, finals_c = [], []
@@ -75,13 +105,8 @@ def run(
         flat = [t for w in weights[rows] for t in w]
         h0 = h0_all[rows]  # (D, B, P)
         c0 = None if c0_all is None else c0_all[rows]  # (D, B, H)
-        tensors = (layer_input, h0, c0, *flat)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            result = function.apply(plan, num_directions, steps, *tensors)
-        else:  # the same outputs, without the buffers a backward would read
-            *result, _ = plain_forward(plan, num_directions, steps, layer_input, h0, c0, flat)
         # (N, D*P), (D, B, P) and, for the LSTM only, (D, B, H)
-        layer_input, layer_h_n, *layer_c_n = result
+        layer_input, layer_h_n, *layer_c_n = one_layer(layer_input, h0, c0, flat)
         finals_h.append(layer_h_n)
         finals_c.extend(layer_c_n)
         if dropout > 0 and training and layer < num_layers - 1:

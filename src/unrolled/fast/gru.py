@@ -66,6 +66,7 @@ from ..weights import LayerWeights
 from . import native
 from .layer import (
     Steps,
+    Wanted,
     differentiate_the_reference,
     gradients_as_inputs,
     project,
@@ -135,46 +136,66 @@ class GRULayer(torch.autograd.Function):
     def backward(ctx, d_output, d_h_n):
         if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
             return reference_double_backward(ctx, (d_output, d_h_n))
-        x, h0, c0, *flat, n, hh, hs = ctx.saved_tensors
-        num_directions, steps = ctx.num_directions, ctx.steps
-        weights = unbatched_flat_weights(flat, num_directions)
-        wanted = wanted_grads(ctx)
-        hidden = hs.shape[-1]
-        # n_h takes the place of the step gradients it is computed from.
-        n_h = steps.step_major_grad(d_output, num_directions, d_h_n, separate=True)
-        scratch = None  # where the input side may put the reverse direction in time order
-        if native.graph_released():
-            # No one reads hh after this backward: [n_x, r, z] overwrite its [r, z, a] (same
-            # shape), and once direction 0 is spent its rows take the reverse direction.
-            x_side = list(hh.unbind(0))  # D x (N, 3H) views
-            scratch = x_side[0]
-        else:  # a later backward will read hh again
-            x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
-        d_h0 = hh.new_empty(num_directions, steps.batch, hidden)  # (D, B, H)
-        w_hh = [w.w_hh for w in weights]  # D x (3H, H)
-        ctx.plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, d_h0, steps.sizes, ctx.plan.fused)
-
-        if wanted.weights:  # W_hh and biases first: the factors are handed over to the input side
-            d_w_hh, d_sums = zip(
-                *(hidden_side_grads(steps, x_side[d], n_h[d], hs[d]) for d in range(num_directions))
-            )
-        del n_h
-        # [n_x, r, z] are handed over (the list is emptied), so each direction's own buffer is
-        # freed once its input-side gradients are done. Their (n, r, z) is torch's (r, z, n)
-        # rolled by one block.
-        w_ih = [w.w_ih for w in weights]  # D x (3H, I)
-        d_x, d_w_ih = steps.input_side_grads(
-            x_side, x, w_ih, wanted.x, wanted.weights, rolled=hidden, scratch=scratch
-        )  # (N, I), D x (3H, I) in torch's order
-        weight_grads = None
-        if wanted.weights:
-            weight_grads = [
-                LayerWeights(
-                    w_ih=d_w_ih[d],
-                    w_hh=d_w_hh[d],
-                    b_ih=d_sums[d][[1, 2, 0]].flatten(),  # (r, z, n_x)
-                    b_hh=d_sums[d][1:].flatten(),  # (r, z, n_h)
-                )
-                for d in range(num_directions)
-            ]
+        saved = ctx.saved_tensors
+        d_x, d_h0, _, weight_grads = gru_layer_backward(
+            ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
+            saved[ctx.num_inputs :], (d_output, d_h_n), wanted_grads(ctx),
+            reuse=native.graph_released(),
+        )  # fmt: skip
         return gradients_as_inputs(ctx, d_x, d_h0, None, weight_grads)
+
+
+def gru_layer_backward(
+    plan: Plan, num_directions: int, steps: Steps, inputs, buffers, grads, wanted: Wanted,
+    reuse: bool = False,
+) -> tuple:  # fmt: skip
+    """BPTT of one layer: the gradients of ``inputs (x, h0, None, *flat)`` from ``grads
+    (d_output, d_h_n)``, with the ``buffers (ns, hh, hs)`` its forward kept.
+
+    ``reuse``: nobody reads the buffers after this backward (the graph is released), so the
+    factors may overwrite ``hh``. Returns ``(d_x, d_h0, None, weight_grads)``, None where
+    ``wanted`` says a gradient is not needed.
+    """
+    d_output, d_h_n = grads[:2]
+    x, h0, _, *flat = inputs
+    n, hh, hs = buffers
+    weights = unbatched_flat_weights(flat, num_directions)
+    hidden = hs.shape[-1]
+    # n_h takes the place of the step gradients it is computed from.
+    n_h = steps.step_major_grad(d_output, num_directions, d_h_n, separate=True)
+    scratch = None  # where the input side may put the reverse direction in time order
+    if reuse:
+        # No one reads hh after this backward: [n_x, r, z] overwrite its [r, z, a] (same shape),
+        # and once direction 0 is spent its rows take the reverse direction.
+        x_side = list(hh.unbind(0))  # D x (N, 3H) views
+        scratch = x_side[0]
+    else:  # a later backward will read hh again
+        x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
+    d_h0 = hh.new_empty(num_directions, steps.batch, hidden)  # (D, B, H)
+    w_hh = [w.w_hh for w in weights]  # D x (3H, H)
+    plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, d_h0, steps.sizes, plan.fused)
+
+    if wanted.weights:  # W_hh and biases first: the factors are handed over to the input side
+        d_w_hh, d_sums = zip(
+            *(hidden_side_grads(steps, x_side[d], n_h[d], hs[d]) for d in range(num_directions))
+        )
+    del n_h
+    # [n_x, r, z] are handed over (the list is emptied), so each direction's own buffer is
+    # freed once its input-side gradients are done. Their (n, r, z) is torch's (r, z, n) rolled
+    # by one block.
+    w_ih = [w.w_ih for w in weights]  # D x (3H, I)
+    d_x, d_w_ih = steps.input_side_grads(
+        x_side, x, w_ih, wanted.x, wanted.weights, rolled=hidden, scratch=scratch
+    )  # (N, I), D x (3H, I) in torch's order
+    weight_grads = None
+    if wanted.weights:
+        weight_grads = [
+            LayerWeights(
+                w_ih=d_w_ih[d],
+                w_hh=d_w_hh[d],
+                b_ih=d_sums[d][[1, 2, 0]].flatten(),  # (r, z, n_x)
+                b_hh=d_sums[d][1:].flatten(),  # (r, z, n_h)
+            )
+            for d in range(num_directions)
+        ]
+    return d_x, d_h0, None, weight_grads

@@ -378,16 +378,29 @@ def differentiate_the_reference(grads: Sequence[Tensor]) -> bool:
 
 
 def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
-    """Backward with ``create_graph=True`` or under torch.func: differentiate the reference.
+    """Backward with ``create_graph=True`` or under torch.func: differentiate the reference
+    (:func:`differentiate_the_reference_layer`) from the saved inputs. Returns the backward's
+    result, laid out as :func:`gradients_as_inputs` says."""
+    inputs = ctx.saved_tensors[: ctx.num_inputs]
+    grads = differentiate_the_reference_layer(
+        ctx.plan.mode, ctx.num_directions, ctx.steps, inputs, grads
+    )
+    return (None,) * len(SETTINGS) + grads
+
+
+def differentiate_the_reference_layer(
+    mode: str, num_directions: int, steps: Steps, inputs: Sequence, grads: Sequence[Tensor]
+) -> tuple:
+    """The gradients of one layer's ``inputs (x (N, I), h0, c0, *flat)`` from ``grads
+    (d_output, d_h_n[, d_c_n])``, by autograd through the reference, with a graph.
 
     The hand-written backward is not itself differentiable, nor can vmap see through it, so
-    then we rebuild this layer with the reference backend from the saved inputs and let
-    autograd differentiate it (twice, if the caller wants; batched, under vmap): the packed
-    input is padded for it and its output packed again, both differentiable. Returns the
-    backward's result, laid out as :func:`gradients_as_inputs` says.
+    then we rebuild this layer with the reference backend from the inputs and let autograd
+    differentiate it (twice, if the caller wants; batched, under vmap): the packed input is
+    padded for it and its output packed again, both differentiable. One gradient per input,
+    None where an input needs none.
     """
-    x, h0, c0, *flat = ctx.saved_tensors[: ctx.num_inputs]
-    mode, num_directions, steps = ctx.plan.mode, ctx.num_directions, ctx.steps
+    x, h0, c0, *flat = inputs
     weights = unbatched_flat_weights(flat, num_directions)
     with torch.enable_grad():
         hx = (h0, c0) if mode == "LSTM" else h0
@@ -411,7 +424,4 @@ def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
                 outputs, wanted, grads[: len(outputs)], create_graph=True, allow_unused=True
             )
         )
-    settings = (None,) * len(SETTINGS)
-    return settings + tuple(
-        next(found) if t is not None and t.requires_grad else None for t in targets
-    )
+    return tuple(next(found) if t is not None and t.requires_grad else None for t in targets)

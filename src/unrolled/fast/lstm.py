@@ -77,6 +77,7 @@ from ..weights import LayerWeights
 from . import native
 from .layer import (
     Steps,
+    Wanted,
     differentiate_the_reference,
     gradients_as_inputs,
     project,
@@ -156,59 +157,77 @@ class LSTMLayer(torch.autograd.Function):
     def backward(ctx, d_output, d_h_n, d_c_n):
         if differentiate_the_reference((d_output, d_h_n, d_c_n)):  # create_graph, torch.func
             return reference_double_backward(ctx, (d_output, d_h_n, d_c_n))
-        x, h0, c0, *flat, gates, cs, hs = ctx.saved_tensors
-        num_directions, steps = ctx.num_directions, ctx.steps
-        weights = unbatched_flat_weights(flat, num_directions)
-        wanted = wanted_grads(ctx)
-        has_projection = weights[0].w_hr is not None
-        none = x.new_empty(0)
-        w_hh = [w.w_hh for w in weights]  # D x (4H, P)
-        w_hr = [w.w_hr for w in weights] if has_projection else []  # D x (P, H)
+        saved = ctx.saved_tensors
+        d_x, d_h0, d_c0, weight_grads = lstm_layer_backward(
+            ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
+            saved[ctx.num_inputs :], (d_output, d_h_n, d_c_n), wanted_grads(ctx),
+            reuse=native.graph_released(),
+        )  # fmt: skip
+        return gradients_as_inputs(ctx, d_x, d_h0, d_c0, weight_grads)
 
-        d_h = steps.step_major_grad(d_output, num_directions, d_h_n)  # (D, N, P)
-        # A row's c_n gradient waits in dc until its last step, the first to touch the row.
-        dc = d_c_n.clone(memory_format=torch.contiguous_format)  # (D, B, H)
-        keep_r = has_projection and wanted.weights  # r = o tanh(c), what W_hr multiplied
-        # No one reads the gates after this backward once the graph is released: d_pre
-        # overwrites them (same shape), else it is a buffer of its own.
-        d_pre = gates if native.graph_released() else torch.empty_like(gates)  # (D, N, 4H)
-        r = torch.empty_like(gates[..., : cs.shape[-1]]) if keep_r else none  # (D, N, H)
-        ctx.plan.loops.lstm_backward(
-            gates, cs, d_h, dc, w_hh, w_hr, d_pre, r, steps.sizes, ctx.plan.fused
-        )
-        d_h0 = None
-        if wanted.h0:  # only the first step reads h_0, and all of it
-            d_h0 = h0.new_empty(num_directions, steps.batch, h0.shape[-1])  # (D, B, P)
-            for d in range(num_directions):
-                torch.mm(d_pre[d, : steps.batch], w_hh[d], out=d_h0[d])  # (B, 4H) @ (4H, P)
 
-        if wanted.weights:  # W_hh, W_hr and biases first: d_pre is handed over to the input side
-            d_w_hh = [
-                steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)
-            ]  # D x (4H, P)
-            d_bias = d_pre.sum(1)  # (D, 4H)
-            if has_projection:  # d_h holds all of each h_s's gradient now
-                d_w_hr = d_h.transpose(1, 2).bmm(r)  # (D, P, N) @ (D, N, H)
-        del d_h, r
-        # Direction 0's rows are spent before the reverse direction is put back in time order:
-        # it goes there, no new buffer.
-        per_direction = list(d_pre.unbind(0))  # D x (N, 4H) views
-        del d_pre
-        w_ih = [w.w_ih for w in weights]  # D x (4H, I)
-        scratch = per_direction[0] if num_directions == 2 else None
-        d_x, d_w_ih = steps.input_side_grads(
-            per_direction, x, w_ih, wanted.x, wanted.weights, scratch=scratch
-        )  # (N, I), D x (4H, I)
-        weight_grads = None
-        if wanted.weights:
-            weight_grads = [
-                LayerWeights(
-                    w_ih=d_w_ih[d],
-                    w_hh=d_w_hh[d],
-                    b_ih=d_bias[d],
-                    b_hh=d_bias[d].clone(),
-                    w_hr=d_w_hr[d] if has_projection else None,
-                )
-                for d in range(num_directions)
-            ]
-        return gradients_as_inputs(ctx, d_x, d_h0, dc, weight_grads)
+def lstm_layer_backward(
+    plan: Plan, num_directions: int, steps: Steps, inputs, buffers, grads, wanted: Wanted,
+    reuse: bool = False,
+) -> tuple:  # fmt: skip
+    """BPTT of one layer: the gradients of ``inputs (x, h0, c0, *flat)`` from ``grads
+    (d_output, d_h_n, d_c_n)``, with the ``buffers (gates, cs, hs)`` its forward kept.
+
+    ``reuse``: nobody reads the buffers after this backward (the graph is released), so
+    ``d_pre`` may overwrite the gates. Returns ``(d_x, d_h0, d_c0, weight_grads)``: each None
+    where ``wanted`` says it is not needed, ``weight_grads`` ``D`` :class:`LayerWeights`.
+    """
+    d_output, d_h_n, d_c_n = grads
+    x, h0, c0, *flat = inputs
+    gates, cs, hs = buffers
+    weights = unbatched_flat_weights(flat, num_directions)
+    has_projection = weights[0].w_hr is not None
+    none = x.new_empty(0)
+    w_hh = [w.w_hh for w in weights]  # D x (4H, P)
+    w_hr = [w.w_hr for w in weights] if has_projection else []  # D x (P, H)
+
+    d_h = steps.step_major_grad(d_output, num_directions, d_h_n)  # (D, N, P)
+    # A row's c_n gradient waits in dc until its last step, the first to touch the row.
+    dc = d_c_n.clone(memory_format=torch.contiguous_format)  # (D, B, H)
+    keep_r = has_projection and wanted.weights  # r = o tanh(c), what W_hr multiplied
+    # No one reads the gates after this backward once the graph is released: d_pre overwrites
+    # them (same shape), else it is a buffer of its own.
+    d_pre = gates if reuse else torch.empty_like(gates)  # (D, N, 4H)
+    r = torch.empty_like(gates[..., : cs.shape[-1]]) if keep_r else none  # (D, N, H)
+    plan.loops.lstm_backward(gates, cs, d_h, dc, w_hh, w_hr, d_pre, r, steps.sizes, plan.fused)
+    d_h0 = None
+    if wanted.h0:  # only the first step reads h_0, and all of it
+        d_h0 = h0.new_empty(num_directions, steps.batch, h0.shape[-1])  # (D, B, P)
+        for d in range(num_directions):
+            torch.mm(d_pre[d, : steps.batch], w_hh[d], out=d_h0[d])  # (B, 4H) @ (4H, P)
+
+    if wanted.weights:  # W_hh, W_hr and biases first: d_pre is handed over to the input side
+        d_w_hh = [
+            steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)
+        ]  # D x (4H, P)
+        d_bias = d_pre.sum(1)  # (D, 4H)
+        if has_projection:  # d_h holds all of each h_s's gradient now
+            d_w_hr = d_h.transpose(1, 2).bmm(r)  # (D, P, N) @ (D, N, H)
+    del d_h, r
+    # Direction 0's rows are spent before the reverse direction is put back in time order: it
+    # goes there, no new buffer.
+    per_direction = list(d_pre.unbind(0))  # D x (N, 4H) views
+    del d_pre
+    w_ih = [w.w_ih for w in weights]  # D x (4H, I)
+    scratch = per_direction[0] if num_directions == 2 else None
+    d_x, d_w_ih = steps.input_side_grads(
+        per_direction, x, w_ih, wanted.x, wanted.weights, scratch=scratch
+    )  # (N, I), D x (4H, I)
+    weight_grads = None
+    if wanted.weights:
+        weight_grads = [
+            LayerWeights(
+                w_ih=d_w_ih[d],
+                w_hh=d_w_hh[d],
+                b_ih=d_bias[d],
+                b_hh=d_bias[d].clone(),
+                w_hr=d_w_hr[d] if has_projection else None,
+            )
+            for d in range(num_directions)
+        ]
+    return d_x, d_h0, dc, weight_grads

@@ -50,6 +50,7 @@ from ..weights import LayerWeights
 from . import native
 from .layer import (
     Steps,
+    Wanted,
     differentiate_the_reference,
     gradients_as_inputs,
     project,
@@ -94,39 +95,59 @@ class RNNLayer(torch.autograd.Function):
     def backward(ctx, d_output, d_h_n):
         if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
             return reference_double_backward(ctx, (d_output, d_h_n))
-        x, h0, c0, *flat, hs = ctx.saved_tensors
-        num_directions, steps = ctx.num_directions, ctx.steps
-        weights = unbatched_flat_weights(flat, num_directions)
-        wanted = wanted_grads(ctx)
-        # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
-        w_hh = [w.w_hh for w in weights]  # D x (H, H)
-        # One buffer per direction, turned into d_pre in place: each is freed as soon as its
-        # gradients are done.
-        d_pre = steps.step_major_grad(d_output, num_directions, d_h_n, separate=True)
-        relu = ctx.plan.mode == "RNN_RELU"
-        ctx.plan.loops.rnn_backward(hs, d_pre, w_hh, relu, steps.sizes, ctx.plan.fused)
-        d_h0 = hs.new_empty(num_directions, steps.batch, hs.shape[-1])  # (D, B, H)
-        for d in range(num_directions):  # only the first step reads h_0, and all of it
-            torch.mm(d_pre[d][: steps.batch], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
-
-        if wanted.weights:  # W_hh and biases first: d_pre is handed over to the input side next
-            d_w_hh = [steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)]
-            d_bias = [step_grads.sum(0) for step_grads in d_pre]  # D x (H,)
-        # With two directions the output is a copy, so the saved states are the layer's own;
-        # once the graph is released they are dead here and hold the reverse direction's
-        # gradient in time order (no new buffer for it).
-        scratch = None
-        if num_directions == 2 and native.graph_released():
-            scratch = hs[1, steps.batch :]  # (N, H)
-        # d_pre is handed over (the list is emptied), so each direction's buffer is freed once
-        # its input-side gradients are done.
-        d_x, d_w_ih = steps.input_side_grads(
-            d_pre, x, [w.w_ih for w in weights], wanted.x, wanted.weights, scratch=scratch
-        )  # (N, I), D x (H, I)
-        weight_grads = None
-        if wanted.weights:
-            weight_grads = [
-                LayerWeights(w_ih=d_w_ih[d], w_hh=d_w_hh[d], b_ih=d_bias[d], b_hh=d_bias[d].clone())
-                for d in range(num_directions)
-            ]
+        saved = ctx.saved_tensors
+        d_x, d_h0, _, weight_grads = rnn_layer_backward(
+            ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
+            saved[ctx.num_inputs :], (d_output, d_h_n), wanted_grads(ctx),
+            reuse=native.graph_released(),
+        )  # fmt: skip
         return gradients_as_inputs(ctx, d_x, d_h0, None, weight_grads)
+
+
+def rnn_layer_backward(
+    plan: Plan, num_directions: int, steps: Steps, inputs, buffers, grads, wanted: Wanted,
+    reuse: bool = False,
+) -> tuple:  # fmt: skip
+    """BPTT of one layer: the gradients of ``inputs (x, h0, None, *flat)`` from ``grads
+    (d_output, d_h_n)``, with the states ``buffers (hs,)`` its forward kept.
+
+    ``reuse``: nobody reads the states after this backward (the graph is released), so they
+    may hold the reverse direction's gradient. Returns ``(d_x, d_h0, None, weight_grads)``,
+    None where ``wanted`` says a gradient is not needed.
+    """
+    d_output, d_h_n = grads[:2]
+    x, _, _, *flat = inputs
+    (hs,) = buffers
+    weights = unbatched_flat_weights(flat, num_directions)
+    # W_hh per direction, not stacked: a (D, H, H) copy would live through the whole loop.
+    w_hh = [w.w_hh for w in weights]  # D x (H, H)
+    # One buffer per direction, turned into d_pre in place: each is freed as soon as its
+    # gradients are done.
+    d_pre = steps.step_major_grad(d_output, num_directions, d_h_n, separate=True)
+    relu = plan.mode == "RNN_RELU"
+    plan.loops.rnn_backward(hs, d_pre, w_hh, relu, steps.sizes, plan.fused)
+    d_h0 = hs.new_empty(num_directions, steps.batch, hs.shape[-1])  # (D, B, H)
+    for d in range(num_directions):  # only the first step reads h_0, and all of it
+        torch.mm(d_pre[d][: steps.batch], w_hh[d], out=d_h0[d])  # (B, H) @ (H, H)
+
+    if wanted.weights:  # W_hh and biases first: d_pre is handed over to the input side next
+        d_w_hh = [steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)]
+        d_bias = [step_grads.sum(0) for step_grads in d_pre]  # D x (H,)
+    # With two directions the output is a copy, so the saved states are the layer's own; once
+    # the graph is released they are dead here and hold the reverse direction's gradient in
+    # time order (no new buffer for it).
+    scratch = None
+    if num_directions == 2 and reuse:
+        scratch = hs[1, steps.batch :]  # (N, H)
+    # d_pre is handed over (the list is emptied), so each direction's buffer is freed once its
+    # input-side gradients are done.
+    d_x, d_w_ih = steps.input_side_grads(
+        d_pre, x, [w.w_ih for w in weights], wanted.x, wanted.weights, scratch=scratch
+    )  # (N, I), D x (H, I)
+    weight_grads = None
+    if wanted.weights:
+        weight_grads = [
+            LayerWeights(w_ih=d_w_ih[d], w_hh=d_w_hh[d], b_ih=d_bias[d], b_hh=d_bias[d].clone())
+            for d in range(num_directions)
+        ]
+    return d_x, d_h0, None, weight_grads
