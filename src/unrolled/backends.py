@@ -154,7 +154,8 @@ def plan(
         return chose(REFERENCE, "under autocast; the reference's torch ops follow its casts")
     capture = graph_capture() if operator else ""
     if capture and operators.available():
-        return chose(OPERATOR, f"{capture}: one unrolled::layer operator per layer, any length")
+        # made ahead (below): a plan made while dynamo traces would change what it guards on
+        return OPERATOR_PLANS[mode, capture]
     if capture:
         return chose(REFERENCE, f"{capture}; this torch has no torch.library.custom_op")
     if transforms_active():
@@ -214,8 +215,20 @@ def graph_capture() -> str:
         exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
         return "traced by torch.export" if exporting else "traced by torch.compile"
     if torch.jit.is_tracing():
+        if torch.onnx.is_in_onnx_export():
+            from . import onnx  # the exporter's symbolic for unrolled::layer
+
+            onnx.register()
         return "traced by torch.jit.trace (the TorchScript ONNX exporter)"
     return ""
+
+
+#: The captures :func:`graph_capture` names.
+CAPTURES = (
+    "traced by torch.compile",
+    "traced by torch.export",
+    "traced by torch.jit.trace (the TorchScript ONNX exporter)",
+)
 
 
 def python_loops_plan(mode: str, reason: str) -> Plan:
@@ -226,6 +239,13 @@ def python_loops_plan(mode: str, reason: str) -> Plan:
     if made is None:
         made = _PLANS[key] = Plan(*key)
     return made
+
+
+OPERATOR_PLANS = {
+    (mode, capture): Plan(mode, OPERATOR, f"{capture}: one unrolled::layer operator per layer")
+    for mode in modes.MODES
+    for capture in CAPTURES
+}
 
 
 def trials(

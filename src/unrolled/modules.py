@@ -235,7 +235,7 @@ class RNNBase(RecurrentBase):
 
     # ---- forward -----------------------------------------------------------------------------
 
-    def forward(self, input, hx=None, *, lengths=None):
+    def forward(self, input, hx=None, lengths=None):
         """Run the layer.
 
         Args:
@@ -245,7 +245,9 @@ class RNNBase(RecurrentBase):
                 ``(h_0, c_0)`` with ``c_0`` of hidden size ``H``; None means zeros.
             lengths: beyond torch: valid steps of each sequence of a padded batched ``input``
                 (``(B,)`` integers). Outputs past a sequence's length are zero, its final state is
-                taken at its last valid step, and the reverse direction starts there.
+                taken at its last valid step, and the reverse direction starts there. (It may be
+                passed by position too: exporters that fill in every default positionally,
+                as the TorchScript ONNX exporter does, must be able to call ``forward``.)
 
         Returns:
             ``(output, h_n)``, for LSTM ``(output, (h_n, c_n))``, shaped like torch's.

@@ -155,7 +155,7 @@ class Recurrent(RecurrentBase):
 
     # ---- running -----------------------------------------------------------------------------
 
-    def forward(self, input, state=None, *, lengths=None):
+    def forward(self, input, state=None, lengths=None):
         """Run the stack over a whole sequence.
 
         Args:

@@ -189,7 +189,10 @@ def _layer_backward(
     d_x = d_x.view(x.shape) if wanted[0] else x.new_empty(0)  # (one empty each: no aliasing)
     d_h0 = d_h0 if wanted[1] else x.new_empty(0)
     d_c0 = d_c0 if wanted[2] and d_c0 is not None else x.new_empty(0)
-    d_weights = present(weight_grads) if wanted[3] else []
+    d_weights = []
+    if wanted[3]:  # the gradients of the weights present (a layer without bias computes none)
+        d_flat = [g for w in weight_grads for g in w]
+        d_weights = [g for t, g in zip(flat, d_flat) if t is not None]
     # An operator's outputs must not share storage with each other (d_b_ih is a view of the
     # stacked bias gradient): views get storage of their own.
     return d_x, d_h0, d_c0, [g.clone() if g._base is not None else g for g in d_weights]
