@@ -1,16 +1,19 @@
 """Which code runs a recurrent layer: decided in one place, once per call, with a reason.
 
-Three runners can execute a layer call:
+Four runners can execute a layer call:
 
 - ``reference``: the readable loop over the cell functions (:mod:`unrolled.reference`),
   differentiated by autograd; the executable specification, and the runner wherever only plain
   torch ops will do: a step the fast loops do not have (recurrent dropout, zoneout), dtypes
-  other than float32 and float64, autocast, ``torch.compile`` tracing, ``torch.func``
+  other than float32 and float64, autocast, ``torch.func``
   transforms, per-sample gradients (``ExpandedWeight``);
 - ``python loops``: the fast backend (hoisted input part, hand-written BPTT) with its time loops
   in torch ops (:mod:`unrolled.fast.loops`);
 - ``native loops``: the same fast backend with its time loops in C++
-  (:mod:`unrolled.fast.native`).
+  (:mod:`unrolled.fast.native`);
+- ``graph operator``: under a graph capture (``torch.compile``, ``torch.export``,
+  ``torch.jit.trace``), each layer is one ``torch.ops.unrolled.layer`` call
+  (:mod:`unrolled.fast.operators`) whose kernel makes the eager plan and runs its loops.
 
 :func:`plan` chooses one for a call, with the speed variants inside it, and says why. The
 forward stores the plan in each layer's autograd context and the backward runs the plan's loops
