@@ -67,6 +67,7 @@ def speed(repeats: int) -> list[dict]:
     rows = []
     for mode in ("LSTM", "GRU", "RNN"):
         for batch, steps, inputs, hidden, layers, bi in SHAPES:
+            torch._dynamo.reset()  # each model compiles afresh (dynamo's recompile limit)
             torch.manual_seed(0)
             ours = getattr(unrolled, mode)(inputs, hidden, layers, bidirectional=bi)
             runners = {"torch": ours.to_torch(), "eager": ours, "compiled": torch.compile(ours)}
