@@ -63,17 +63,13 @@ import torch
 from torch import Tensor
 
 from ..weights import LayerWeights
-from . import native
 from .layer import (
     Steps,
     Wanted,
-    differentiate_the_reference,
-    gradients_as_inputs,
+    hand_written_backward,
     project,
-    reference_double_backward,
     remember,
     unbatched_flat_weights,
-    wanted_grads,
 )
 
 if TYPE_CHECKING:
@@ -134,15 +130,7 @@ class GRULayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_output, d_h_n):
-        if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
-            return reference_double_backward(ctx, (d_output, d_h_n))
-        saved = ctx.saved_tensors
-        d_x, d_h0, _, weight_grads = gru_layer_backward(
-            ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
-            saved[ctx.num_inputs :], (d_output, d_h_n), wanted_grads(ctx),
-            reuse=native.graph_released(),
-        )  # fmt: skip
-        return gradients_as_inputs(ctx, d_x, d_h0, None, weight_grads)
+        return hand_written_backward(ctx, (d_output, d_h_n), gru_layer_backward)
 
 
 def gru_layer_backward(

@@ -356,6 +356,27 @@ def remember(ctx, plan, num_directions: int, steps: Steps, tensors: Sequence) ->
     ctx.num_inputs = len(tensors)
 
 
+def hand_written_backward(ctx, grads: Sequence[Tensor], layer_backward) -> tuple:
+    """A layer Function's backward: the reference under ``create_graph`` or torch.func, else
+    ``layer_backward`` (BPTT) on the saved inputs and buffers with the forward's plan; the
+    buffers may be overwritten once the graph is released. Laid out as
+    :func:`gradients_as_inputs` says."""
+    if differentiate_the_reference(grads):  # create_graph=True, or torch.func
+        return reference_double_backward(ctx, grads)
+    saved = ctx.saved_tensors
+    d_x, d_h0, d_c0, weight_grads = layer_backward(
+        ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
+        saved[ctx.num_inputs :], grads, wanted_grads(ctx), reuse=native_graph_released(),
+    )  # fmt: skip
+    return gradients_as_inputs(ctx, d_x, d_h0, d_c0, weight_grads)
+
+
+def native_graph_released() -> bool:
+    from . import native  # the native package imports nothing of this module
+
+    return native.graph_released()
+
+
 def transforms_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jacrev, ...) is running, here or around a
     backward (gradcheck's batched gradients vmap the backward): the native ops and the

@@ -47,17 +47,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..weights import LayerWeights
-from . import native
 from .layer import (
     Steps,
     Wanted,
-    differentiate_the_reference,
-    gradients_as_inputs,
+    hand_written_backward,
     project,
-    reference_double_backward,
     remember,
     unbatched_flat_weights,
-    wanted_grads,
 )
 
 if TYPE_CHECKING:
@@ -93,15 +89,7 @@ class RNNLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_output, d_h_n):
-        if differentiate_the_reference((d_output, d_h_n)):  # create_graph=True, or torch.func
-            return reference_double_backward(ctx, (d_output, d_h_n))
-        saved = ctx.saved_tensors
-        d_x, d_h0, _, weight_grads = rnn_layer_backward(
-            ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
-            saved[ctx.num_inputs :], (d_output, d_h_n), wanted_grads(ctx),
-            reuse=native.graph_released(),
-        )  # fmt: skip
-        return gradients_as_inputs(ctx, d_x, d_h0, None, weight_grads)
+        return hand_written_backward(ctx, (d_output, d_h_n), rnn_layer_backward)
 
 
 def rnn_layer_backward(
