@@ -144,6 +144,27 @@ def test_quick_and_float64(tmp_path):
     assert record["parity"]["ok"] and record["parity"]["max_abs_diff"] <= tolerance("float64").atol
 
 
+def test_compiled_times_torch_compile_of_the_same_layer(tmp_path, capsys):
+    status, report = run_cli(
+        tmp_path, "compiled", "--compiled", "--modes", "gru", "--configs", "2bi",
+        "--shapes", "3x6x4x5",
+    )  # fmt: skip
+    assert status == 0 and report["settings"]["compiled"]
+    (record,) = report["results"]
+    assert record["parity"]["compiled"]["ok"] and record["parity"]["ok"]
+    for phase in ("forward", "train"):
+        timing = record[phase]
+        assert len(timing["compiled"]["samples_s"]) == 5
+        compiled = timing["compiled"]["median_s"]
+        assert timing["compiled_ratio"] == pytest.approx(compiled / timing["torch"]["median_s"])
+        eager = timing["unrolled"]["median_s"]
+        assert timing["compiled_vs_eager"] == pytest.approx(compiled / eager)
+        assert report["geomean"]["gru"][f"{phase} compiled_vs_eager"] == pytest.approx(
+            timing["compiled_vs_eager"]
+        )
+    assert "gru, torch.compile(unrolled)" in capsys.readouterr().out
+
+
 def test_packed_lengths_are_uneven_from_a_quarter_to_all_steps():
     point = benchmark.Point("gru", benchmark.parse_shape("64x12x3x4"), 1, False, packed=True)
     packed = benchmark.make_input(point, seed=3)

@@ -270,7 +270,7 @@ def trials(
 
     num_steps = tuning.trial_steps(inputs.shape[0])
     x = rand(num_steps * batch, input_size)  # (T*B, I), a full batch packed
-    steps = fast.Steps([batch] * num_steps, inputs.device)
+    steps = fast.Steps.full(num_steps, batch, inputs.device)
     weights = [
         LayerWeights(rand(gate_rows, input_size), rand(gate_rows, hidden), rand(gate_rows),
                      rand(gate_rows), None)
@@ -337,8 +337,10 @@ def run(
                 plan.mode, inputs, hx, weights, cells=cells, lengths=lengths, **options
             )  # (T, B, D*P)
         return sequences.like(output), h_n
-    sizes = [sequences.batch] * sequences.num_steps if sequences.uniform else sequences.batch_sizes
-    steps = fast.Steps(sizes, sequences.device)
+    if sequences.uniform:
+        steps = fast.Steps.full(sequences.num_steps, sequences.batch, sequences.device)
+    else:
+        steps = fast.Steps(sequences.batch_sizes, sequences.device)
     output, h_n = fast.run(plan, sequences.packed(), steps, hx, weights, **options)  # (N, D*P)
     return sequences.like(output), h_n
 

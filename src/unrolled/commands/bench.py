@@ -68,6 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="about a minute: T/4, 5 repeats, 20 ms samples, shapes S,M,L",
     )
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time torch.compile(unrolled layer) (inductor): vs torch.nn "
+                             "and vs eager unrolled")  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="write every number to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
     parser.add_argument("--seed", type=int, default=0)
@@ -83,7 +86,8 @@ def _settings(args: argparse.Namespace) -> benchmark.Settings:
     min_sample_ms = args.min_sample_ms if args.min_sample_ms is not None else (
         20.0 if args.quick else 50.0)  # fmt: skip
     return benchmark.Settings(backend=args.backend, repeats=repeats,
-                              min_sample_s=min_sample_ms / 1e3, seed=args.seed)  # fmt: skip
+                              min_sample_s=min_sample_ms / 1e3, seed=args.seed,
+                              compiled=args.compiled)  # fmt: skip
 
 
 def _points(args: argparse.Namespace) -> list[benchmark.Point]:
@@ -131,6 +135,7 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
             "packed": args.packed,
             "quick": args.quick,
             "memory": args.memory,
+            "compiled": args.compiled,
         },
         "results": records,
         "geomean": benchmark.summarize(records),

@@ -61,6 +61,20 @@ class Steps:
         self._final_rows: Tensor | None = None
         self._lengths: Tensor | None = None
 
+    @classmethod
+    def full(cls, num_steps: int, batch: int, device: torch.device) -> Steps:
+        """The steps of a full batch, ``batch`` rows at each of ``num_steps`` steps, made
+        without a Python pass over the steps (a small layer's call is ~100 us: a loop over
+        T = 128 steps here was a fifth of it)."""
+        steps = cls.__new__(cls)
+        steps.sizes = [batch] * num_steps
+        steps.num_steps, steps.batch = num_steps, (batch if num_steps else 0)
+        # (T + 1) offsets, as offsets() gives them: step s's rows [s*B, (s+1)*B)
+        steps.offsets = [s * batch for s in range(num_steps + 1)]
+        steps.total, steps.uniform, steps.device = batch * num_steps, True, device
+        steps._reverse_index = steps._final_rows = steps._lengths = None
+        return steps
+
     # ---- the indices, made once per call, when first needed ----------------------------------
 
     def batch_sizes(self) -> Tensor:

@@ -93,6 +93,7 @@ class Settings:
     warmup: int = 2
     min_sample_s: float = 0.05  # a sample repeats the call until it is at least this long
     seed: int = 0
+    compiled: bool = False  # also time torch.compile(unrolled layer): "compiled"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +286,12 @@ def run_point(point: Point, settings: Settings, peak_flops: float | None = None)
     for layer in layers.values():
         layer.eval()
     parity = check_parity(layers, inputs, getattr(torch, point.dtype))
+    if settings.compiled:  # the same module (same parameters) compiled: its own graphs
+        torch._dynamo.reset()  # each point compiles afresh (dynamo's recompile limit)
+        layers["compiled"] = torch.compile(layers["unrolled"])
+        twins = {"torch": layers["torch"], "unrolled": layers["compiled"]}
+        parity["compiled"] = check_parity(twins, inputs, getattr(torch, point.dtype))
+        parity["ok"] = parity["ok"] and parity["compiled"]["ok"]
     forward = time_interleaved({n: forward_call(m, inputs) for n, m in layers.items()}, settings)
     for layer in layers.values():
         layer.train()
@@ -295,18 +302,22 @@ def run_point(point: Point, settings: Settings, peak_flops: float | None = None)
     )
     for phase, timing in (("forward", forward), ("train", train)):
         record[phase] = {**timing, "ratio": ratio(timing)}
+        if settings.compiled:  # compiled / torch and compiled / eager unrolled
+            record[phase]["compiled_ratio"] = ratio(timing, "compiled")
+            record[phase]["compiled_vs_eager"] = ratio(timing, "compiled", "unrolled")
     record["forward_flops"] = forward_flops(point)
     if peak_flops:
         for name in IMPLEMENTATIONS:
             rate = record["forward_flops"] / forward[name]["median_s"]
             record["forward"][name]["peak_fraction"] = rate / peak_flops
-    record["noise"] = max(t[name]["noise"] for t in (forward, train) for name in IMPLEMENTATIONS)
+    record["noise"] = max(t[name]["noise"] for t in (forward, train) for name in layers)
     return record
 
 
-def ratio(timing: dict) -> float:
-    """unrolled / torch of the medians: below 1 means unrolled is faster."""
-    return timing["unrolled"]["median_s"] / timing["torch"]["median_s"]
+def ratio(timing: dict, ours: str = "unrolled", theirs: str = "torch") -> float:
+    """``ours / theirs`` of the medians (unrolled / torch unless said): below 1 means ``ours``
+    is faster."""
+    return timing[ours]["median_s"] / timing[theirs]["median_s"]
 
 
 def geometric_mean(values) -> float:
@@ -325,6 +336,11 @@ def summarize(records: list[dict]) -> dict[str, dict[str, float]]:
             "forward": geometric_mean(r["forward"]["ratio"] for r in rows),
             "train": geometric_mean(r["train"]["ratio"] for r in rows),
         }
+        if all("compiled_ratio" in r["forward"] for r in rows):
+            for phase in ("forward", "train"):
+                for key in ("compiled_ratio", "compiled_vs_eager"):
+                    values = (r[phase][key] for r in rows)
+                    summary[mode][f"{phase} {key}"] = geometric_mean(values)
         memory = [r["memory"]["ratio"] for r in rows if r.get("memory", {}).get("ratio")]
         if memory:
             summary[mode]["memory"] = geometric_mean(memory)

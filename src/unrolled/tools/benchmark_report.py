@@ -132,10 +132,43 @@ def mode_table(mode: str, records: list[dict], geomean: dict) -> Table:
     return table
 
 
+def compiled_table(mode: str, records: list[dict], geomean: dict) -> Table:
+    """``bench --compiled``: torch.compile(unrolled) against torch.nn and against eager
+    unrolled, forward and training step."""
+    table = Table(title=f"{mode}, torch.compile(unrolled)", title_justify="left",
+                  show_footer=True, footer_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 1))  # fmt: skip
+    table.add_column("shape", footer="geomean")
+    table.add_column("B,T,I,H", no_wrap=True)
+    table.add_column("config")
+    for phase, short in (("forward", "fwd"), ("train", "train")):
+        table.add_column(f"compiled\n{short} ms", justify="right")
+        for key, name in (("compiled_ratio", "/ torch"), ("compiled_vs_eager", "/ eager")):
+            footer = _ratio(geomean.get(f"{phase} {key}"))
+            table.add_column(f"{short}\n{name}", justify="right", footer=footer)
+    for r in records:
+        shape = r["shape"]
+        row = [
+            shape["name"],
+            f"{shape['batch']},{shape['steps']},{shape['input_size']},{shape['hidden_size']}",
+            r["config"],
+        ]
+        for phase in ("forward", "train"):
+            row += [
+                _ms(r[phase]["compiled"]["median_s"]),
+                _ratio(r[phase]["compiled_ratio"]),
+                _ratio(r[phase]["compiled_vs_eager"]),
+            ]
+        table.add_row(*row)
+    return table
+
+
 def tables(console: Console, report: dict) -> None:
     for mode, geomean in report["geomean"].items():
         rows = [r for r in report["results"] if r["mode"] == mode]
         console.print(mode_table(mode, rows, geomean))
+        if all("compiled" in r["forward"] for r in rows):
+            console.print(compiled_table(mode, rows, geomean))
     noisy = [r for r in report["results"] if r["noise"] > NOISY]
     if noisy:
         console.print(
