@@ -7,7 +7,7 @@ the size of Wikitext-2's (33278 words). The tokens are random (no download; the 
 does not depend on which words they are). Both models hold the same weights; their batches are
 interleaved in one process and the medians compared:
 
-    .venv/bin/python benchmarks/word_language_model.py [--threads 2] [--batches 20]
+    .venv/bin/python benchmarks/word_language_model.py [--threads 2] [--batches 20] [--compiled]
 
 Prints the CPU, the per-batch times of training and evaluation for torch.nn and unrolled, and
 their ratios (unrolled / torch, below 1 = unrolled is faster); then the same for the LSTM alone
@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--bptt", type=int, default=35)
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--vocabulary", type=int, default=WIKITEXT2_VOCABULARY)
+    parser.add_argument("--compiled", action="store_true",
+                        help="also torch.compile both whole models (inductor): training and "
+                             "evaluation batches")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -114,6 +117,9 @@ def main() -> None:
     models = {"torch": RNNModel(vocabulary, 200, 200, 2, 0.2)}
     models["unrolled"] = copy.deepcopy(models["torch"])
     models["unrolled"].rnn = unrolled.from_torch(models["torch"].rnn)
+    if args.compiled:  # copies with the same weights, each compiled whole
+        for name in ("torch", "unrolled"):
+            models[f"{name} compiled"] = torch.compile(copy.deepcopy(models[name]))
     generator = torch.Generator().manual_seed(1)
     shape = (args.bptt, args.batch_size)
     batches = [
@@ -129,17 +135,19 @@ def main() -> None:
     phases = (("train", train_batch), ("eval", eval_batch),
               ("LSTM alone, train", lstm_train), ("LSTM alone, eval", lstm_eval))  # fmt: skip
     for phase, step in phases:
-        hidden = {name: model.init_hidden(args.batch_size) for name, model in models.items()}
-        for name, model in models.items():
+        # the LSTM alone is timed eagerly (a compiled model's .rnn is its eager submodule)
+        timed = {n: m for n, m in models.items() if "compiled" not in n or "alone" not in phase}
+        hidden = {name: model.init_hidden(args.batch_size) for name, model in timed.items()}
+        for name, model in timed.items():
             model.train(phase.endswith("train"))
             for data, targets in batches[:3]:  # warm up
                 hidden[name] = step(model, hidden[name], data, targets)
-        times = {name: [] for name in models}
+        times = {name: [] for name in timed}
         for index, (data, targets) in enumerate(batches):
-            order = list(models) if index % 2 == 0 else list(reversed(models))
+            order = list(timed) if index % 2 == 0 else list(reversed(timed))
             for name in order:
                 start = time.perf_counter()
-                hidden[name] = step(models[name], hidden[name], data, targets)
+                hidden[name] = step(timed[name], hidden[name], data, targets)
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(t) for name, t in times.items()}
         print(
@@ -147,6 +155,12 @@ def main() -> None:
             f"{medians['unrolled'] * 1e3:.1f} ms/batch, ratio "
             f"{medians['unrolled'] / medians['torch']:.2f}"
         )
+        for name in (n for n in timed if "compiled" in n):
+            print(
+                f"    {name}: {medians[name] * 1e3:.1f} ms/batch, / torch.nn eager "
+                f"{medians[name] / medians['torch']:.2f}, / {name.split()[0]} eager "
+                f"{medians[name] / medians[name.split()[0]]:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import unrolled
 from unrolled.fast import operators
 
-pytestmark = pytest.mark.skipif(not operators.available(), reason="torch < 2.4: no custom_op")
+pytestmark = pytest.mark.skipif(not operators.available(), reason="torch < 2.4: no register_fake")
 DTYPE = torch.float32
 CASES = [
     ("RNN", {}),

@@ -160,7 +160,7 @@ def plan(
         # made ahead (below): a plan made while dynamo traces would change what it guards on
         return OPERATOR_PLANS[mode, capture]
     if capture:
-        return chose(REFERENCE, f"{capture}; this torch has no torch.library.custom_op")
+        return chose(REFERENCE, f"{capture}; this torch (< 2.4) has no torch.library.register_fake")
     if transforms_active():
         return chose(
             REFERENCE, "inside a torch.func transform; every transform sees through the reference"
