@@ -124,3 +124,35 @@ def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch)
     assert cli.main(["explain", "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'unrolled[plot]'" in capsys.readouterr().out
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_labels_steps_of_two_digits_as_one_subscript(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    texts = []
+    original = Axes.text
+
+    def remember(self, x, y, s, *args, **kwargs):
+        texts.append(s)
+        return original(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "text", remember)
+    assert cli.main(["explain", "--mode", "rnn", "--T", "12", "--plot", str(tmp_path / "e.png")]) == 0
+    labels = "\n".join(texts)
+    assert "x$_{10}$" in labels and "x$_{11}$" in labels and "h'$_{10}$" in labels
+    assert "x$_10$" not in labels and "x$_11$" not in labels  # mathtext: only "1" subscripted
+
+
+def test_at_80_columns_lines_wrap_between_words(monkeypatch, capsys):
+    argv = ["explain", "--mode", "lstm", "--layers", "2", "--bidirectional", "--values"]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert cli.main(argv) == 0  # not a terminal, no COLUMNS: one fact per line, for grep
+    whole = capsys.readouterr().out
+    assert max(len(line) for line in whole.splitlines()) > 120
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(argv) == 0
+    wrapped = capsys.readouterr().out
+    assert max(len(line) for line in wrapped.splitlines()) <= 80
+    assert wrapped.split() == whole.split()  # only whitespace moved: no word cut in two
+    assert "W_hi = weight_hh_l0[0:3] (3, 3)" in wrapped  # an assignment stays on one line

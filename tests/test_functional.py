@@ -1,4 +1,4 @@
-"""The notebook's functions, equal to nn.RNN(batch_first=True[, bidirectional=True])."""
+"""unrolled.functional's two functions, equal to nn.RNN(batch_first=True[, bidirectional=True])."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _weights(module, suffix=""):
     "batch,steps,input_size,hidden,bias,dtype",
     list(itertools.product((1, 2), (1, 3, 11), (1, 2), (1, 3, 7), (True, False), (torch.float32, torch.float64))),
 )  # fmt: skip
-def test_notebook_functions_equal_nn_rnn(batch, steps, input_size, hidden, bias, dtype):
+def test_functions_equal_nn_rnn(batch, steps, input_size, hidden, bias, dtype):
     torch.manual_seed(steps * 31 + hidden)
     x = torch.randn(batch, steps, input_size, dtype=dtype)
     h0 = torch.randn(2, batch, hidden, dtype=dtype)
@@ -37,7 +37,7 @@ def test_notebook_functions_equal_nn_rnn(batch, steps, input_size, hidden, bias,
     assert_close("bidirectional h_n", h_n, expected_h, dtype)
 
 
-def test_notebook_functions_gradients():
+def test_functions_gradients():
     torch.manual_seed(0)
     bi = torch.nn.RNN(3, 4, batch_first=True, bidirectional=True).double()
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
@@ -50,7 +50,7 @@ def test_notebook_functions_gradients():
         assert_close(f"grad {k}", a, b, torch.float64)
 
 
-def test_notebook_bias_shape_is_hidden_not_input():
+def test_bias_shape_is_hidden_not_input():
     x = torch.randn(2, 3, 2)
     w_ih, w_hh = torch.randn(3, 2), torch.randn(3, 3)
     with pytest.raises(RuntimeError, match=r"bias_ih must have shape \(3,\), got \(2,\)"):

@@ -154,6 +154,23 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
         conformance.check_device("cuda")
 
 
+@pytest.mark.parametrize("device", ["gpu", "gpu:0", "tpu"])
+def test_an_unknown_device_is_a_clear_error_not_a_traceback(device, capsys):
+    assert cli.main(["verify", "--device", device, "--no-progress"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"device must be 'cpu' or 'cuda[:N]', got '{device}'" in out
+    assert ("(for an NVIDIA GPU: cuda)" in out) == device.startswith("gpu")
+
+
+@pytest.mark.parametrize("cases", ["0", "-3"])
+def test_nothing_to_check_is_an_error_not_a_pass(cases, capsys):
+    argv = ["verify", "--cases", cases, "--sweep", "none", "--no-progress"]
+    assert cli.main(argv) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "PASS" not in out
+    assert ("nothing to check" in out) if cases == "0" else ("--cases must be >= 0, got -3" in out)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_campaign_on_cuda():
     cases = conformance.default_cases(2, seed=0, device="cuda", sweep="quick")

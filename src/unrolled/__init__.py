@@ -1,6 +1,6 @@
 """unrolled: PyTorch's recurrent layers re-derived from first principles, proven equal to torch.nn.
 
-Public names only; see ``docs/`` and ``design.md`` for the layering.
+Public names only; see ``docs/architecture.md`` for the layering.
 """
 
 from . import functional

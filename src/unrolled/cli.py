@@ -1,32 +1,25 @@
 """``unrolled <command>``: each command lives in ``unrolled/commands/<name>.py`` and provides
-``configure(parser)`` and ``run(args) -> exit status``. Imported lazily so ``--help`` is quick."""
+``configure(parser)`` and ``run(args) -> exit status``. Only the command asked for is imported;
+the entry point (:mod:`unrolled_cli`) answers ``--help`` without importing this package."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
-#: command name -> (module, one-line help)
-COMMANDS = {
-    "demo": ("unrolled.commands.demo", "the notebook's experiment: hand-written RNN vs torch.nn"),
-    "verify": ("unrolled.commands.verify", "check unrolled against this machine's torch.nn"),
-    "explain": ("unrolled.commands.explain", "step through a small RNN, equation by equation"),
-    "bench": ("unrolled.commands.bench", "time unrolled against torch.nn, side by side"),
-    "build": ("unrolled.commands.build", "build the fast backend's native loops ahead of use"),
-}
+from unrolled_cli import COMMANDS, command_of, parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="unrolled", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.configure(sub.add_parser(name, help=help_text, description=help_text))
-        modules[name] = module
-    args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    top, subparsers = parser()
+    name = command_of(argv)
+    module = None
+    if name in COMMANDS:
+        module = importlib.import_module(COMMANDS[name][0])
+        module.configure(subparsers[name])
+    args = top.parse_args(argv)  # without a known command it prints the error and exits
+    return int(module.run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The notebook's two functions, done properly, plus a functional entry point to the backends.
+"""A tanh RNN as two plain functions, plus a functional entry point to the backends.
 
-``rnn_forward`` and ``bidirectional_rnn_forward`` keep the notebook's argument lists and return
+``rnn_forward`` and ``bidirectional_rnn_forward`` take the weights one by one (the way an RNN is
+first written by hand: input, ``W_ih``, ``W_hh``, the biases, the initial state) and return
 exactly what ``torch.nn.RNN(batch_first=True[, bidirectional=True])`` returns.
 """
 
@@ -48,7 +49,7 @@ def rnn_forward(
     Args:
         input: ``(B, T, I)``.
         weight_ih: ``(H, I)``. weight_hh: ``(H, H)``.
-        bias_ih: ``(H,)`` or None (the notebook's docstring said ``[input_size]``: it is ``H``).
+        bias_ih: ``(H,)`` or None (one bias per hidden unit, not per input feature).
         bias_hh: ``(H,)`` or None.
         h_prev: ``(B, H)``, the state before ``t = 0``.
 

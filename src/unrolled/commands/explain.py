@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
+import shutil
+import sys
+import textwrap
 
 import torch
 
@@ -66,12 +71,46 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
     result = explain.trace(config)
-    print(f"(the fast backend runs this layer as {fast_plan(config)})\n")
-    print(explain.render(result, values=args.values))
+    width = output_width()
+    print(wrap(f"(the fast backend runs this layer as {fast_plan(config)})", width) + "\n")
+    print(wrap(explain.render(result, values=args.values), width))
     if args.plot:
         diagram.draw(result, args.plot)
         print(f"wrote {args.plot}")
     return 0 if result.passed else 1
+
+
+def output_width() -> int | None:
+    """Where to wrap: ``COLUMNS`` if set, else the terminal's width; None (one fact per line,
+    for grep) when the output is not a terminal."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+#: never split across lines: a bracketed group (``(3, 2)``, ``[:, t, 0:3]``), an assignment
+#: with its shape (``W_hi = weight_hh_l0[0:3] (3, 3)``), an arrow and what it gives
+_GROUP = re.compile(r"\S+ += \S+(?: \([^()]*\))?|->\s+\S+ \([^()]*\)|\([^()]*\)|\[[^\[\]]*\]")
+
+
+def wrap(text: str, width: int | None) -> str:
+    """Each line of ``text`` wrapped at ``width`` between words (never inside a word or a
+    bracketed group), continued under its own indent plus four spaces."""
+    if width is None:
+        return text
+    out = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()))
+        glued = _GROUP.sub(lambda m: m.group(0).replace(" ", "\u00a0"), line)  # NBSP: no break
+        wrapped = textwrap.wrap(glued, width=width, subsequent_indent=indent + "    ",
+                                break_long_words=False, break_on_hyphens=False)  # fmt: skip
+        out.extend(part.replace("\u00a0", " ") for part in wrapped)
+    return "\n".join(out)
 
 
 def fast_plan(config: explain.Config) -> unrolled.backends.Plan:

@@ -71,6 +71,13 @@ def summary_table(rows: list[conformance.Row]) -> Table:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
+    if args.cases < 0:
+        console.print(f"[bold red]error[/]: --cases must be >= 0, got {args.cases}")
+        return 2
+    if args.cases == 0 and args.sweep == "none":
+        console.print("[bold red]error[/]: nothing to check: --cases 0 with --sweep none; "
+                      "give --cases N > 0 or a sweep (quick or full)")  # fmt: skip
+        return 2
     try:
         device = conformance.check_device(args.device)
     except ValueError as error:

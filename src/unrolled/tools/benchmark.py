@@ -1,6 +1,6 @@
 """Time ``unrolled`` against ``torch.nn`` side by side: the grid, the timer, the summary.
 
-Method (design.md section 5): for each grid point build a ``torch.nn`` layer and its twin
+Method (benchmarks/README.md, "Method"): for each grid point build a ``torch.nn`` layer and its twin
 ``unrolled.from_torch(layer, backend=...)`` (same weights, same input), warm both up, then
 interleave: every repeat times torch and unrolled once each, alternating which goes first, with
 ``time.perf_counter``. A sample is several calls long when one call is too short to time well.

@@ -100,7 +100,7 @@ def _draw_network(ax, result: Trace) -> None:
 
     for t in range(T):
         x = t * COLUMN
-        _box(ax, x, rows["input"], f"x$_{t}$\ninput[:, {t}]", face="#eeeeee", edge="#888888")
+        _box(ax, x, rows["input"], f"x$_{{{t}}}$\ninput[:, {t}]", face="#eeeeee", edge="#888888")
     for layer in range(L):
         for direction in range(D):
             y = rows[(layer, direction)]
@@ -172,7 +172,7 @@ def _draw_network(ax, result: Trace) -> None:
                     route = [(x - 0.3, forward_top), (x - 0.95, forward_top + 0.3), (x - 0.95, y)]
                     _route(ax, route, (x - CELL_W / 2, y), COLORS[0], 1.1)
                 else:
-                    _box(ax, x, y, f"h'$_{t}$", face=FILLS[0], edge=COLORS[0], width=CELL_W,
+                    _box(ax, x, y, f"h'$_{{{t}}}$", face=FILLS[0], edge=COLORS[0], width=CELL_W,
                          height=0.5, size=8)  # fmt: skip
                     top = rows[(layer, 0)] + CELL_H / 2
                     _arrow(ax, (x, top), (x, y - 0.25), color=COLORS[0], width=1.1)

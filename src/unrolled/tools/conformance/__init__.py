@@ -52,7 +52,11 @@ __all__ = [
 
 def check_device(device: str) -> str:
     """Return ``device`` if usable here, else raise a ValueError that says why."""
-    kind = torch.device(device).type
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:  # torch's message lists every device type it knows
+        hint = " (for an NVIDIA GPU: cuda)" if device.lower().startswith("gpu") else ""
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}{hint}") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was requested but CUDA is not available here "
