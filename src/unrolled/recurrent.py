@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from . import checks
 from .cell import Cell
 from .recurrent_base import RecurrentBase
-from .scan import State, split_states, stack_states
-from .stack import CellLike, stack
+from .scan import State, describe, split_states, stack_states
+from .stack import CellLike, check_output_width, check_projected, run_direction, stack
 
 #: ``choose_cells(inputs (T, B, I))``: the cells a call runs instead of ``self.cells``.
 CellChoice = Callable[[Tensor], Sequence[CellLike]]
@@ -43,6 +44,8 @@ class Recurrent(RecurrentBase):
     The cells are ``rec.cells[l * D + d]``.
     """
 
+    _check_cells = True
+
     def __init__(
         self,
         cell: Callable[[int], Cell],
@@ -53,6 +56,15 @@ class Recurrent(RecurrentBase):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(cell, nn.Module):  # callable, but a cell (or module), not a factory
+            name = type(cell).__name__
+            raise TypeError(
+                "cell must be a factory that makes a new cell for each layer and direction, "
+                f"called as cell(layer_input_size), got an instance of {name}: pass a factory, "
+                f"e.g. unrolled.Recurrent(lambda size: {name}(size, ...), input_size, ...) or the "
+                f"class itself if {name}(size) makes a cell, not "
+                f"unrolled.Recurrent({name}(...), ...)"
+            )
         if not callable(cell):
             raise TypeError(
                 "cell must be a factory called as cell(layer_input_size) that returns a Cell, "
@@ -101,6 +113,58 @@ class Recurrent(RecurrentBase):
             s += f", dropout={self.dropout}"
         return s
 
+    @torch.no_grad()
+    def check_cells(self, input: Tensor) -> None:
+        """Check the cells against the :class:`Cell` protocol on ``input``, more strictly than a
+        call does; raise ``TypeError`` / ``ValueError`` naming the cell, the layer and the step.
+
+        Every call already checks what costs nothing: that ``step`` returns a pair, that
+        ``project`` keeps its input's leading ``(T, B)`` dims and that each step's output is
+        ``(B, hidden_size)``. This also checks, at the cost of one ``project`` call per time
+        step and layer-direction, that ``project`` maps each time step on its own: that
+        ``project(x)[t]`` equals ``project(x[t:t+1])[0]`` (to ``torch.testing.assert_close``'s
+        tolerance) for every ``t``. Use it once on a real batch with ``T >= 2``, e.g. in a test.
+        It runs without gradients and in evaluation mode (no dropout, inside the cells or
+        between layers), and puts every module back in the mode it was in.
+
+        Args:
+            input: ``(T, B, I)`` (``(B, T, I)`` if ``batch_first``) or unbatched ``(T, I)``.
+        """
+        if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+            raise ValueError(f"check_cells expects a 2D or 3D input tensor, got {describe(input)}")
+        if input.dim() == 2:
+            layer_input = input.unsqueeze(1)  # (T, 1, I)
+        else:
+            layer_input = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        self._check_input(layer_input)
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            self._check_cells_on(layer_input)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def _check_cells_on(self, layer_input: Tensor) -> None:
+        """``check_cells`` on time-major ``(T, B, I)``, layer by layer."""
+        batch, directions = layer_input.size(1), self.num_directions
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                cell = self.cells[index]
+                projected = cell.project(layer_input)
+                check_projected(cell, layer_input, projected)
+                where = f"layer {layer} ({'reverse' if direction else 'forward'}, cells[{index}])"
+                _check_project_per_step(cell, layer_input, projected, where)
+                state = cell.init_state(batch, dtype=layer_input.dtype, device=layer_input.device)
+                output, _ = run_direction(
+                    cell, projected, state, reverse=direction == 1, lengths=None
+                )
+                check_output_width(cell, output.shape[1:], index, self.num_layers, directions)
+                outputs.append(output)
+            layer_input = torch.cat(outputs, dim=-1)  # (T, B, D*H)
+
     # ---- what RecurrentBase asks ---------------------------------------------------------------
 
     def _state_shapes(self, batch: int, like: Tensor) -> tuple[bool, list[tuple[int, ...]]]:
@@ -147,6 +211,7 @@ class Recurrent(RecurrentBase):
             dropout=self.dropout,
             training=self.training,
             lengths=lengths,
+            check=True,
         )  # output (T, B, D*H)
         return sequences.like(output), stack_states(finals)
 
@@ -175,6 +240,30 @@ class Recurrent(RecurrentBase):
         ones with a whole-sequence scan.
         """
         return self._run(input, state, lengths)
+
+
+def _check_project_per_step(cell: Cell, inputs: Tensor, projected: Tensor, where: str) -> None:
+    """``project(x)[t]`` must be ``project(x[t:t+1])[0]`` for every ``t`` (rounding aside)."""
+    name = type(cell).__name__
+    for t in range(inputs.size(0)):
+        alone = cell.project(inputs[t : t + 1])  # (1, B, *)
+        check_projected(cell, inputs[t : t + 1], alone)
+        if alone.shape[1:] != projected.shape[1:]:
+            raise ValueError(
+                f"{name}.project() in {where} must map each time step on its own: on step {t} "
+                f"alone it gives rows of shape {tuple(alone.shape[1:])}, expected "
+                f"{tuple(projected.shape[1:])} as on the whole sequence"
+            )
+        try:
+            torch.testing.assert_close(alone[0], projected[t])
+        except AssertionError:
+            difference = (alone[0] - projected[t]).abs().max().item()
+            raise ValueError(
+                f"{name}.project() in {where} must map each time step on its own: "
+                f"project(x[{t}:{t + 1}])[0] differs from project(x)[{t}] by up to {difference:g}, "
+                "expected equal (it mixes time steps, e.g. a sum or a convolution over T, so "
+                "streaming, single steps and the reverse direction see different inputs)"
+            ) from None
 
 
 def _leaves(state) -> list[Tensor]:

@@ -55,6 +55,11 @@ class RecurrentBase(nn.Module):
     #: leaves are ``hidden[k]``. ``step()``'s errors call it ``state``, its argument's name.
     _state_word = "state"
 
+    #: Whether the layer loop checks the cells' ``project`` and output against the
+    #: :class:`~unrolled.Cell` protocol (user cells, whose mistakes would otherwise surface as
+    #: raw shape errors); the built-in cells follow it by construction.
+    _check_cells = False
+
     def _check_state_structure(self, state, state_dim: int, like: Tensor) -> None:
         """Raise if ``state`` (as the user gave it) does not have the structure of one
         layer-direction's state, or its leaves do not have ``state_dim`` dims (3 batched, 2
@@ -145,7 +150,7 @@ class RecurrentBase(nn.Module):
             stacked = self._user_state(state, x_t.dim() + 1, to_loop, x, "state")
             states = split_states(stacked, self.num_layers)
         output, finals = step_layers(
-            cells, x, states, dropout=self.dropout, training=self.training
+            cells, x, states, dropout=self.dropout, training=self.training, check=self._check_cells
         )  # (B, O)
         new_state = stack_states(finals)
         if not batched:

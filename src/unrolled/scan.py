@@ -73,7 +73,10 @@ def scan(
     outputs: list[Tensor | None] = [None] * num_steps
     times = range(num_steps - 1, -1, -1) if reverse else range(num_steps)
     for t in times:
-        output, new_state = step(inputs[t], state)
+        result = step(inputs[t], state)
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise step_result_error(step, result)
+        output, new_state = result
         if valid is not None:
             # Outside a sequence the state does not move and the output is zero; `where`
             # (not a multiply) keeps gradients of padded steps exactly zero, even for inf/nan.
@@ -83,3 +86,30 @@ def scan(
         outputs[t] = output
         state = new_state
     return torch.stack(outputs), state  # (T, B, O)
+
+
+def step_result_error(step: Callable, result) -> TypeError:
+    """The error for a ``step`` that did not return the pair ``(output_t, new_state)``."""
+    owner = getattr(step, "__self__", None)  # a cell's bound ``step``
+    name = f"{type(owner).__name__}.step()" if owner is not None else f"{_name(step)}()"
+    return TypeError(
+        f"{name} must return a pair (output, new_state), got {describe(result)}; "
+        "a cell whose output is its new state returns (h, h)"
+    )
+
+
+def describe(value) -> str:
+    """A value in an error message: its type, and its shape for a tensor."""
+    if isinstance(value, Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        count = f"{len(value)} element" + ("" if len(value) == 1 else "s")
+        inner = ", ".join(describe(v) for v in value) if len(value) <= 4 else "..."
+        return f"a {type(value).__name__} of {count} ({inner})"
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan import State, scan, valid_steps
+from .scan import State, describe, scan, step_result_error, valid_steps
 
 
 class CellLike(Protocol):
@@ -51,6 +51,7 @@ def stack(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
+    check: bool = False,
 ) -> tuple[Tensor, list[State]]:
     """Run a stack of recurrent layers.
 
@@ -61,6 +62,8 @@ def stack(
         initial_states: ``L * D`` states, same indexing.
         dropout: probability applied to every layer's output but the last, in training only.
         lengths: ``(B,)`` valid steps per sequence, or None.
+        check: check each cell's ``project`` and output against the :class:`~unrolled.Cell`
+            protocol (``Recurrent``'s user cells): a few shape comparisons per layer-direction.
 
     Returns:
         ``(output (T, B, D * O), final_states)`` with ``final_states[l * D + d]``.
@@ -72,6 +75,8 @@ def stack(
         for direction in range(num_directions):
             index = layer * num_directions + direction
             input_part = cells[index].project(layer_input)  # (T, B, *)
+            if check:
+                check_projected(cells[index], layer_input, input_part)
             output, final = run_direction(
                 cells[index],
                 input_part,
@@ -79,6 +84,10 @@ def stack(
                 reverse=direction == 1,
                 lengths=lengths,
             )
+            if check:
+                check_output_width(
+                    cells[index], output.shape[1:], index, num_layers, num_directions
+                )
             outputs.append(output)  # (T, B, O)
             final_states.append(final)
         layer_input = torch.cat(outputs, dim=-1)  # (T, B, D*O)
@@ -108,11 +117,13 @@ def step_layers(
     *,
     dropout: float = 0.0,
     training: bool = False,
+    check: bool = False,
 ) -> tuple[Tensor, list[State]]:
     """One time step through a unidirectional stack: the streaming twin of :func:`stack`.
 
     Args:
         cells: ``L`` cells, bottom first. x_t: ``(B, I)``. states: ``L`` states.
+        check: as :func:`stack`'s.
 
     Returns:
         ``(output_t (B, O), new_states)``.
@@ -120,9 +131,59 @@ def step_layers(
     new_states: list[State] = []
     last = len(cells) - 1
     for index, cell in enumerate(cells):
-        input_part = cell.project(x_t.unsqueeze(0))[0]  # (1, B, I) -> (B, *)
-        x_t, new_state = cell.step(input_part, states[index])  # (B, O)
+        one_step = x_t.unsqueeze(0)  # (1, B, I)
+        projected = cell.project(one_step)  # (1, B, *)
+        if check:
+            check_projected(cell, one_step, projected)
+        result = cell.step(projected[0], states[index])
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise step_result_error(cell.step, result)
+        x_t, new_state = result  # (B, O)
+        if check:
+            if not isinstance(x_t, Tensor):
+                raise TypeError(
+                    f"{type(cell).__name__}.step() must return (output, new_state) with output a "
+                    f"Tensor (B, hidden_size), got an output that is {describe(x_t)}"
+                )
+            check_output_width(cell, x_t.shape, index, len(cells), 1)
         new_states.append(new_state)
         if dropout > 0 and training and index < last:
             x_t = F.dropout(x_t, dropout, training=True)
     return x_t, new_states
+
+
+def check_projected(cell: CellLike, inputs: Tensor, projected) -> None:
+    """``project`` must keep its input's leading ``(T, B)`` dims: one row per time step."""
+    name = type(cell).__name__
+    if not isinstance(projected, Tensor):
+        raise TypeError(f"{name}.project() must return a Tensor, got {describe(projected)}")
+    if projected.dim() < 2 or projected.shape[:2] != inputs.shape[:2]:
+        steps, batch = inputs.shape[:2]
+        raise ValueError(
+            f"{name}.project() must map each time step on its own and keep the leading "
+            f"(T, B) dims of its input: given an input of shape {tuple(inputs.shape)}, expected "
+            f"an output of shape ({steps}, {batch}, ...), got {tuple(projected.shape)}"
+        )
+
+
+def check_output_width(
+    cell: CellLike, step_shape: tuple[int, ...], index: int, num_layers: int, num_directions: int
+) -> None:
+    """A step's output must be ``(B, hidden_size)``: the layer above is built to read
+    ``D * hidden_size`` features. ``step_shape``: the shape of one step's output."""
+    expected = getattr(cell, "hidden_size", None)  # None: a whole-sequence runner's wrapper
+    width = step_shape[-1] if step_shape else None
+    if expected is None or width == expected:
+        return
+    layer, direction = divmod(index, num_directions)
+    where = f"layer {layer} ({'reverse' if direction else 'forward'}, cells[{index}])"
+    if layer < num_layers - 1:
+        reader = f"layer {layer + 1} reads {num_directions} * hidden_size = "
+        reader += f"{num_directions * expected} features"
+    else:
+        reader = "a layer above it reads num_directions * hidden_size features"
+    raise ValueError(
+        f"{type(cell).__name__}.step() in {where} returned an output of shape "
+        f"{tuple(step_shape)}: expected width {expected} (the cell's hidden_size), got {width}. "
+        f"Each step's output must be (B, hidden_size); {reader}"
+    )
