@@ -9,12 +9,19 @@ writes a few lines, one character at a time, carrying its ``(h, c)`` state betwe
     python examples/char_lm.py                     # about a minute on 2 cores
     python examples/char_lm.py --steps 3000        # longer: lower bits per character
     python examples/char_lm.py --torch             # the same model on torch.nn.LSTM
+    python examples/char_lm.py --clip 0            # no gradient clipping (default: norm 1.0)
+    python examples/char_lm.py --tbptt 8           # back-propagate at most 8 steps (truncated BPTT)
+    python examples/char_lm.py --optimizer sgd --lr 2 --clip 0.25   # where clipping matters
+
+Every report line also gives the gradient norm before clipping (median and largest since the last
+report), so the effect of ``--clip`` and ``--lr`` on it can be read off the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -79,6 +86,7 @@ class History:
     steps: list[int] = field(default_factory=list)
     train_bpc: list[float] = field(default_factory=list)  # mean over the steps since last report
     val_bpc: list[float] = field(default_factory=list)
+    grad_norm: list[tuple[float, float]] = field(default_factory=list)  # (median, max) per report
     seconds: float = 0.0
     sample: str = ""
 
@@ -147,8 +155,14 @@ def train(
     sample_length: int = 200,
     temperature: float = 0.8,
     prompt: str = "Shall I ",
+    clip: float | None = 1.0,
+    tbptt: int = 0,
+    optimizer_name: str = "adam",
     log=print,
 ) -> History:
+    """Train for ``steps`` steps; ``clip``: the gradient norm is scaled down to it (None or 0: no
+    clipping); ``tbptt``: back-propagate through at most this many steps of each window (the
+    forward still reads the whole window, carrying its state; 0: the whole window)."""
     text = Path(text_path).read_text(encoding="utf-8")
     vocab = Vocabulary.of(text)
     data = vocab.encode(text)  # (N,)
@@ -164,7 +178,10 @@ def train(
         use_torch=use_torch,
         backend=backend,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer_name == "sgd":  # plain SGD: the step is lr x the gradient, spikes and all
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    else:  # Adam divides by a running gradient size: a spike moves the weights far less
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     windows = torch.Generator().manual_seed(seed)
     history = History()
     uniform = math.log2(len(vocab.chars))
@@ -178,24 +195,33 @@ def train(
     log(f"step {0:5d}  validation bpc {history.val_bpc[-1]:.3f}")
     start = time.perf_counter()
     running: list[float] = []
+    norms: list[float] = []  # the gradient's norm before clipping, each step since the last report
     for step in range(1, steps + 1):
         inputs, targets = random_windows(train_data, batch_size, seq_len, windows)
-        logits, _ = model(inputs)  # (B, T, V)
+        logits = forward_truncated(model, inputs, tbptt)  # (B, T, V)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # keeps the early steps from blowing up
+        parameters = list(model.parameters())
+        if clip:  # scales the whole gradient down to norm `clip`: a spike cannot throw the weights
+            norms.append(float(nn.utils.clip_grad_norm_(parameters, clip)))
+        else:
+            norms.append(float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad) for p in parameters]))))  # fmt: skip
         optimizer.step()
         running.append(bits(loss.detach()))
         if step % report_every == 0 or step == steps:
             history.steps.append(step)
             history.train_bpc.append(sum(running) / len(running))
             history.val_bpc.append(validation_bpc(model, val_data, seq_len))
-            running = []
+            history.grad_norm.append((statistics.median(norms), max(norms)))
+            running, norms = [], []
             elapsed = time.perf_counter() - start
             log(
                 f"step {step:5d}  train bpc {history.train_bpc[-1]:.3f}  "
-                f"validation bpc {history.val_bpc[-1]:.3f}  ({elapsed:.0f} s)"
+                f"validation bpc {history.val_bpc[-1]:.3f}  gradient norm median "
+                f"{history.grad_norm[-1][0]:.2f} max {history.grad_norm[-1][1]:.2f}  "
+                f"({elapsed:.0f} s)"
             )
     history.seconds = time.perf_counter() - start
     if sample_length > 0:
@@ -203,6 +229,20 @@ def train(
             model, vocab, prompt, sample_length, temperature, torch.Generator().manual_seed(seed)
         )
     return history
+
+
+def forward_truncated(model: CharLM, inputs: Tensor, tbptt: int) -> Tensor:
+    """Logits ``(B, T, V)`` of ``inputs (B, T)``; with ``0 < tbptt < T`` the window is read in
+    chunks of ``tbptt`` steps, each starting from the state the previous chunk ended in, detached:
+    the forward is the same numbers, but no gradient flows back across a chunk boundary."""
+    if not 0 < tbptt < inputs.shape[1]:
+        return model(inputs)[0]
+    state, pieces = None, []
+    for start in range(0, inputs.shape[1], tbptt):
+        logits, state = model(inputs[:, start : start + tbptt], state)  # (B, k, V)
+        state = tuple(s.detach() for s in state)  # the cut: BPTT stops here
+        pieces.append(logits)
+    return torch.cat(pieces, dim=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-length", type=int, default=300)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--prompt", default="Shall I ")
+    parser.add_argument("--clip", type=float, default=1.0,
+                        help="clip the gradient norm to this (0: none; default 1.0)")  # fmt: skip
+    parser.add_argument("--tbptt", type=int, default=0,
+                        help="back-propagate through at most this many steps (default 0: the "
+                             "whole --seq-len window)")  # fmt: skip
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     args = parser.parse_args(argv)
+    if args.clip < 0 or args.tbptt < 0:
+        parser.error(f"--clip and --tbptt must be >= 0, got {args.clip} and {args.tbptt}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -243,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         sample_length=args.sample_length,
         temperature=args.temperature,
         prompt=args.prompt,
+        clip=args.clip,
+        tbptt=args.tbptt,
+        optimizer_name=args.optimizer,
     )
     layer = "torch.nn.LSTM" if args.torch else f"unrolled.LSTM(backend={args.backend!r})"
     print(f"{layer}: {args.steps} steps in {history.seconds:.1f} s")

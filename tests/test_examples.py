@@ -146,3 +146,34 @@ def test_shipped_text_is_the_documented_file(char_lm):
     readme = (char_lm.DEFAULT_TEXT.parent / "README.md").read_text(encoding="utf-8")
     assert hashlib.sha256(data).hexdigest() in readme
     assert len(data) < 300_000
+
+
+def test_char_lm_truncated_bptt_keeps_the_forward_and_cuts_the_gradient(char_lm):
+    torch.manual_seed(0)
+    model = char_lm.CharLM(9, embed_size=4, hidden_size=8, num_layers=1, use_torch=False,
+                           backend="fast")  # fmt: skip
+    codes = torch.randint(9, (3, 12))  # (B, T)
+
+    def run(tbptt):
+        model.zero_grad()
+        logits = char_lm.forward_truncated(model, codes, tbptt)
+        logits.square().sum().backward()
+        return logits.detach(), model.lstm.weight_hh_l0.grad.clone()
+
+    full_logits, full_grad = run(0)
+    same_logits, same_grad = run(12)  # a window no longer than tbptt: nothing is cut
+    cut_logits, cut_grad = run(4)
+    torch.testing.assert_close(same_grad, full_grad)
+    torch.testing.assert_close(cut_logits, full_logits, atol=1e-6, rtol=1e-5)  # same forward
+    assert (cut_grad - full_grad).abs().max() > 1e-4  # fewer paths back in time
+
+
+def test_char_lm_reports_the_gradient_norm_before_clipping(char_lm):
+    runs = {clip: char_lm.train(steps=6, report_every=3, hidden_size=16, sample_length=0,
+                                clip=clip, tbptt=2, log=lambda *_: None)
+            for clip in (0.0, 1e-3)}  # fmt: skip
+    for history in runs.values():
+        assert len(history.grad_norm) == 2
+        assert all(0 < median <= largest for median, largest in history.grad_norm)
+    assert runs[1e-3].grad_norm[0][1] > 1e-3  # measured before clipping to 1e-3
+    assert runs[1e-3].val_bpc[-1] > runs[0.0].val_bpc[-1]  # tiny steps learn less

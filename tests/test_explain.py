@@ -156,3 +156,28 @@ def test_at_80_columns_lines_wrap_between_words(monkeypatch, capsys):
     assert max(len(line) for line in wrapped.splitlines()) <= 80
     assert wrapped.split() == whole.split()  # only whitespace moved: no word cut in two
     assert "W_hi = weight_hh_l0[0:3] (3, 3)" in wrapped  # an assignment stays on one line
+
+
+def test_grad_flow_measures_vanishing_exploding_and_the_forget_gate():
+    from unrolled.tools import grad_flow
+
+    small, large = (grad_flow.measure("rnn_tanh", scale, steps=30) for scale in (0.5, 3.0))
+    assert len(small.norms) == 30 and small.steps_back(0) == pytest.approx(1.0)
+    assert small.steps_back(29) < 1e-6 < 1e2 < large.steps_back(29)
+    plain = grad_flow.measure("lstm", 1.0, steps=30)
+    held = grad_flow.measure("lstm", 1.0, steps=30, forget_bias=3.0)
+    assert held.steps_back(29) > 100 * plain.steps_back(29)
+    assert "lstm, forget bias +3" in grad_flow.table([plain, held])
+
+
+def test_explain_grad_flow_prints_the_table_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "flow.png"
+    argv = ["explain", "--grad-flow", "--mode", "gru", "--T", "12", "--plot", str(path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "T=12" in out and out.count("\ngru ") == len((0.5, 1.0, 1.5, 3.0))
+    assert "k=10" in out and "k=20" not in out  # only the steps a 12-step sequence has
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="--T must be >= 2"):
+        cli.main(["explain", "--grad-flow", "--T", "1"])

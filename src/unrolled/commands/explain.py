@@ -27,12 +27,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mode",
         choices=sorted(modes.CLI_NAMES) + ["rnn"],
-        default="rnn",
-        help="rnn (= rnn_tanh), rnn_relu, lstm or gru (default rnn)",
+        default=None,
+        help="rnn (= rnn_tanh), rnn_relu, lstm or gru (default rnn; with --grad-flow: rnn, "
+        "lstm and gru)",
     )
+    parser.add_argument("--grad-flow", action="store_true",
+                        help="instead: how far back the gradient reaches, ||dL/dh_t|| for a loss "
+                             "on the last state, at several sizes of W_hh (T=60 unless --T; "
+                             "--plot draws it)")  # fmt: skip
+    parser.add_argument("--forget-bias", type=float, default=0.0,
+                        help="with --grad-flow: added to the LSTM's forget-gate bias")  # fmt: skip
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--bidirectional", action="store_true")
-    parser.add_argument("--T", type=int, default=3, help="time steps (default 3)")
+    parser.add_argument("--T", type=int, default=None, help="time steps (default 3; 60 with "
+                        "--grad-flow)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     parser.add_argument("--input-size", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=3)
@@ -45,6 +53,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.grad_flow:
+        return grad_flow(args)
+    args.T = 3 if args.T is None else args.T
+    args.mode = args.mode or "rnn"
     mode = modes.CLI_NAMES["rnn_tanh" if args.mode == "rnn" else args.mode]
     for name in ("layers", "T", "batch", "input_size", "hidden_size"):
         if getattr(args, name) < 1:
@@ -78,6 +90,35 @@ def run(args: argparse.Namespace) -> int:
         diagram.draw(result, args.plot)
         print(f"wrote {args.plot}")
     return 0 if result.passed else 1
+
+
+def grad_flow(args: argparse.Namespace) -> int:
+    """``--grad-flow``: the table of :mod:`unrolled.tools.grad_flow`, and its picture."""
+    from unrolled.tools import grad_flow as flow
+
+    steps = 60 if args.T is None else args.T
+    if steps < 2:
+        raise SystemExit(f"unrolled explain --grad-flow: --T must be >= 2, got {steps}")
+    chosen = flow.MODES if args.mode is None else ("rnn_tanh" if args.mode == "rnn" else args.mode,)
+    flows = flow.sweep(chosen, steps=steps, seed=args.seed, forget_bias=args.forget_bias)
+    width = output_width()
+    print(wrap(
+        f"||dL/dh_t|| for L = <v, h_(T-1)>, T={steps}, k = T-1-t steps before the loss; W_hh = "
+        "scale x a random orthogonal matrix per gate (float64, mean over 16 sequences):", width
+    ) + "\n")  # fmt: skip
+    print(flow.table(flows))
+    print("\n" + wrap("far below 1 the early steps get almost no say in training (vanishing); far "
+                      "above 1 they swamp the late ones (exploding)", width))  # fmt: skip
+    if args.plot:
+        try:
+            flow.plot(flows, args.plot)
+        except ImportError as error:
+            print(
+                f"unrolled explain --plot needs matplotlib ({error}): pip install 'unrolled[plot]'"
+            )
+            return 2
+        print(f"wrote {args.plot}")
+    return 0
 
 
 def output_width() -> int | None:
