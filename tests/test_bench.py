@@ -7,16 +7,22 @@ and that the command line exits 0.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import statistics
+import struct
 
 import pytest
 import torch
+from rich.console import Console
+from rich.progress import TimeRemainingColumn
 from torch.nn.utils.rnn import PackedSequence
 
 from unrolled import cli
-from unrolled.tools import benchmark, benchmark_memory
+from unrolled.commands import bench
+from unrolled.tools import benchmark, benchmark_memory, benchmark_report
 from unrolled.tools.compare import tolerance
 
 POINT_FIELDS = ("mode", "shape", "layers", "bidirectional", "packed", "dtype")
@@ -260,3 +266,195 @@ def test_default_grid_is_the_issue_grid():
     )  # fmt: skip
     assert len(points) == 3 * 4 * 2
     assert {(p.layers, p.bidirectional) for p in points} == {(1, False), (2, True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# what bench prints and draws, from made-up reports (no timing)
+
+
+def made_up_record(mode: str, name: str, dims: tuple, config: str, forward: float,
+                   train: float, torch_ms: float = 1301.0) -> dict:  # fmt: skip
+    """A record as benchmark.run_point writes it, with --memory and --compiled, wide numbers."""
+
+    def timing(ratio: float, ms: float) -> dict:
+        torch_s, unrolled_s = ms / 1e3, ratio * ms / 1e3
+        return {
+            "torch": {"median_s": torch_s, "noise": 0.01},
+            "unrolled": {"median_s": unrolled_s, "noise": 0.02, "peak_fraction": 0.91},
+            "ratio": ratio,
+            "compiled": {"median_s": 1.5 * unrolled_s},
+            "compiled_ratio": 1.5 * ratio,
+            "compiled_vs_eager": 1.5,
+        }  # fmt: skip
+
+    batch, steps, inputs, hidden = dims
+    return {
+        "mode": mode, "config": config,
+        "shape": {"name": name, "batch": batch, "steps": steps, "input_size": inputs,
+                  "hidden_size": hidden},
+        "plan": f"{mode.upper()}: native loops (C++, AVX512), fused engine (AVX-512 kernel); "
+                f"reason: the fastest runner for this shape class here; {mode.upper()} float32 "
+                f"D1 threads2 T{steps} B{batch}: measured here: fused engine 0.0712 ms",
+        "forward": timing(forward, torch_ms), "train": timing(train, 3 * torch_ms),
+        "memory": {"torch": {"peak_bytes": 123_456_789}, "unrolled": {"peak_bytes": 65_432_100},
+                   "ratio": 0.53},
+        "noise": 0.123, "parity": {"ok": True, "max_abs_diff": 1e-7},
+    }  # fmt: skip
+
+
+def made_up_report(records: list[dict]) -> dict:
+    return {
+        "environment": {"date": "2026-12-05 07:34 UTC", "torch": "2.13.0+cpu", "unrolled": "0.1.0",
+                        "python": "3.11.7", "cpu": "AMD EPYC", "vendor": "AuthenticAMD",
+                        "isa": "AVX512", "engine_isa": "AVX-512", "threads": 2, "cpu_count": 2,
+                        "load_average": {"before": 2.5, "after": 1.9}, "peak_gflops": 199.3},
+        "settings": {"backend": "fast", "repeats": 7, "warmup": 2, "min_sample_s": 0.05,
+                     "seed": 0, "dtype": "float32", "packed": False, "quick": False,
+                     "memory": True, "compiled": True},
+        "results": records,
+        "geomean": benchmark.summarize(records),
+    }  # fmt: skip
+
+
+NAMED = made_up_report([
+    made_up_record(mode, name, dims, config, forward, train)
+    for mode in ("lstm", "gru")
+    for name, dims, forward, train in (("S", (1, 256, 32, 32), 0.1412, 12.3456),
+                                        ("XL", (32, 32, 512, 1024), 1.0587, 0.0789))
+    for config in ("1uni", "2bi")
+])  # fmt: skip
+LITERAL = made_up_report([
+    made_up_record("rnn_tanh", "24x24x384x768", (24, 24, 384, 768), config, 0.4213, 0.9876, 0.0712)
+    for config in ("1uni", "2bi")
+])  # fmt: skip
+
+
+def render(report: dict, width: int) -> str:
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    benchmark_report.header(console, report)
+    benchmark_report.tables(console, report)
+    return console.export_text()
+
+
+@pytest.mark.parametrize("report", [NAMED, LITERAL], ids=["named shapes", "literal shapes"])
+@pytest.mark.parametrize("width", [80, 100, 120, 200])
+def test_tables_fit_the_console_and_cut_no_number(report, width):
+    text = render(report, width)
+    assert "…" not in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    cells = text.split()
+    for record in report["results"]:
+        for phase in ("forward", "train"):
+            timing = record[phase]
+            for key in ("ratio", "compiled_ratio", "compiled_vs_eager"):
+                assert f"{timing[key]:.2f}" in cells
+            assert benchmark_report._ms(timing["torch"]["median_s"]) in cells
+    assert "12%" in cells  # the noise column stays, even at 80 columns
+    for means in report["geomean"].values():
+        assert all(f"{value:.2f}" in cells for value in means.values())
+    words = set(cells)
+    for record in report["results"]:  # header lines break between words, never inside one
+        assert set(record["plan"].split()) <= words
+
+
+def test_a_narrow_console_leaves_out_the_least_useful_columns_first():
+    lstm = [r for r in NAMED["results"] if r["mode"] == "lstm"]
+    wide = benchmark_report.mode_table("lstm", lstm, NAMED["geomean"]["lstm"])
+    headers = [str(c.header).replace("\n", " ") for c in wide.columns]
+    assert headers == ["shape", "B,T,I,H", "config", "torch fwd", "unrolled fwd", "fwd ratio",
+                       "fwd %peak", "torch train", "unrolled train", "train ratio", "torch MiB",
+                       "unrolled MiB", "mem ratio", "noise", "parity"]  # fmt: skip
+    narrow = benchmark_report.mode_table("lstm", lstm, NAMED["geomean"]["lstm"], width=80)
+    headers = [str(c.header).replace("\n", " ") for c in narrow.columns]
+    assert headers == ["shape", "config", "torch fwd", "unrolled fwd", "fwd ratio", "torch train",
+                       "unrolled train", "train ratio", "mem ratio", "noise"]  # fmt: skip
+    assert benchmark_report.table_width(narrow) <= 80
+    # what was left out is said under the table: the shapes' sizes and that parity held
+    assert "S=1,256,32,32" in narrow.caption and "XL=32,32,512,1024" in narrow.caption
+    assert "parity" in narrow.caption
+    # a literal shape's B,T,I,H would repeat its name: never shown
+    rnn = LITERAL["results"]
+    table = benchmark_report.mode_table("rnn_tanh", rnn, LITERAL["geomean"]["rnn_tanh"])
+    assert "B,T,I,H" not in [c.header for c in table.columns] and table.caption is None
+
+
+def test_a_failed_parity_keeps_its_column():
+    records = [r for r in NAMED["results"] if r["mode"] == "gru"]
+    records[0] = dict(records[0], parity={"ok": False, "max_abs_diff": 0.5})
+    table = benchmark_report.mode_table("gru", records, NAMED["geomean"]["gru"], width=80)
+    assert "parity" in [c.header for c in table.columns]
+
+
+def test_piped_output_is_120_columns_unless_columns_says(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert bench.output_console().width == bench.PIPED_WIDTH == 120
+    monkeypatch.setenv("COLUMNS", "80")
+    assert bench.output_console().width == 80
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_point():
+    out = io.StringIO()
+    now = iter([0.0, 10.0, 42.0, 3725.0])
+    progress = bench._Progress(Console(file=out), 3, clock=lambda: next(now))
+    assert progress.bar is None
+    with progress:
+        for label in ("lstm S 1uni", "lstm S 2bi", "lstm XL 2bi"):
+            progress.now(f"{label}: timing")
+            progress.finished(label)
+    assert out.getvalue().splitlines() == [
+        "bench: 3 point(s) to time",
+        "bench: 1/3 lstm S 1uni done, 0:10 elapsed, about 0:20 left",
+        "bench: 2/3 lstm S 2bi done, 0:42 elapsed, about 0:21 left",
+        "bench: 3/3 lstm XL 2bi done, 1:02:05 elapsed",
+    ]
+
+
+def test_progress_on_a_terminal_is_a_bar_with_the_time_left():
+    console = Console(file=io.StringIO(), force_terminal=True)
+    progress = bench._Progress(console, 2)
+    assert any(isinstance(column, TimeRemainingColumn) for column in progress.bar.columns)
+    with progress:
+        progress.finished("gru S 1uni")
+    assert progress.bar.tasks[0].completed == 1
+
+
+def test_the_command_reports_progress_on_stderr(tmp_path, capsys):
+    status, _ = run_cli(tmp_path, "progress", "--modes", "gru", "--configs", "1uni,2bi",
+                        "--shapes", "1x3x2x3")  # fmt: skip
+    assert status == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bench:")]
+    assert lines[0] == "bench: 2 point(s) to time"
+    assert re.fullmatch(r"bench: 1/2 gru 1x3x2x3 1uni done, 0:\d\d elapsed, about 0:\d\d left",
+                        lines[1])  # fmt: skip
+    assert re.fullmatch(r"bench: 2/2 gru 1x3x2x3 2bi done, 0:\d\d elapsed", lines[2])
+
+
+def test_plot_bars_start_at_one_and_carry_their_values(tmp_path, monkeypatch):
+    matplotlib_text = pytest.importorskip("matplotlib.text")
+    plt = benchmark_report.pyplot()
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    path = tmp_path / "ratios.png"
+    benchmark_report.plot(NAMED, str(path))
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert 800 <= width <= 1400 and height >= width * 9 / 16
+    (figure,) = figures
+    panels = [axes for axes in figure.axes if axes.get_title(loc="left")]
+    assert [axes.get_title(loc="left") for axes in panels] == ["lstm", "gru"]
+    for axes, mode in zip(panels, ("lstm", "gru")):
+        ratios = sorted(r[p]["ratio"] for r in NAMED["results"] if r["mode"] == mode
+                        for p in ("forward", "train"))  # fmt: skip
+        bars = axes.patches
+        assert all(bar.get_y() == pytest.approx(1) for bar in bars)
+        assert sorted(bar.get_y() + bar.get_height() for bar in bars) == pytest.approx(ratios)
+        labels = {text.get_text() for text in axes.texts}
+        assert {f"{ratio:.2f}" for ratio in ratios} <= labels
+        assert axes.get_yscale() == "log"
+        ticks = [label.get_text() for label in axes.get_yticklabels()]
+        assert {"0.1", "0.2", "0.5", "1", "2", "5", "10"} <= set(ticks)
+        assert "geomean" in axes.get_title(loc="right")
+    assert any("CPU AMD EPYC" in text.get_text() for text in figure.findobj(matplotlib_text.Text))
+    monkeypatch.undo()
+    plt.close(figure)

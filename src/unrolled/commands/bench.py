@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from unrolled.tools import benchmark, benchmark_memory, benchmark_report
 
 QUICK_SHAPES = ("S", "M", "L")
+#: the width of the report when stdout is not a terminal and COLUMNS does not say
+PIPED_WIDTH = 120
 
 
 def _listed(parse):
@@ -100,26 +111,78 @@ def _points(args: argparse.Namespace) -> list[benchmark.Point]:
     return benchmark.grid(args.modes, shapes, args.configs, packed=args.packed, dtype=args.dtype)
 
 
+def _clock(seconds: float) -> str:
+    """``0:42``, ``12:05``, ``1:02:03``."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class _Progress:
+    """Where a run stands, on ``console`` (stderr): on a terminal, rich's bar with the time spent
+    and the time left; otherwise (a log, a pipe) one plain line per finished point, so that a
+    run that is not watched live still says how far it is and about how long it has to go. The
+    time left is the mean time per finished point times the points left: about, since points
+    differ in size."""
+
+    def __init__(self, console: Console, total: int, clock=time.perf_counter) -> None:
+        self.console, self.total, self.done, self.clock = console, total, 0, clock
+        self.started = clock()
+        self.bar = None
+        if console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("elapsed,"),
+                                TimeRemainingColumn(), TextColumn("left"), console=console,
+                                transient=True, speed_estimate_period=24 * 3600)  # fmt: skip
+            self.task = self.bar.add_task("bench", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        else:
+            self._say(f"bench: {self.total} point(s) to time")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def _say(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def now(self, description: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=description)
+
+    def finished(self, label: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.advance(self.task)
+            return
+        elapsed = self.clock() - self.started
+        left = self.total - self.done
+        eta = f", about {_clock(elapsed / self.done * left)} left" if left else ""
+        self._say(f"bench: {self.done}/{self.total} {label} done, {_clock(elapsed)} elapsed{eta}")
+
+
 def measure(args: argparse.Namespace, console: Console) -> dict:
-    """Run the whole grid with a progress bar on ``console``; returns the report dict."""
+    """Run the whole grid, saying how far it is on ``console`` (see :class:`_Progress`);
+    returns the report dict."""
     settings = _settings(args)
     points = _points(args)
     load_before = benchmark.load_average()
     peak_flops = benchmark.peak_gemm_flops(getattr(torch, args.dtype))
     records = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=True)  # fmt: skip
-    with progress:
-        task = progress.add_task("bench", total=len(points))
+    with _Progress(console, len(points)) as progress:
         for point in points:
             label = f"{point.mode} {point.shape.name} {point.config}"
-            progress.update(task, description=f"{label}: timing")
+            progress.now(f"{label}: timing")
             record = benchmark.run_point(point, settings, peak_flops)
             if args.memory:
-                progress.update(task, description=f"{label}: memory")
+                progress.now(f"{label}: memory")
                 record["memory"] = _memory(point, settings, args.threads)
             records.append(record)
-            progress.advance(task)
+            progress.finished(label)
     environment = benchmark.environment(torch.get_num_threads())
     environment["load_average"] = {"before": load_before, "after": benchmark.load_average()}
     environment["peak_gflops"] = peak_flops / 1e9
@@ -150,12 +213,21 @@ def _memory(point: benchmark.Point, settings: benchmark.Settings, threads: int) 
     return {**probes, "ratio": ratio}
 
 
+def output_console() -> Console:
+    """The report's console on stdout: a terminal's width; when piped, COLUMNS where it is set,
+    else :data:`PIPED_WIDTH`. The tables leave out their least useful columns to fit."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(width=PIPED_WIDTH)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     if args.plot:
         benchmark_report.pyplot()  # a missing matplotlib should stop us before, not after, a run
-    console = Console(width=None if Console().is_terminal else 160)
+    console = output_console()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
