@@ -138,7 +138,9 @@ def test_plot_labels_steps_of_two_digits_as_one_subscript(tmp_path, monkeypatch)
         return original(self, x, y, s, *args, **kwargs)
 
     monkeypatch.setattr(Axes, "text", remember)
-    assert cli.main(["explain", "--mode", "rnn", "--T", "12", "--plot", str(tmp_path / "e.png")]) == 0
+    assert (
+        cli.main(["explain", "--mode", "rnn", "--T", "12", "--plot", str(tmp_path / "e.png")]) == 0
+    )
     labels = "\n".join(texts)
     assert "x$_{10}$" in labels and "x$_{11}$" in labels and "h'$_{10}$" in labels
     assert "x$_10$" not in labels and "x$_11$" not in labels  # mathtext: only "1" subscripted
