@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 import shutil
 import sys
@@ -122,13 +121,9 @@ def grad_flow(args: argparse.Namespace) -> int:
 
 
 def output_width() -> int | None:
-    """Where to wrap: ``COLUMNS`` if set, else the terminal's width; None (one fact per line,
-    for grep) when the output is not a terminal."""
-    if os.environ.get("COLUMNS", "").isdigit():
-        return int(os.environ["COLUMNS"])
-    if sys.stdout.isatty():
-        return shutil.get_terminal_size().columns
-    return None
+    """Where to wrap: a terminal's width (``COLUMNS`` where set); None when the output is not a
+    terminal, so that a file or a pipe gets one fact per line, for grep."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 #: never split across lines: a bracketed group (``(3, 2)``, ``[:, t, 0:3]``), an assignment
