@@ -89,6 +89,7 @@ class History:
     grad_norm: list[tuple[float, float]] = field(default_factory=list)  # (median, max) per report
     seconds: float = 0.0
     sample: str = ""
+    model: CharLM | None = None  # the trained model, for scripts that look inside it
 
 
 def bits(loss: Tensor | float) -> float:
@@ -228,6 +229,7 @@ def train(
         history.sample = sample(
             model, vocab, prompt, sample_length, temperature, torch.Generator().manual_seed(seed)
         )
+    history.model = model
     return history
 
 

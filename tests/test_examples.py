@@ -177,3 +177,66 @@ def test_char_lm_reports_the_gradient_norm_before_clipping(char_lm):
         assert all(0 < median <= largest for median, largest in history.grad_norm)
     assert runs[1e-3].grad_norm[0][1] > 1e-3  # measured before clipping to 1e-3
     assert runs[1e-3].val_bpc[-1] > runs[0.0].val_bpc[-1]  # tiny steps learn less
+
+
+@pytest.fixture(scope="module")
+def gates():
+    return load_example("gates")
+
+
+def test_gates_records_the_lstm_step_by_step(gates):
+    """The recorded gates are the model's: c_t = f c_{t-1} + i g, h_t = o tanh(c_t), and h_t is
+    unrolled.LSTM's output; the correlations found are finite and in [-1, 1]."""
+    history = gates.train(steps=5, hidden_size=16, sample_length=0, log=lambda *_: None)
+    model = history.model.eval()
+    text = gates.char_lm.DEFAULT_TEXT.read_text(encoding="utf-8")
+    vocab = gates.Vocabulary.of(text)
+    result, findings, passage = gates.analyse(model, vocab, text, passage_chars=50)
+    assert text.endswith(result.text) and len(result.text) > 0.09 * len(text)  # held out
+    assert passage.text in result.text and len(passage.text) == 50
+    c_before = torch.cat([torch.zeros(1, 16), result.c[:-1]])  # (T, H)
+    torch.testing.assert_close(result.c, result.f * c_before + result.i * result.g)
+    torch.testing.assert_close(result.h, result.o * torch.tanh(result.c))
+    for name in ("i", "f", "o"):
+        assert 0 <= result[name].min() and result[name].max() <= 1
+    with torch.no_grad():
+        output, _ = model.lstm(model.embed(vocab.encode(result.text)).unsqueeze(0))
+    torch.testing.assert_close(result.h, output[0], atol=1e-5, rtol=0)
+    assert [f.label for f in findings] == ["position in the line", "being inside a word",
+                                           "line number in the sonnet"]  # fmt: skip
+    for finding in findings:
+        assert math.isfinite(finding.r) and -1 <= finding.r <= 1, finding
+        assert 0 <= finding.unit < 16
+
+
+def test_gates_features_and_correlations(gates):
+    named = gates.features("IV\n\nAb c\nd'e\n")
+    assert named["position in the line"].tolist() == [0, 1, 2, 0, 0, 1, 2, 3, 4, 0, 1, 2, 3]
+    assert named["being inside a word"].tolist() == [1, 1, 0, 0, 1, 1, 0, 1, 0, 1, 1, 1, 0]
+    assert named["line number in the sonnet"].tolist() == [0] * 4 + [1] * 5 + [2] * 4
+    values = torch.tensor([[0.0, 1.0, 5.0], [1.0, 1.0, 3.0], [2.0, 1.0, 1.0]])  # (T, H)
+    r = gates.correlations(values, torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(r, torch.tensor([1.0, 0.0, -1.0]))  # a constant column: 0
+
+
+def test_gates_command_line_prints_correlations_and_plots(gates, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "gates.png"
+    argv = ["--steps", "5", "--passage-chars", "60", "--plot", str(png)]
+    assert gates.main(argv) == 0
+    out = capsys.readouterr().out
+    found = re.findall(r"cell state r = ([+-]\d\.\d{3}) with", out)
+    assert len(found) == 3 and all(-1 <= float(r) <= 1 for r in found), out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_cell_diagram_draws_both_cells(mode, tmp_path):
+    pytest.importorskip("matplotlib")
+    from unrolled.tools import cell_diagram
+
+    path = tmp_path / f"{mode}_cell.png"
+    cell_diagram.draw(mode, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        cell_diagram.draw("rnn", str(tmp_path / "rnn.png"))
