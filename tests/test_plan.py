@@ -103,9 +103,29 @@ def test_plan_of_cells_recurrent_and_strangers():
     assert cell_plan.runner == backends.REFERENCE and cell_plan.mode == "LSTM"
     stack = unrolled.Recurrent(lambda size: unrolled.IndRNN(size, 4), input_size=3)
     stack_plan = unrolled.plan(stack, torch.randn(5, 2, 3))
-    assert stack_plan.runner == backends.REFERENCE and "custom cells" in stack_plan.reason
+    assert stack_plan.runner == backends.REFERENCE and "IndRNN cells run the reference loop" in (
+        stack_plan.reason
+    )
     with pytest.raises(TypeError, match="module must be one of unrolled's recurrent modules"):
         unrolled.plan(torch.nn.LSTM(3, 4), torch.randn(5, 2, 3))
+
+
+def test_plan_of_variants_says_what_runs(monkeypatch):
+    x = torch.randn(6, 2, 3)  # (T, B, I)
+    for cell in (unrolled.LayerNormLSTM(3, 4), unrolled.LayerNormGRU(3, 4), unrolled.IndRNN(3, 4)):
+        found = unrolled.plan(cell, x[0])
+        assert found.runner == backends.REFERENCE and type(cell).__name__ in found.reason
+    mingru = unrolled.MinGRU(3, 4, batch_first=True)
+    assert unrolled.plan(mingru, x.transpose(0, 1)).runner == "parallel scan"  # training step
+    with torch.no_grad():  # inference steps, as the forward itself decides
+        assert unrolled.plan(mingru, x.transpose(0, 1)).runner == backends.REFERENCE
+    assert unrolled.plan(mingru, x[:1].transpose(0, 1)).runner == backends.REFERENCE  # T = 1
+    calls = []
+    real = unrolled.variants.mingru.ParallelMinGRU
+    monkeypatch.setattr(unrolled.variants.mingru, "ParallelMinGRU",
+                        lambda *a: calls.append(1) or real(*a))  # fmt: skip
+    mingru(x.transpose(0, 1))  # what plan said: the forward takes the parallel scan
+    assert calls
 
 
 def test_unknown_backend_is_refused():

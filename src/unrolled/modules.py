@@ -398,14 +398,27 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
             input, batch_first=module.batch_first, lengths=lengths, module_name=module._name
         )
         return module._plan(sequences, module.layer_weights())
+    from .cell import Cell
     from .cell_modules import RNNCellBase
     from .recurrent import Recurrent
+    from .variants.mingru import MinGRU
 
     if isinstance(module, RNNCellBase):
         reason = "a cell is one step: the cell functions, differentiated by autograd"
         return backends.Plan(module.mode, backends.REFERENCE, reason)
+    if isinstance(module, MinGRU) and module.parallel_for(input):
+        reason = (f"a training step over T > 1 steps: the parallel scan over time "
+                  f"({module.scan_method}), differentiated by autograd")  # fmt: skip
+        return backends.Plan("MinGRU", "parallel scan", reason)
     if isinstance(module, Recurrent):
-        reason = "custom cells run the reference loop (stack and scan), differentiated by autograd"
+        cells = ", ".join(dict.fromkeys(type(cell).__name__ for cell in module.cells))
+        reason = (f"{cells} cells run the reference loop (stack and scan): project() hoisted, one "
+                  "step() call per time step in torch ops, differentiated by autograd")  # fmt: skip
+        return backends.Plan(type(module).__name__, backends.REFERENCE, reason)
+    if isinstance(module, Cell):
+        reason = (f"a custom cell ({type(module).__name__}) is one step() in torch ops, "
+                  "differentiated by autograd; in unrolled.Recurrent it runs the reference "
+                  "loop")  # fmt: skip
         return backends.Plan(type(module).__name__, backends.REFERENCE, reason)
     raise TypeError(
         f"unrolled.plan: module must be one of unrolled's recurrent modules, got "

@@ -207,6 +207,22 @@ class MinGRU(Recurrent):
 
         super().__init__(make_cell, input_size, num_layers, bidirectional, batch_first, dropout)
 
+    def _records(self, inputs: Tensor) -> bool:
+        """Whether autograd records a call on ``inputs`` (a training step)."""
+        return torch.is_grad_enabled() and (
+            inputs.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+
+    def parallel_for(self, input) -> bool:
+        """Whether ``self(input)`` (``parallel=None``) runs the parallel scan: what
+        :func:`unrolled.plan` reports. ``input`` as :meth:`forward` takes it."""
+        data = input.data if hasattr(input, "batch_sizes") else input
+        if hasattr(input, "batch_sizes"):
+            steps = len(input.batch_sizes)
+        else:
+            steps = data.shape[1 if self.batch_first and data.dim() == 3 else 0]
+        return self._records(data) and steps > 1
+
     def forward(self, input, hx=None, *, parallel: bool | None = None, lengths=None):
         """Run the layers.
 
@@ -227,10 +243,7 @@ class MinGRU(Recurrent):
         def choose_cells(inputs: Tensor):
             use_parallel = parallel
             if parallel is None:
-                records = torch.is_grad_enabled() and (
-                    inputs.requires_grad or any(p.requires_grad for p in self.parameters())
-                )
-                use_parallel = records and inputs.size(0) > 1
+                use_parallel = self._records(inputs) and inputs.size(0) > 1
             if not use_parallel:
                 return self.cells
             return [ParallelMinGRU(c, self.scan_method) for c in self.cells]
