@@ -41,16 +41,27 @@ def test_reference_backend():
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_a_custom_step_runs_the_reference(mode):
+def test_regularizers_say_where_they_run(mode):
+    """Recurrent dropout and zoneout run in the fast loops' step (the BLAS loop, never the
+    fused engine) where the mode has them, and the plan says so; with projection, under a
+    graph capture or in other dtypes they run the reference loop."""
     cls = getattr(unrolled, mode)
     x = torch.randn(5, 2, 3)
     zoned = cls(3, 4, zoneout=0.1)
-    assert unrolled.plan(zoned, x).runner == backends.REFERENCE
-    assert "zoneout" in unrolled.plan(zoned, x).reason
+    plan = unrolled.plan(zoned, x)
+    assert "zoneout" in plan.reason and not plan.fused
+    fast = mode in backends.REGULARIZED_LOOPS
+    assert (plan.runner != backends.REFERENCE) == fast, plan
     dropped = cls(3, 4, recurrent_dropout=0.2)
     assert "recurrent_dropout" in unrolled.plan(dropped, x).reason
     dropped.eval()  # recurrent dropout is off in eval mode: the step is torch's again
-    assert unrolled.plan(dropped, x).runner != backends.REFERENCE
+    plan = unrolled.plan(dropped, x)
+    assert plan.runner != backends.REFERENCE and "recurrent_dropout" not in plan.reason
+    if mode == "LSTM":
+        projected = cls(3, 4, proj_size=2, zoneout=0.1)
+        assert unrolled.plan(projected, x).runner == backends.REFERENCE
+    zoned_bf16 = cls(3, 4, zoneout=0.1, dtype=torch.bfloat16)
+    assert unrolled.plan(zoned_bf16, x.bfloat16()).runner == backends.REFERENCE
 
 
 def test_other_dtypes_run_the_reference():

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import fast, modes, precision, reference, tuning
+from . import fast, modes, precision, reference, regularizers, tuning
 from .fast import loops as python_loops
 from .fast import native, operators
 from .fast.layer import transforms_active
@@ -45,6 +45,8 @@ REFERENCE, PYTHON_LOOPS, NATIVE_LOOPS = "reference", "python loops", "native loo
 #: (:mod:`unrolled.fast.operators`), whose kernel makes the eager plan and runs its loops.
 OPERATOR = "graph operator"
 FAST_DTYPES = (torch.float32, torch.float64)
+#: The modes whose fast loops run recurrent dropout and zoneout (without projection).
+REGULARIZED_LOOPS = ("LSTM",)
 #: Variants of the native loops, by the number of elements of W_hh (measured: common.h, and
 #: benchmarks/README.md): MKL's packed GEMM from 2^20 on (LSTM, float32, full batch); a
 #: row-major copy of W_hh^T up to 2^17 for sequences longer than one step.
@@ -127,8 +129,9 @@ def plan(
             in their order); ``W_hh``'s size chooses variants.
         backend: what the module asks for, ``"fast"`` or ``"reference"``.
         lengths: ``(B,)`` valid steps per sequence, or None (all ``T``).
-        custom_step: non-empty when the step is not one of the hand-written cells (recurrent
-            dropout, zoneout): what it is, for the reason.
+        custom_step: non-empty when the step has recurrent dropout or zoneout: what it has, for
+            the reason. The fast loops run them for :data:`REGULARIZED_LOOPS` without
+            projection (not the fused engine, nor a graph operator); else the reference.
         num_directions: ``D``, for the shape class a runner is measured for.
         operator: under a graph capture, the layer may become one operator
             (:data:`OPERATOR`); False inside that operator's own kernel.
@@ -137,6 +140,8 @@ def plan(
 
     def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False,
               per_sample=False, fused=False, measured="") -> Plan:  # fmt: skip
+        if custom_step and runner in (PYTHON_LOOPS, NATIVE_LOOPS):
+            reason = f"{reason}; {custom_step} in the loop's step"
         key = (mode, runner, reason, loops, packed_gemm, row_major, per_sample, fused, measured)
         made = _PLANS.get(key)
         if made is None:
@@ -149,13 +154,17 @@ def plan(
         return chose(REFERENCE, reason, per_sample=True)  # any backend
     if backend == "reference":
         return chose(REFERENCE, "backend='reference': the cell functions step by step, autograd")
-    if custom_step:
+    if custom_step and (
+        mode not in REGULARIZED_LOOPS or LayerWeights(*weights[0]).w_hr is not None
+    ):
         return chose(REFERENCE, f"{custom_step} changes the step; only the reference loop runs it")
     if inputs.dtype not in FAST_DTYPES:
         return chose(REFERENCE, f"{inputs.dtype} input; the fast loops run float32 and float64")
     if precision.autocast_enabled(inputs.device.type):
         return chose(REFERENCE, "under autocast; the reference's torch ops follow its casts")
     capture = graph_capture() if operator else ""
+    if capture and custom_step:
+        return chose(REFERENCE, f"{capture}; the graph operator has no {custom_step}")
     if capture and operators.available():
         # made ahead (below): a plan made while dynamo traces would change what it guards on
         return OPERATOR_PLANS[mode, capture]
@@ -185,6 +194,8 @@ def plan(
         and native.packed_gemm_available()
     )
     reason = NATIVE_REASONS[inputs.dtype]
+    if custom_step:  # the BLAS loop: the engine has no dropout or zoneout
+        return chose(NATIVE_LOOPS, reason, loops=kernels, row_major=row_major)
     if LayerWeights(*weights[0]).w_hr is not None:  # the engine has no projection
         return chose(NATIVE_LOOPS, reason, loops=kernels, packed_gemm=packed, row_major=row_major)
     engine = chose(NATIVE_LOOPS, reason, loops=kernels, fused=True)
@@ -304,11 +315,14 @@ def run(
     dropout: float = 0.0,
     training: bool = False,
     cells: Sequence | None = None,
+    masks: Sequence[regularizers.LayerMasks] | None = None,
 ) -> tuple[Sequences, Tensor | tuple[Tensor, Tensor]]:
     """Run a layer call as ``plan`` says; the contract is :func:`unrolled.reference.run`'s
-    (``cells``: the custom step's cells, one per layer-direction, for the reference runner),
-    on a sorted batch of sequences. Returns the output as sequences of the same steps (packed
-    from the fast runners, padded from the reference) and the final state.
+    (``cells``: the custom step's cells, one per layer-direction, for the reference runner;
+    ``masks``: the call's recurrent dropout and zoneout draws, one per layer-direction, which
+    every runner that takes them reads), on a sorted batch of sequences. Returns the output as
+    sequences of the same steps (packed from the fast runners, padded from the reference) and
+    the final state.
 
     The one entry of every runner: ``weights`` may be plain 5-tuples in
     :class:`~unrolled.weights.LayerWeights`' order (``functional.rnn`` passes them so); they are
@@ -332,6 +346,8 @@ def run(
         return sequences.like(output), h_n
     if plan.runner == REFERENCE:  # the masked loop, on padded input
         inputs, lengths = sequences.padded(), sequences.lengths  # (T, B, I)
+        if masks is not None:
+            cells = regularizers.make_cells(plan.mode, weights, num_directions, masks)
         with per_step_batch_first(weights) if plan.per_sample else contextlib.nullcontext():
             output, h_n = reference.run(
                 plan.mode, inputs, hx, weights, cells=cells, lengths=lengths, **options
@@ -341,7 +357,9 @@ def run(
         steps = fast.Steps.full(sequences.num_steps, sequences.batch, sequences.device)
     else:
         steps = fast.Steps(sequences.batch_sizes, sequences.device)
-    output, h_n = fast.run(plan, sequences.packed(), steps, hx, weights, **options)  # (N, D*P)
+    output, h_n = fast.run(
+        plan, sequences.packed(), steps, hx, weights, masks=masks, **options
+    )  # (N, D*P)
     return sequences.like(output), h_n
 
 

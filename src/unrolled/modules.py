@@ -200,10 +200,10 @@ class RNNBase(RecurrentBase):
         like = sequences.held()
         if hx is None:
             hx = self._zero_state(sequences.batch, like)
-        cells = None
-        if self._custom_step():  # the regularised step: built per call (fresh dropout masks)
-            cells = regularizers.make_cells(
-                self.mode, weights, sequences.batch, like,
+        masks = None
+        if self._custom_step():  # the regularised step: this call's draws, for either backend
+            masks = regularizers.draw_masks(
+                self.mode, weights, sequences.num_steps, sequences.batch, like,
                 recurrent_dropout=self.recurrent_dropout, zoneout=self._zoneout_rates,
                 training=self.training,
             )  # fmt: skip
@@ -216,7 +216,7 @@ class RNNBase(RecurrentBase):
             num_directions=self.num_directions,
             dropout=self.dropout,
             training=self.training,
-            cells=cells,
+            masks=masks,
         )
 
     def _step_cells(self, batch: int, like: Tensor) -> list:
@@ -229,9 +229,8 @@ class RNNBase(RecurrentBase):
                 "every step, but the mask belongs to the whole sequence: use forward() to train"
             )
         return regularizers.make_cells(
-            self.mode, weights, batch, like,
-            recurrent_dropout=0.0, zoneout=self._zoneout_rates, training=self.training,
-        )  # fmt: skip
+            self.mode, weights, 1, zoneout=self._zoneout_rates, training=self.training
+        )
 
     # ---- forward -----------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -85,41 +86,118 @@ def sample_recurrent_mask(batch: int, size: int, p: float, like: Tensor) -> Tens
     return kept / (1 - p)
 
 
-def sample_zoneout_mask(state: Tensor, p: float) -> Tensor:
-    """Bool mask like ``state``: True (keep the previous value) with probability ``p``."""
-    return torch.bernoulli(torch.full_like(state, p)).bool()
+def sample_zoneout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """``shape`` of ``like``'s dtype: ``1`` (keep the previous value) with probability ``p``,
+    else ``0``."""
+    return torch.bernoulli(like.new_full(shape, p))
 
 
-def zoneout(previous: Tensor, update: Tensor, p: float, training: bool) -> Tensor:
-    if p == 0:
+class LayerMasks(NamedTuple):
+    """One call's random draws for one layer-direction, in time order (row ``b`` of the batch
+    the layer runs, step ``t`` of the sequence, whichever direction reads it).
+
+    A zoneout entry is the weight ``d`` of the previous value, ``h_t = d h_{t-1} + (1 - d)
+    h~_t``: a ``(T, B, X)`` tensor of 0 and 1 in training, the rate ``p`` itself (a float) in
+    evaluation, ``0.0`` where that state has no zoneout.
+    """
+
+    recurrent: Tensor | None  # (B, P), 0 or 1/(1-p); None: no recurrent dropout
+    zone_h: Tensor | float  # (T, B, P) or p
+    zone_c: Tensor | float  # (T, B, H) or p; 0.0 for the GRU
+
+    def zone_at(self, which: str, t: int) -> Tensor | float:
+        """The zoneout weight of ``h`` or ``c`` at time ``t``: ``(B, X)`` or a float."""
+        zone = self.zone_h if which == "h" else self.zone_c
+        return zone[t] if isinstance(zone, Tensor) else zone
+
+
+def draw_masks(
+    mode: str,
+    weights: Sequence[LayerWeights],
+    num_steps: int,
+    batch: int,
+    like: Tensor,
+    *,
+    recurrent_dropout: float,
+    zoneout: tuple[float, float],
+    training: bool,
+) -> list[LayerMasks]:
+    """Every random draw of one call, up front, one :class:`LayerMasks` per layer-direction
+    (row ``l * D + d``), in this order: its recurrent mask, then ``h``'s zoneout masks for all
+    steps, then ``c``'s. The reference loop and the fast loops read the same draws, so the two
+    backends give the same numbers for the same seed."""
+    p_h, p_c = zoneout if mode == "LSTM" else (zoneout[0], 0.0)
+    made = []
+    for w in weights:
+        state_size = w.w_hh.shape[1]  # weight_hh (G*H, P)
+        hidden = state_size if w.w_hr is None else w.w_hr.shape[1]  # weight_hr (P, H)
+        recurrent = None
+        if training and recurrent_dropout > 0:
+            recurrent = sample_recurrent_mask(batch, state_size, recurrent_dropout, like)
+        zones = []
+        for p, size in ((p_h, state_size), (p_c, hidden)):
+            if training and p > 0:
+                zones.append(sample_zoneout_mask((num_steps, batch, size), p, like))
+            else:
+                zones.append(float(p))  # evaluation: the expectation; 0.0: none
+        made.append(LayerMasks(recurrent, *zones))
+    return made
+
+
+def zoneout(previous: Tensor, update: Tensor, keep: Tensor | float) -> Tensor:
+    """``keep * previous + (1 - keep) * update``: ``keep`` is 0 or 1 per unit in training
+    (exactly one of the two values), the rate ``p`` in evaluation (the expectation)."""
+    if isinstance(keep, float) and keep == 0:
         return update
-    if training:
-        return torch.where(sample_zoneout_mask(update, p), previous, update)
-    return p * previous + (1 - p) * update  # the expectation over the mask
+    return keep * previous + (1 - keep) * update
 
 
 @dataclass
 class RegularizedCell(BuiltinCell):
     """A built-in LSTM/GRU layer-direction with recurrent dropout and zoneout: the same update
     (:meth:`BuiltinCell.update`), with the recurrent part read from the dropped-out state and
-    zoneout applied to the new state."""
+    zoneout applied to the new state.
 
-    recurrent_mask: Tensor | None = None  # (B, P), already scaled by 1/(1-p); None: no dropout
-    zoneout: tuple[float, float] = (0.0, 0.0)  # (p_h, p_c)
+    ``masks`` are the call's draws (:func:`draw_masks`): the cell reads step ``t``'s zoneout
+    weights at its ``t``-th call, ``T - 1 - t``-th in ``reverse``. Without ``masks`` (streaming,
+    one step at a time) it draws a fresh zoneout mask at every step in training, as the call's
+    masks would have been.
+    """
+
+    masks: LayerMasks | None = None
+    zoneout: tuple[float, float] = (0.0, 0.0)  # (p_h, p_c), when there are no masks
     training: bool = False
+    reverse: bool = False
+    calls: int = 0
+
+    def weights_at_step(self, like: Tensor) -> LayerMasks:
+        """This step's :class:`LayerMasks`, zoneout entries ``(B, X)`` or floats."""
+        if self.masks is not None:
+            zones = self.masks.zone_h, self.masks.zone_c
+            num_steps = next((z.shape[0] for z in zones if isinstance(z, Tensor)), 0)
+            t = num_steps - 1 - self.calls if self.reverse else self.calls
+            self.calls += 1
+            return LayerMasks(
+                self.masks.recurrent, self.masks.zone_at("h", t), self.masks.zone_at("c", t)
+            )
+        drawn = draw_masks(
+            self.mode, [self.weights], 1, like.shape[0], like, recurrent_dropout=0.0,
+            zoneout=self.zoneout, training=self.training,
+        )[0]  # fmt: skip
+        return LayerMasks(None, drawn.zone_at("h", 0), drawn.zone_at("c", 0))
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         w = self.weights
         lstm = self.mode == "LSTM"
         h = state[0] if lstm else state
-        h_recurrent = h if self.recurrent_mask is None else h * self.recurrent_mask  # (B, P)
+        masks = self.weights_at_step(h)
+        h_recurrent = h if masks.recurrent is None else h * masks.recurrent  # (B, P)
         xw = cells.input_part(x_t, w.w_ih, w.b_ih)  # (B, G*H)
         hw = cells.recurrent_part(h_recurrent, w.w_hh, w.b_hh)  # (B, G*H): from the dropped h
         h_new, new_state = self.update(xw, hw, state)  # the GRU carries the undropped h
-        p_h, p_c = self.zoneout
-        h_new = zoneout(h, h_new, p_h, self.training)
+        h_new = zoneout(h, h_new, masks.zone_h)
         if lstm:
-            c_new = zoneout(state[1], new_state[1], p_c, self.training)
+            c_new = zoneout(state[1], new_state[1], masks.zone_c)
             return h_new, (h_new, c_new)
         return h_new, h_new
 
@@ -127,21 +205,21 @@ class RegularizedCell(BuiltinCell):
 def make_cells(
     mode: str,
     weights: Sequence[LayerWeights],
-    batch: int,
-    like: Tensor,
+    num_directions: int,
+    masks: Sequence[LayerMasks] | None = None,
     *,
-    recurrent_dropout: float,
-    zoneout: tuple[float, float],
-    training: bool,
+    zoneout: tuple[float, float] = (0.0, 0.0),
+    training: bool = False,
 ) -> list[RegularizedCell]:
-    """One cell per layer-direction, each with its own per-sequence recurrent mask."""
+    """One cell per layer-direction (row ``l * D + d``) reading the call's ``masks``, or, for
+    streaming (``masks`` None), drawing zoneout masks step by step."""
     made = []
-    for w in weights:
-        mask = None
-        if training and recurrent_dropout > 0:
-            state_size = w.w_hh.shape[1]  # weight_hh (G*H, P)
-            mask = sample_recurrent_mask(batch, state_size, recurrent_dropout, like)  # (B, P)
+    for index, w in enumerate(weights):
+        reverse = index % num_directions == 1
+        cell_masks = None if masks is None else masks[index]
         made.append(
-            RegularizedCell(mode, w, recurrent_mask=mask, zoneout=zoneout, training=training)
+            RegularizedCell(
+                mode, w, masks=cell_masks, zoneout=zoneout, training=training, reverse=reverse
+            )
         )
     return made

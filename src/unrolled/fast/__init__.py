@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..regularizers import LayerMasks
 from ..weights import LayerWeights
 from .gru import GRULayer, gru_layer_forward
 from .layer import Steps
 from .lstm import LSTMLayer, lstm_layer_forward
+from .masks import step_masks
 from .rnn import RNNLayer, rnn_layer_forward
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ def run(
     num_directions: int,
     dropout: float = 0.0,
     training: bool = False,
+    masks: Sequence[LayerMasks] | None = None,
 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
     """Run a layer call with ``plan``'s loops (the plan of :func:`unrolled.backends.plan`) on
     packed step-major ``inputs (N, I)`` laid out as ``steps`` says (see :mod:`.layer`); the
@@ -63,16 +66,25 @@ def run(
 
     ``weights`` come named from :func:`unrolled.backends.run`; each layer's Function takes them
     flat (autograd's inputs are positional) and names them again
-    (:func:`.layer.unbatched_flat_weights`).
+    (:func:`.layer.unbatched_flat_weights`). ``masks``: the call's recurrent dropout and zoneout
+    draws, one per layer-direction (:func:`unrolled.regularizers.draw_masks`), or None.
     """
     function, plain_forward = LAYERS[plan.mode]
+    layers = iter(range(num_layers))
 
     def one_layer(layer_input: Tensor, h0: Tensor, c0: Tensor | None, flat: list) -> list:
+        layer = next(layers)
+        layer_masks, extra = None, {}
+        if masks is not None:
+            drawn = masks[layer * num_directions : (layer + 1) * num_directions]
+            hidden = h0.shape[-1] if c0 is None else c0.shape[-1]
+            layer_masks = step_masks(plan.mode, drawn, steps, h0.shape[-1], hidden, layer_input)
+            extra = {"masks": layer_masks}
         tensors = (layer_input, h0, c0, *flat)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            return function.apply(plan, num_directions, steps, *tensors)
+            return function.apply(plan, num_directions, steps, layer_masks, *tensors)
         # the same outputs, without the buffers a backward would read
-        *result, _ = plain_forward(plan, num_directions, steps, layer_input, h0, c0, flat)
+        *result, _ = plain_forward(plan, num_directions, steps, layer_input, h0, c0, flat, **extra)
         return result
 
     return stack_layers(

@@ -116,11 +116,11 @@ def hidden_side_grads(
 
 
 class GRULayer(torch.autograd.Function):
-    """``(plan, D, steps, x (N, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
+    """``(plan, D, steps, masks, x (N, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
     None)) -> (output (N, D*H), h_n (D, B, H))``."""
 
     @staticmethod
-    def forward(ctx, plan, num_directions, steps, x, h0, c0, *flat):
+    def forward(ctx, plan, num_directions, steps, masks, x, h0, c0, *flat):
         output, h_n, buffers = gru_layer_forward(
             plan, num_directions, steps, x, h0, c0, flat, keep=True
         )

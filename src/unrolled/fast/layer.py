@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .. import reference
 from ..packed import lengths_from_batch_sizes, packed_positions, packed_to_padded, padded_to_packed
+from ..regularizers import make_cells
 from ..weights import LayerWeights
 from .loops.rows import offsets
 
@@ -306,10 +307,11 @@ def project(
     return out
 
 
-#: What a layer Function takes before its weights, in order: settings, with no gradient, then
-#: the tensors ``x, h0, c0`` (``c0`` None but for the LSTM). The weights follow flat: see
+#: What a layer Function takes before its weights, in order: settings, with no gradient (``masks``:
+#: the layer's recurrent dropout and zoneout, a :class:`.masks.StepMasks`, or None), then the
+#: tensors ``x, h0, c0`` (``c0`` None but for the LSTM). The weights follow flat: see
 #: :func:`gradients_as_inputs`.
-SETTINGS = ("plan", "num_directions", "steps")
+SETTINGS = ("plan", "num_directions", "steps", "masks")
 LEADING_INPUTS = (*SETTINGS, "x", "h0", "c0")
 
 
@@ -340,12 +342,13 @@ def gradients_as_inputs(
     those inputs were.
 
     Every layer Function's forward takes the :data:`LEADING_INPUTS` ``(plan, num_directions,
-    steps, x, h0, c0)``, then each direction's weights flat, the five fields of
+    steps, masks, x, h0, c0)``, then each direction's weights flat, the five fields of
     :class:`LayerWeights` in order (``w_ih, w_hh, b_ih, b_hh, w_hr``), direction after
-    direction. Its backward returns ``(None, None, None, d_x, d_h0, d_c0)`` (the settings have no
-    gradient), then each direction's ``weight_grads`` (a :class:`LayerWeights` of gradients) flat
-    in the same order; ``weight_grads`` is None when no weight wants a gradient. Whatever the
-    caller computed, an input that needs no gradient (``ctx.needs_input_grad``) gets None.
+    direction. Its backward returns ``(None, None, None, None, d_x, d_h0, d_c0)`` (the settings
+    have no gradient), then each direction's ``weight_grads`` (a :class:`LayerWeights` of
+    gradients) flat in the same order; ``weight_grads`` is None when no weight wants a
+    gradient. Whatever the caller computed, an input that needs no gradient
+    (``ctx.needs_input_grad``) gets None.
     """
     grads = [*(None for _ in SETTINGS), d_x, d_h0, d_c0]
     for direction in weight_grads or ():
@@ -361,13 +364,14 @@ def unbatched_flat_weights(flat: Sequence, num_directions: int) -> list[LayerWei
     return [LayerWeights(*flat[d * fields : (d + 1) * fields]) for d in range(num_directions)]
 
 
-def remember(ctx, plan, num_directions: int, steps: Steps, tensors: Sequence) -> None:
+def remember(ctx, plan, num_directions: int, steps: Steps, tensors: Sequence, masks=None) -> None:
     """What every layer Function's backward needs besides its saved tensors: the forward's plan
     (the backward runs the plan's loops, ``ctx.plan.loops``, and never asks again), the number
-    of directions, the :class:`Steps` and the number of differentiable inputs (``x, h0, c0`` and
-    the flat weights)."""
+    of directions, the :class:`Steps`, the number of differentiable inputs (``x, h0, c0`` and
+    the flat weights) and the call's draws (``masks``, a :class:`.masks.StepMasks` or None:
+    neither an input nor an output, so kept on ``ctx`` as they are)."""
     ctx.plan, ctx.num_directions, ctx.steps = plan, num_directions, steps
-    ctx.num_inputs = len(tensors)
+    ctx.num_inputs, ctx.masks = len(tensors), masks
 
 
 def hand_written_backward(ctx, grads: Sequence[Tensor], layer_backward) -> tuple:
@@ -378,9 +382,10 @@ def hand_written_backward(ctx, grads: Sequence[Tensor], layer_backward) -> tuple
     if differentiate_the_reference(grads):  # create_graph=True, or torch.func
         return reference_double_backward(ctx, grads)
     saved = ctx.saved_tensors
+    extra = {"masks": ctx.masks} if ctx.masks is not None else {}
     d_x, d_h0, d_c0, weight_grads = layer_backward(
         ctx.plan, ctx.num_directions, ctx.steps, saved[: ctx.num_inputs],
-        saved[ctx.num_inputs :], grads, wanted_grads(ctx), reuse=native_graph_released(),
+        saved[ctx.num_inputs :], grads, wanted_grads(ctx), reuse=native_graph_released(), **extra,
     )  # fmt: skip
     return gradients_as_inputs(ctx, d_x, d_h0, d_c0, weight_grads)
 
@@ -417,14 +422,20 @@ def reference_double_backward(ctx, grads: Sequence[Tensor]) -> tuple:
     (:func:`differentiate_the_reference_layer`) from the saved inputs. Returns the backward's
     result, laid out as :func:`gradients_as_inputs` says."""
     inputs = ctx.saved_tensors[: ctx.num_inputs]
+    drawn = None if ctx.masks is None else ctx.masks.drawn
     grads = differentiate_the_reference_layer(
-        ctx.plan.mode, ctx.num_directions, ctx.steps, inputs, grads
+        ctx.plan.mode, ctx.num_directions, ctx.steps, inputs, grads, drawn
     )
     return (None,) * len(SETTINGS) + grads
 
 
 def differentiate_the_reference_layer(
-    mode: str, num_directions: int, steps: Steps, inputs: Sequence, grads: Sequence[Tensor]
+    mode: str,
+    num_directions: int,
+    steps: Steps,
+    inputs: Sequence,
+    grads: Sequence[Tensor],
+    masks: Sequence | None = None,
 ) -> tuple:
     """The gradients of one layer's ``inputs (x (N, I), h0, c0, *flat)`` from ``grads
     (d_output, d_h_n[, d_c_n])``, by autograd through the reference, with a graph.
@@ -433,7 +444,8 @@ def differentiate_the_reference_layer(
     then we rebuild this layer with the reference backend from the inputs and let autograd
     differentiate it (twice, if the caller wants; batched, under vmap): the packed input is
     padded for it and its output packed again, both differentiable. One gradient per input,
-    None where an input needs none.
+    None where an input needs none. ``masks``: the call's recurrent dropout and zoneout draws
+    (``D`` :class:`~unrolled.regularizers.LayerMasks`), which the reference cells then read.
     """
     x, h0, c0, *flat = inputs
     weights = unbatched_flat_weights(flat, num_directions)
@@ -443,9 +455,12 @@ def differentiate_the_reference_layer(
             padded = x.view(steps.num_steps, steps.batch, -1)  # (T, B, I)
         else:
             padded, _ = packed_to_padded(x, steps.batch_sizes())  # (T, B, I)
+        cells = None
+        if masks is not None:
+            cells = make_cells(mode, weights, num_directions, masks)
         output, h_n = reference.run(
             mode, padded, hx, weights, num_layers=1, num_directions=num_directions,
-            lengths=steps.lengths,
+            lengths=steps.lengths, cells=cells,
         )  # fmt: skip
         if steps.uniform:
             output = output.reshape(steps.total, -1)  # (N, D*P)

@@ -72,6 +72,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from ..weights import LayerWeights
 from .layer import (
@@ -82,15 +83,25 @@ from .layer import (
     remember,
     unbatched_flat_weights,
 )
+from .masks import StepMasks, per_state_row
 
 if TYPE_CHECKING:
     from ..backends import Plan
 
 
 def lstm_layer_forward(
-    plan: Plan, num_directions: int, steps: Steps, x, h0, c0, flat, keep: bool = False
+    plan: Plan,
+    num_directions: int,
+    steps: Steps,
+    x,
+    h0,
+    c0,
+    flat,
+    keep: bool = False,
+    masks: StepMasks | None = None,
 ):
-    """One layer, ``D`` directions, on the packed layer input ``x (N, I)``.
+    """One layer, ``D`` directions, on the packed layer input ``x (N, I)``; ``masks``: its
+    recurrent dropout and zoneout (no projection, not ``plan.fused``).
 
     Returns ``(output (N, D*P), h_n (D, B, P), c_n (D, B, H), (gates, cs, hs))``, the buffers
     as the contract above leaves them. Without ``keep`` (nothing will be differentiated) only
@@ -99,7 +110,9 @@ def lstm_layer_forward(
     weights = unbatched_flat_weights(flat, num_directions)
     batch, rows = steps.batch, steps.total
     hidden, out_size = c0.shape[-1], h0.shape[-1]
-    cs = x.new_empty(num_directions, batch + rows if keep else batch, hidden)  # (D, B+N, H)
+    zoned = masks is not None and masks.zoned  # zoneout reads c_{s-1} after c~_s is made
+    every_cell = keep or zoned
+    cs = x.new_empty(num_directions, batch + rows if every_cell else batch, hidden)  # (D, B+N, H)
     hs = x.new_empty(num_directions, batch + rows, out_size)  # (D, B + N, P)
     cs[:, :batch] = c0
     hs[:, :batch] = h0
@@ -131,21 +144,30 @@ def lstm_layer_forward(
         plan.fused,
         step_inputs,
         w_ih,
+        *loop_masks(masks, none),
     )
-    c_n = steps.final(cs) if keep else cs  # the one slot, a buffer of its own, holds every c_n
+    c_n = steps.final(cs) if every_cell else cs  # one slot, a buffer of its own, holds every c_n
     return steps.output(hs), steps.final(hs), c_n, (gates, cs, hs)
 
 
+def loop_masks(masks: StepMasks | None, none: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The loops' ``drop, zone_h, zone_c`` arguments (an empty tensor for each unused one)."""
+    if masks is None:
+        return none, none, none
+    fields = (masks.recurrent, masks.zone_h, masks.zone_c)
+    return tuple(none if t is None else t for t in fields)
+
+
 class LSTMLayer(torch.autograd.Function):
-    """``(plan, D, steps, x (N, I), h0 (D, B, P), c0 (D, B, H), *D x (w_ih, w_hh, b_ih,
+    """``(plan, D, steps, masks, x (N, I), h0 (D, B, P), c0 (D, B, H), *D x (w_ih, w_hh, b_ih,
     b_hh, w_hr)) -> (output (N, D*P), h_n (D, B, P), c_n (D, B, H))``."""
 
     @staticmethod
-    def forward(ctx, plan, num_directions, steps, x, h0, c0, *flat):
+    def forward(ctx, plan, num_directions, steps, masks, x, h0, c0, *flat):
         output, h_n, c_n, buffers = lstm_layer_forward(
-            plan, num_directions, steps, x, h0, c0, flat, keep=True
+            plan, num_directions, steps, x, h0, c0, flat, keep=True, masks=masks
         )
-        remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat))
+        remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat), masks)
         ctx.save_for_backward(x, h0, c0, *flat, *buffers)
         return output, h_n, c_n
 
@@ -156,10 +178,11 @@ class LSTMLayer(torch.autograd.Function):
 
 def lstm_layer_backward(
     plan: Plan, num_directions: int, steps: Steps, inputs, buffers, grads, wanted: Wanted,
-    reuse: bool = False,
+    reuse: bool = False, masks: StepMasks | None = None,
 ) -> tuple:  # fmt: skip
     """BPTT of one layer: the gradients of ``inputs (x, h0, c0, *flat)`` from ``grads
-    (d_output, d_h_n, d_c_n)``, with the ``buffers (gates, cs, hs)`` its forward kept.
+    (d_output, d_h_n, d_c_n)``, with the ``buffers (gates, cs, hs)`` its forward kept and its
+    ``masks``.
 
     ``reuse``: nobody reads the buffers after this backward (the graph is released), so
     ``d_pre`` may overwrite the gates. Returns ``(d_x, d_h0, d_c0, weight_grads)``: each None
@@ -182,14 +205,16 @@ def lstm_layer_backward(
     # them (same shape), else it is a buffer of its own.
     d_pre = gates if reuse else torch.empty_like(gates)  # (D, N, 4H)
     r = torch.empty_like(gates[..., : cs.shape[-1]]) if keep_r else none  # (D, N, H)
-    plan.loops.lstm_backward(gates, cs, d_h, dc, w_hh, w_hr, d_pre, r, steps.sizes, plan.fused)
+    drop, zone_h, zone_c = loop_masks(masks, none)
+    plan.loops.lstm_backward(
+        gates, cs, d_h, dc, w_hh, w_hr, d_pre, r, steps.sizes, plan.fused, drop, zone_h, zone_c
+    )
     d_h0 = None
     if wanted.h0:  # only the first step reads h_0, and all of it
-        d_h0 = h0.new_empty(num_directions, steps.batch, h0.shape[-1])  # (D, B, P)
-        for d in range(num_directions):
-            torch.mm(d_pre[d, : steps.batch], w_hh[d], out=d_h0[d])  # (B, 4H) @ (4H, P)
-
+        d_h0 = first_state_grad(steps, d_pre, w_hh, d_h, masks)  # (D, B, P)
     if wanted.weights:  # W_hh, W_hr and biases first: d_pre is handed over to the input side
+        if masks is not None and masks.recurrent is not None:  # W_hh multiplied h * drop
+            hs = hs * per_state_row(masks.recurrent, steps)  # (D, B + N, P)
         d_w_hh = [
             steps.sum_with_previous(d_pre[d], hs[d]) for d in range(num_directions)
         ]  # D x (4H, P)
@@ -219,3 +244,19 @@ def lstm_layer_backward(
             for d in range(num_directions)
         ]
     return d_x, d_h0, dc, weight_grads
+
+
+def first_state_grad(steps: Steps, d_pre, w_hh, d_h, masks: StepMasks | None):
+    """``d_h0 (D, B, P)``: the first step's ``d_pre_0 @ W_hh`` (through the recurrent dropout
+    mask), plus, with zoneout, what ``h_0`` passed on directly, ``d^h_0 * d_h_0``."""
+    directions, batch = d_pre.shape[0], steps.batch
+    d_h0 = d_pre.new_empty(directions, batch, d_h.shape[-1])  # (D, B, P)
+    for d in range(directions):
+        torch.mm(d_pre[d, :batch], w_hh[d], out=d_h0[d])  # (B, 4H) @ (4H, P)
+    if masks is None:
+        return d_h0
+    if masks.recurrent is not None:
+        d_h0 *= masks.recurrent
+    if masks.zoned:
+        d_h0.addcmul_(masks.zone_h[:, :batch], d_h[:, :batch])
+    return d_h0

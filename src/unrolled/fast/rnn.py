@@ -77,11 +77,11 @@ def rnn_layer_forward(plan: Plan, num_directions: int, steps: Steps, x, h0, c0, 
 
 
 class RNNLayer(torch.autograd.Function):
-    """``(plan, D, steps, x (N, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
+    """``(plan, D, steps, masks, x (N, I), h0 (D, B, H), None, *D x (w_ih, w_hh, b_ih, b_hh,
     None)) -> (output (N, D*H), h_n (D, B, H))``."""
 
     @staticmethod
-    def forward(ctx, plan, num_directions, steps, x, h0, c0, *flat):
+    def forward(ctx, plan, num_directions, steps, masks, x, h0, c0, *flat):
         output, h_n, hs = rnn_layer_forward(plan, num_directions, steps, x, h0, c0, flat)
         remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat))
         ctx.save_for_backward(x, h0, c0, *flat, hs)

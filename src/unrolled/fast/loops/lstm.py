@@ -76,12 +76,20 @@ def lstm_forward(
     fused: bool,
     inputs: Sequence[Tensor] = (),
     w_in: Sequence[Tensor] = (),
+    drop: Tensor | None = None,
+    zone_h: Tensor | None = None,
+    zone_c: Tensor | None = None,
 ) -> None:
     """Forward (``forward_loop`` in C++). ``keep``, ``packed`` and ``fused`` are the C++ loop's
     speed switches (store the activated gates only when a backward reads them; MKL's packed
     GEMM for the recurrent product; the fused engine): here the gates are activated in place
     either way and the product is a plain GEMM, as the contract allows. With ``inputs`` the
-    loop computes the input part itself, into ``gates``."""
+    loop computes the input part itself, into ``gates``.
+
+    ``drop (D, B, H)``: recurrent dropout, the recurrent product reads ``h_{s-1} * drop``;
+    ``zone_h``, ``zone_c (D, N, H)``: zoneout, ``h_s = d h_{s-1} + (1 - d) o tanh(c~_s)`` and
+    ``c_s = d c_{s-1} + (1 - d) c~_s`` with ``c~_s = f c_{s-1} + i g`` (every cell kept: ``cs
+    (D, B + N, H)``). Neither with projection or ``fused``."""
     for x, w, target in zip(inputs, w_in, gates):  # (N, I) @ (I, 4H) -> (N, 4H)
         torch.mm(x, w.t(), out=target)
     directions, _, four_hidden = gates.shape
@@ -97,6 +105,19 @@ def lstm_forward(
     w_out = directions_batched(w_proj) if has_projection else None  # ([D,] H, P)
     r = gates.new_empty(directions, batch, four_hidden // 4) if has_projection else None
     r = r[0] if has_projection and one else r  # ([D,] B, H)
+    dropping, zoned = given(drop), given(zone_h)
+    if dropping:  # h_{s-1} * drop, what W_hh multiplies
+        drop_rows = drop[0] if one else drop  # ([D,] B, H)
+        dropped = torch.empty_like(drop_rows)
+    if zoned:  # each step's weights of the previous and of the new state
+        keep_h, new_h = (
+            step_views(zone_h, batch_sizes, one),
+            step_views(1 - zone_h, batch_sizes, one),
+        )
+        keep_c, new_c = (
+            step_views(zone_c, batch_sizes, one),
+            step_views(1 - zone_c, batch_sizes, one),
+        )
     gate_steps = gate_blocks(gates, batch_sizes, one)
     h_prev_steps, h_steps = state_views(hs, batch_sizes, one)
     if every_cell:
@@ -107,14 +128,27 @@ def lstm_forward(
     for s, rows in enumerate(batch_sizes):
         step_gates = gate_steps[s]  # ([D,] rows, 4H or H)
         out = r.narrow(-2, 0, rows) if has_projection else h_steps[s]
-        add_matmul(step_gates.all, h_prev_steps[s], w)  # += ([D,] rows, P) @ ([D,] P, 4H)
+        h_prev = h_prev_steps[s]
+        if dropping:
+            h_prev = torch.mul(
+                h_prev, drop_rows.narrow(-2, 0, rows), out=dropped.narrow(-2, 0, rows)
+            )
+        add_matmul(step_gates.all, h_prev, w)  # += ([D,] rows, P) @ ([D,] P, 4H)
         forward_rows(step_gates, c_prev_steps[s], c_steps[s], out)
+        if zoned:  # c~ and h~ -> d * previous + (1 - d) * new
+            c_steps[s].mul_(new_c[s]).addcmul_(keep_c[s], c_prev_steps[s])
+            out.mul_(new_h[s]).addcmul_(keep_h[s], h_prev_steps[s])
         if has_projection:
             matmul(out, w_out, out=h_steps[s])  # ([D,] rows, H) @ ([D,] H, P)
 
 
 def backward_factors(
-    gates: Tensor, cs: Tensor, d_pre: Tensor, r: Tensor, batch_sizes: Sequence[int]
+    gates: Tensor,
+    cs: Tensor,
+    d_pre: Tensor,
+    r: Tensor,
+    batch_sizes: Sequence[int],
+    c_new: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""The step-independent half of ``backward_rows``, for all steps at once:
 
@@ -133,7 +167,8 @@ def backward_factors(
     i, f, g, o = gates.split(hidden, dim=-1)  # 4 x (D, N, H)
     d_pre_i, d_pre_f, d_pre_g, d_pre_o = d_pre.split(hidden, dim=-1)
     batch = cs.shape[1] - gates.shape[1]
-    c_prev, c = previous_states(cs, batch_sizes), cs[:, batch:]  # (D, N, H) each
+    c_prev = previous_states(cs, batch_sizes)  # (D, N, H)
+    c = cs[:, batch:] if c_new is None else c_new  # (D, N, H)
     tanh_c = torch.tanh(c)
     r_slope = torch.addcmul(o, o, tanh_c.square(), value=-1)  # o (1 - tanh^2 c)
     if given(r):
@@ -184,13 +219,30 @@ def lstm_backward(
     r: Tensor,
     batch_sizes: Sequence[int],
     fused: bool,
+    drop: Tensor | None = None,
+    zone_h: Tensor | None = None,
+    zone_c: Tensor | None = None,
 ) -> None:
-    """Backward (``backward_loop`` in C++; ``fused``, the C++ loop's engine switch, changes
-    nothing here)."""
+    r"""Backward (``backward_loop`` in C++; ``fused``, the C++ loop's engine switch, changes
+    nothing here). ``drop``, ``zone_h``, ``zone_c``: the forward's (see :func:`lstm_forward`);
+    with zoneout, at each step, before and after :func:`backward_rows`:
+
+    .. math::
+        d\_r = (1 - d^h) \, d\_h_s, \quad d\_h_{s-1} \mathrel{+}= d^h d\_h_s, \qquad
+        dc \leftarrow (1 - d^c) dc \ \text{(into } c~\text{)}, \quad
+        dc_{prev} = f \, dc~ + d^c dc
+
+    and with recurrent dropout the product's gradient reaches ``h_{s-1}`` through the mask:
+    ``d_h_{s-1} += (d_pre_s W_hh) * drop``."""
     directions, _, four_hidden = gates.shape
     hidden = four_hidden // 4
     has_projection = len(w_proj) > 0
-    r_slope, f = backward_factors(gates, cs, d_pre, r, batch_sizes)
+    dropping, zoned = given(drop), given(zone_h)
+    c_new = None
+    if zoned:  # c~ = f c_prev + i g, what h~ = o tanh(c~) read (the stored c is zoned out)
+        i, f, g, _ = gates.split(hidden, dim=-1)  # 4 x (D, N, H)
+        c_new = torch.addcmul(f * previous_states(cs, batch_sizes), i, g)
+    r_slope, f = backward_factors(gates, cs, d_pre, r, batch_sizes, c_new)
     one = directions == 1
     add_matmul = torch.Tensor.addmm_ if one else torch.Tensor.baddbmm_
     matmul = torch.mm if one else torch.bmm
@@ -205,13 +257,33 @@ def lstm_backward(
     d_pre_o_steps = views(d_pre[..., 3 * hidden :])  # T x ([D,] rows, H)
     d_pre_ifg_steps = views(d_pre[..., : 3 * hidden].unflatten(-1, (3, hidden)))
     r_slope_steps, f_steps = views(r_slope), views(f)
+    if dropping:
+        drop_rows = drop[0] if one else drop  # ([D,] B, H)
+        product = torch.empty_like(drop_rows)  # d_pre_s @ W_hh, before the mask
+    if zoned:
+        keep_h, new_h = views(zone_h), views(1 - zone_h)
+        keep_c, new_c = views(zone_c), views(1 - zone_c)
     for s in range(len(batch_sizes) - 1, -1, -1):
         rows = batch_sizes[s]
         d_h_s = d_h_steps[s]  # ([D,] rows, P)
-        d_r = matmul(d_h_s, w_out) if has_projection else d_h_s  # ([D,] rows, P) @ ([D,] P, H)
-        backward_rows(
-            d_pre_o_steps[s], d_pre_ifg_steps[s], r_slope_steps[s], f_steps[s], d_r,
-            dc_rows.narrow(-2, 0, rows),
-        )  # fmt: skip
-        if s > 0:  # d_h_{s-1} += d_pre_s @ W_hh: ([D,] rows, 4H) @ ([D,] 4H, P)
-            add_matmul(d_h_steps[s - 1].narrow(-2, 0, rows), d_pre_steps[s], w)
+        dc_s = dc_rows.narrow(-2, 0, rows)
+        d_new = d_h_s
+        if zoned:  # split the state gradients between the previous state and the update
+            d_new = d_h_s * new_h[s]
+            dc_keep = dc_s * keep_c[s]
+            dc_s.mul_(new_c[s])
+        d_r = matmul(d_new, w_out) if has_projection else d_new  # ([D,] rows, P) @ ([D,] P, H)
+        backward_rows(d_pre_o_steps[s], d_pre_ifg_steps[s], r_slope_steps[s], f_steps[s], d_r, dc_s)
+        if zoned:
+            dc_s.add_(dc_keep)
+            if s > 0:
+                d_h_steps[s - 1].narrow(-2, 0, rows).addcmul_(keep_h[s], d_h_s)
+        if s == 0:
+            continue
+        d_h_prev = d_h_steps[s - 1].narrow(-2, 0, rows)
+        if dropping:  # d_h_{s-1} += (d_pre_s @ W_hh) * drop
+            into = product.narrow(-2, 0, rows)
+            matmul(d_pre_steps[s], w, out=into)  # ([D,] rows, 4H) @ ([D,] 4H, P)
+            d_h_prev.addcmul_(into, drop_rows.narrow(-2, 0, rows))
+        else:  # d_h_{s-1} += d_pre_s @ W_hh: ([D,] rows, 4H) @ ([D,] 4H, P)
+            add_matmul(d_h_prev, d_pre_steps[s], w)

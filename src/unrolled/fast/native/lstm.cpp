@@ -94,7 +94,10 @@ void forward_rows(T* gates, const T* extra, int64_t extra_row, int64_t extra_gat
 //   dc_prev  = dc * f
 // into d_pre in torch's gate order; `r` (nullable) gets o * tanh(c). Every input of element j
 // is read before any output is written, so d_pre may be the gates' own block.
-template <typename T>
+//
+// With zoneout (`zoned`) the stored c is zoned out; what h~ = o tanh(c~) read is the update
+// c~ = f c_prev + i g, recomputed here from the gates.
+template <typename T, bool zoned = false>
 void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T* dc, T* d_pre,
                    T* r, int64_t first_row, int64_t last_row,
                    int64_t first_unit, int64_t last_unit, int64_t hidden) {
@@ -117,7 +120,7 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
     UNROLLED_VECTOR_LOOP
     for (int64_t j = 0; j < units; ++j) {
       const T i_j = i[j], f_j = f[j], g_j = g[j], o_j = o[j];
-      const T tanh_c = tanh(c_row[j]);
+      const T tanh_c = tanh(zoned ? f_j * c_prev_row[j] + i_j * g_j : c_row[j]);
       const T d_r_j = d_r_row[j];
       T dc_j = dc_row[j];
       dc_j += d_r_j * o_j * (T(1) - tanh_c * tanh_c);
@@ -131,11 +134,78 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
   }
 }
 
+// Recurrent dropout and zoneout (unrolled.regularizers; the Python loop in loops/lstm.py does
+// the same in torch ops). `drop` (B, P) is the per-sequence mask, 0 or 1/(1-p); a zoneout
+// weight d (one per row and unit, rows of this step) weighs the previous state:
+// state = d * previous + (1 - d) * update.
+
+// dropped[b, j] = h[b, j] * drop[b, j], rows [0, rows): what W_hh multiplies.
+template <typename T>
+void drop_rows(const T* h, const T* drop, T* dropped, int64_t rows, int64_t size) {
+  for_rows(rows, size, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * size; k < last * size; ++k) dropped[k] = h[k] * drop[k];
+  });
+}
+
+// Forward: c~ and h~ (in c and out) -> the zoned-out states, in place.
+template <typename T>
+void zone_rows(const T* keep_h, const T* keep_c, const T* h_prev, const T* c_prev, T* h, T* c,
+               int64_t rows, int64_t hidden) {
+  for_rows(rows, 2 * hidden, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * hidden; k < last * hidden; ++k) {
+      c[k] = keep_c[k] * c_prev[k] + (T(1) - keep_c[k]) * c[k];
+      h[k] = keep_h[k] * h_prev[k] + (T(1) - keep_h[k]) * h[k];
+    }
+  });
+}
+
+// Backward, before the step's backward_rows: the gradients of h_s and c_s split between the
+// update (what backward_rows reads: d_new = (1 - d^h) d_h_s into `d_new`, dc scaled by
+// (1 - d^c)) and the previous state (dc_keep = d^c dc, added back after it).
+template <typename T>
+void zone_split_rows(const T* keep_h, const T* keep_c, const T* d_h, T* d_new, T* dc,
+                     T* dc_keep, int64_t rows, int64_t hidden) {
+  for_rows(rows, 2 * hidden, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * hidden; k < last * hidden; ++k) {
+      d_new[k] = (T(1) - keep_h[k]) * d_h[k];
+      dc_keep[k] = keep_c[k] * dc[k];
+      dc[k] *= T(1) - keep_c[k];
+    }
+  });
+}
+
+// Backward, after the step's backward_rows (dc = f dc~): dc_prev = f dc~ + d^c dc, and h_{s-1}
+// (when there is a step before: d_h_prev) gets d^h d_h_s directly.
+template <typename T>
+void zone_join_rows(const T* keep_h, const T* d_h, T* d_h_prev, T* dc, const T* dc_keep,
+                    int64_t rows, int64_t hidden) {
+  for_rows(rows, 2 * hidden, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * hidden; k < last * hidden; ++k) {
+      dc[k] += dc_keep[k];
+      if (d_h_prev != nullptr) d_h_prev[k] += keep_h[k] * d_h[k];
+    }
+  });
+}
+
+// d_h_prev += product * drop, rows [0, rows): the recurrent product's gradient through the mask.
+template <typename T>
+void add_dropped_rows(const T* product, const T* drop, T* d_h_prev, int64_t rows, int64_t size) {
+  for_rows(rows, size, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * size; k < last * size; ++k) d_h_prev[k] += product[k] * drop[k];
+  });
+}
+
 // The forward time loop of direction d.
 template <typename T>
 void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, at::TensorList w_rec,
                        at::TensorList w_proj, Tensor& cs, Tensor& hs, Tensor& r,
-                       const Steps& steps, bool keep, bool packed_product) {
+                       const Steps& steps, bool keep, bool packed_product, const Tensor& drop,
+                       const Tensor& zone_h, const Tensor& zone_c) {
   const int64_t batch = steps.batch(), hidden = cs.size(2), out_size = hs.size(2);
   const bool has_projection = !w_proj.empty(), every_cell = cs.size(1) > batch;
   const auto options = gates.options();
@@ -152,6 +222,11 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, at::TensorL
   const PackedGemm* packed = packed_product ? packed_gemm() : nullptr;
   const Tensor w_rows = packed ? w.t().contiguous() : Tensor();  // W_hh (4H, P)
   const Tensor w_packed = packed ? packed->reorder.call(w_rows, batch) : Tensor();
+  const bool dropping = given(drop), zoned = given(zone_h);
+  const T* drop_ptr = dropping ? drop.select(0, d).data_ptr<T>() : nullptr;  // (B, P)
+  Tensor dropped = dropping ? at::empty({batch, out_size}, options) : Tensor();  // h * drop
+  const T* keep_h = zoned ? zone_h.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
+  const T* keep_c = zoned ? zone_c.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
   for (int64_t s = 0; s < steps.count(); ++s) {
     const int64_t rows = steps.rows(s);
     T* gate_ptr = gate_base + steps.at(s) * 4 * hidden;
@@ -160,7 +235,9 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, at::TensorL
     T* c_prev = every_cell ? c_base + steps.previous(s) * hidden : c_base;
     T* c = every_cell ? c_base + steps.next(s) * hidden : c_base;  // or the same slot
     T* out = has_projection ? r_ptr : h_next;
-    const Tensor h = matrix(h_prev, rows, out_size, options);  // (rows, P)
+    if (dropping) drop_rows(h_prev, drop_ptr, dropped.data_ptr<T>(), rows, out_size);
+    const Tensor h = matrix(dropping ? dropped.data_ptr<T>() : h_prev, rows, out_size,
+                            options);  // (rows, P): h_{s-1}, or h_{s-1} * drop
     Tensor product;  // (B, 4H), packed GEMM only
     if (packed) {
       product = packed->linear.call(h, w_packed, w_rows, std::nullopt, batch);  // h @ W_hh^T
@@ -183,6 +260,10 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, at::TensorL
         packed ? run(no{}, yes{}) : run(no{}, no{});
       }
     });
+    if (zoned) {  // every cell is kept: c_prev is not c
+      zone_rows(keep_h + steps.at(s) * hidden, keep_c + steps.at(s) * hidden, h_prev, c_prev,
+                out, c, rows, hidden);
+    }
     if (has_projection) {
       Tensor h_new = matrix(h_next, rows, out_size, options);
       matmul_into(h_new, matrix(r_ptr, rows, hidden, options), w_out);  // (rows, H) @ (H, P)
@@ -192,14 +273,16 @@ void forward_direction(int64_t d, Tensor& gates, const Tensor& bias, at::TensorL
 
 template <typename T>
 void forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec, at::TensorList w_proj,
-                  Tensor& cs, Tensor& hs, const Steps& steps, bool keep, bool packed) {
+                  Tensor& cs, Tensor& hs, const Steps& steps, bool keep, bool packed,
+                  const Tensor& drop, const Tensor& zone_h, const Tensor& zone_c) {
   const int64_t directions = hs.size(0), batch = steps.batch(), hidden = cs.size(2);
   Tensor r = w_proj.empty() ? Tensor() : at::empty({directions, batch, hidden}, hs.options());
   // No bias (bias=False): zeros, so the loop has one shape.
   const Tensor b =
       given(bias) ? bias.contiguous() : at::zeros({directions, 4 * hidden}, hs.options());
   for_directions(directions, batch * hs.size(2) * 4 * hidden, [&](int64_t d) {
-    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, steps, keep, packed);
+    forward_direction<T>(d, gates, b, w_rec, w_proj, cs, hs, r, steps, keep, packed, drop,
+                         zone_h, zone_c);
   });
 }
 
@@ -207,7 +290,8 @@ void forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec, at::T
 template <typename T>
 void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor& d_h,
                         Tensor& dc, at::TensorList w_rec, at::TensorList w_proj, Tensor& d_pre,
-                        Tensor& r, Tensor& d_r, const Steps& steps) {
+                        Tensor& r, Tensor& d_r, const Steps& steps, const Tensor& drop,
+                        const Tensor& zone_h, const Tensor& zone_c) {
   const int64_t hidden = cs.size(2), out_size = d_h.size(2);
   const bool has_projection = !w_proj.empty(), keep_r = given(r);
   const auto options = gates.options();
@@ -220,9 +304,20 @@ void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor
   T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (N, 4H)
   T* r_base = keep_r ? r.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
   T* d_r_buffer = has_projection ? d_r.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+  const int64_t batch = steps.batch();
+  const bool dropping = given(drop), zoned = given(zone_h);
+  const T* drop_ptr = dropping ? drop.select(0, d).data_ptr<T>() : nullptr;  // (B, P)
+  Tensor product = dropping ? at::empty({batch, out_size}, options) : Tensor();  // d_pre W_hh
+  const T* keep_h = zoned ? zone_h.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
+  const T* keep_c = zoned ? zone_c.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
+  // zoneout: d_new = (1 - d^h) d_h_s and dc_keep = d^c dc (no projection, out_size = H)
+  Tensor d_new = zoned ? at::empty({2, batch, hidden}, options) : Tensor();
+  T* d_new_ptr = zoned ? d_new.data_ptr<T>() : nullptr;
+  T* dc_keep = zoned ? d_new_ptr + batch * hidden : nullptr;
   for (int64_t s = steps.count() - 1; s >= 0; --s) {
     const int64_t rows = steps.rows(s);
     T* d_h_s = d_h_base + steps.at(s) * out_size;
+    T* d_h_prev = s > 0 ? d_h_base + steps.at(s - 1) * out_size : nullptr;
     if (has_projection) {
       Tensor d_r_live = matrix(d_r_buffer, rows, hidden, options);
       matmul_into(d_r_live, matrix(d_h_s, rows, out_size, options), w_out);  // (rows,P) @ (P,H)
@@ -233,13 +328,29 @@ void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor
     const T* c = c_base + steps.next(s) * hidden;
     T* d_pre_ptr = d_pre_base + steps.at(s) * 4 * hidden;
     T* r_ptr = keep_r ? r_base + steps.at(s) * hidden : nullptr;
-    for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
-      backward_rows<T>(gate_ptr, c_prev, c, d_r_ptr, dc_ptr, d_pre_ptr, r_ptr, first, last, 0,
-                       hidden, hidden);
-    });
-    if (s > 0) {  // d_h_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
-      Tensor d_h_prev = matrix(d_h_base + steps.at(s - 1) * out_size, rows, out_size, options);
-      add_matmul_(d_h_prev, matrix(d_pre_ptr, rows, 4 * hidden, options), w);
+    if (zoned) {
+      const int64_t at = steps.at(s) * hidden;
+      zone_split_rows(keep_h + at, keep_c + at, d_h_s, d_new_ptr, dc_ptr, dc_keep, rows, hidden);
+      for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
+        backward_rows<T, true>(gate_ptr, c_prev, c, d_new_ptr, dc_ptr, d_pre_ptr, r_ptr, first,
+                               last, 0, hidden, hidden);
+      });
+      zone_join_rows(keep_h + at, d_h_s, d_h_prev, dc_ptr, dc_keep, rows, hidden);
+    } else {
+      for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
+        backward_rows<T>(gate_ptr, c_prev, c, d_r_ptr, dc_ptr, d_pre_ptr, r_ptr, first, last, 0,
+                         hidden, hidden);
+      });
+    }
+    if (s == 0) continue;
+    const Tensor d_pre_s = matrix(d_pre_ptr, rows, 4 * hidden, options);
+    if (dropping) {  // d_h_{s-1} += (d_pre_s @ W_hh) * drop: (rows, 4H) @ (4H, P)
+      Tensor into = product.narrow(0, 0, rows);
+      matmul_into(into, d_pre_s, w);
+      add_dropped_rows(into.data_ptr<T>(), drop_ptr, d_h_prev, rows, out_size);
+    } else {  // d_h_{s-1} += d_pre_s @ W_hh: (rows, 4H) @ (4H, P)
+      Tensor d_h_prev_rows = matrix(d_h_prev, rows, out_size, options);
+      add_matmul_(d_h_prev_rows, d_pre_s, w);
     }
   }
 }
@@ -247,11 +358,13 @@ void backward_direction(int64_t d, const Tensor& gates, const Tensor& cs, Tensor
 template <typename T>
 void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
                    at::TensorList w_rec, at::TensorList w_proj, Tensor& d_pre, Tensor& r,
-                   const Steps& steps) {
+                   const Steps& steps, const Tensor& drop, const Tensor& zone_h,
+                   const Tensor& zone_c) {
   const int64_t directions = d_h.size(0), batch = steps.batch(), hidden = cs.size(2);
   Tensor d_r = w_proj.empty() ? Tensor() : at::empty({directions, batch, hidden}, d_h.options());
   for_directions(directions, batch * d_h.size(2) * 4 * hidden, [&](int64_t d) {
-    backward_direction<T>(d, gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, d_r, steps);
+    backward_direction<T>(d, gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, d_r, steps, drop,
+                          zone_h, zone_c);
   });
 }
 
@@ -374,9 +487,39 @@ void check_contiguous(const Tensor& t, const char* name) {
               " must be contiguous");
 }
 
+// Recurrent dropout and zoneout, checked: the BLAS loop only, no projection, every cell kept
+// under zoneout, each buffer (D, B, H) or (D, N, H) and contiguous.
+void check_regularizers(const Tensor& drop, const Tensor& zone_h, const Tensor& zone_c,
+                        const Tensor& hs, const Tensor& cs, const Steps& steps, bool fused,
+                        bool packed, bool projected) {
+  if (!given(drop) && !given(zone_h) && !given(zone_c)) return;
+  TORCH_CHECK(!fused && !packed && !projected, "unrolled native LSTM: recurrent dropout and "
+              "zoneout run in the BLAS loop without MKL's packed GEMM and without projection");
+  const int64_t directions = hs.size(0), hidden = cs.size(2);
+  TORCH_CHECK(!given(drop) || (drop.is_contiguous() && drop.sizes() == at::IntArrayRef{
+                  directions, steps.batch(), hidden}),
+              "unrolled native LSTM: drop must be contiguous (D, B, H), got ", drop.sizes());
+  TORCH_CHECK(given(zone_h) == given(zone_c), "unrolled native LSTM: zone_h and zone_c go "
+              "together");
+  for (const Tensor& zone : {zone_h, zone_c}) {
+    TORCH_CHECK(!given(zone) || (zone.is_contiguous() && zone.sizes() == at::IntArrayRef{
+                    directions, steps.total(), hidden}),
+                "unrolled native LSTM: zone_h and zone_c must be contiguous (D, N, H), got ",
+                zone.sizes());
+  }
+  TORCH_CHECK(!given(zone_h) || cs.size(1) == steps.batch() + steps.total(),
+              "unrolled native LSTM: zoneout needs every cell, cs (D, B + N, H)");
+}
+
+Tensor or_empty(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
 void lstm_forward(Tensor gates, const Tensor& bias, at::TensorList w_rec, at::TensorList w_proj,
                   Tensor cs, Tensor hs, at::IntArrayRef batch_sizes, bool keep, bool packed,
-                  bool fused, at::TensorList inputs, at::TensorList w_in) {
+                  bool fused, at::TensorList inputs, at::TensorList w_in,
+                  const std::optional<Tensor>& drop_opt, const std::optional<Tensor>& zone_h_opt,
+                  const std::optional<Tensor>& zone_c_opt) {
+  const Tensor drop = or_empty(drop_opt), zone_h = or_empty(zone_h_opt);
+  const Tensor zone_c = or_empty(zone_c_opt);
   check_contiguous(gates, "gates");
   check_contiguous(cs, "cs");
   check_contiguous(hs, "hs");
@@ -403,9 +546,11 @@ void lstm_forward(Tensor gates, const Tensor& bias, at::TensorList w_rec, at::Te
               "projection (proj_size=0)");
   TORCH_CHECK(gates.dim() == 3 || (fused && !keep),  // (D, N, 4H); N may be 0
               "unrolled native LSTM: gates must be given unless fused=True and keep=False");
+  check_regularizers(drop, zone_h, zone_c, hs, cs, steps, fused, packed, !w_proj.empty());
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_forward", [&] {
     if (!fused) {
-      forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, steps, keep, packed);
+      forward_loop<scalar_t>(gates, bias, w_rec, w_proj, cs, hs, steps, keep, packed, drop,
+                             zone_h, zone_c);
       return;
     }
     const Tensor b = given(bias) ? bias.contiguous()
@@ -422,7 +567,11 @@ bool packed_gemm_available() { return packed_gemm() != nullptr; }
 
 void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
                    at::TensorList w_rec, at::TensorList w_proj, Tensor d_pre, Tensor r,
-                   at::IntArrayRef batch_sizes, bool fused) {
+                   at::IntArrayRef batch_sizes, bool fused, const std::optional<Tensor>& drop_opt,
+                   const std::optional<Tensor>& zone_h_opt,
+                   const std::optional<Tensor>& zone_c_opt) {
+  const Tensor drop = or_empty(drop_opt), zone_h = or_empty(zone_h_opt);
+  const Tensor zone_c = or_empty(zone_c_opt);
   for (const auto& [t, name] : {std::pair{gates, "gates"}, {cs, "cs"}, {d_h, "d_h"},
                                 {dc, "dc"}, {d_pre, "d_pre"}, {r, "r"}}) {
     check_contiguous(t, name);
@@ -433,11 +582,13 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
               " for B=", steps.batch(), ", N=", steps.total());
   TORCH_CHECK(!fused || w_proj.empty(), "unrolled native LSTM: fused=True is for layers without "
               "projection (proj_size=0)");
+  check_regularizers(drop, zone_h, zone_c, d_h, cs, steps, fused, false, !w_proj.empty());
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     if (fused) {
       fused_backward_loop<scalar_t>(gates, cs, d_h, dc, w_rec, d_pre, steps);
     } else {
-      backward_loop<scalar_t>(gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, steps);
+      backward_loop<scalar_t>(gates, cs, d_h, dc, w_rec, w_proj, d_pre, r, steps, drop, zone_h,
+                              zone_c);
     }
   });
 }
@@ -448,11 +599,11 @@ void lstm_backward(const Tensor& gates, const Tensor& cs, Tensor d_h, Tensor dc,
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("lstm_forward(Tensor(a!) gates, Tensor bias, Tensor[] w_rec, Tensor[] w_proj, "
         "Tensor(b!) cs, Tensor(c!) hs, int[] batch_sizes, bool keep, bool packed, bool fused, Tensor[] inputs, "
-        "Tensor[] w_in) -> ()",
+        "Tensor[] w_in, Tensor? drop=None, Tensor? zone_h=None, Tensor? zone_c=None) -> ()",
         &unrolled::lstm_forward);
   m.def("lstm_backward(Tensor gates, Tensor cs, Tensor(a!) d_h, Tensor(b!) dc, "
         "Tensor[] w_rec, Tensor[] w_proj, Tensor(c!) d_pre, Tensor(d!) r, int[] batch_sizes, "
-        "bool fused) -> ()",
+        "bool fused, Tensor? drop=None, Tensor? zone_h=None, Tensor? zone_c=None) -> ()",
         &unrolled::lstm_backward);
   m.def("packed_gemm_available() -> bool", &unrolled::packed_gemm_available);
 }
