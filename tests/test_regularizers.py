@@ -4,6 +4,7 @@ implementation (written here) fed the very masks the module drew."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -258,3 +259,44 @@ def test_to_torch_warns_that_the_options_are_dropped():
     with pytest.warns(UserWarning, match="no recurrent_dropout or zoneout"):
         twin = unrolled.GRU(I, H, zoneout=0.2).to_torch()
     assert isinstance(twin, nn.GRU)
+
+
+# ---- zoneout's keep masks (unrolled.random_masks) -------------------------------------------
+
+
+def test_keep_masks_native_and_torch_ops_give_the_same_bits():
+    from unrolled import random_masks
+    from unrolled.fast import native
+
+    kernels = native.ops()
+    if kernels is None:
+        pytest.skip(f"native loops unavailable: {native.status()}")
+    for p, seeds, dtype in [(0.1, (1, 2), F64), (0.5, (2**32 - 1, 0), torch.float32),
+                            (0.0, (7, 7), F64), (1.0, (3, 9), F64)]:  # fmt: skip
+        got = kernels.keep_mask(*seeds, [5, 3, 701], random_masks.threshold(p), dtype)
+        bits = random_masks.hash_bits(got.numel(), *seeds)
+        want = (bits < random_masks.threshold(p)).to(dtype).view(got.shape)
+        assert torch.equal(got, want), (p, seeds)
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_keep_mask_statistics(use_native):
+    """Each element is 1 with probability p, independently of its neighbours and of the other
+    masks; torch.manual_seed reproduces a mask."""
+    from unrolled import random_masks
+    from unrolled.fast import native
+
+    like = torch.zeros((), dtype=F64)
+    with contextlib.nullcontext() if use_native else native.disabled():
+        torch.manual_seed(21)
+        first = random_masks.keep_mask((400, 500), 0.3, like)
+        second = random_masks.keep_mask((400, 500), 0.3, like)
+        torch.manual_seed(21)
+        again = random_masks.keep_mask((400, 500), 0.3, like)
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    n = first.numel()  # 200k draws: the mean is within 5 standard deviations of p
+    assert abs(first.mean().item() - 0.3) < 5 * (0.3 * 0.7 / n) ** 0.5
+    flat = first.flatten()
+    for a, b in [(flat[1:], flat[:-1]), (flat[500:], flat[:-500]), (flat, second.flatten())]:
+        assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 5 / n**0.5

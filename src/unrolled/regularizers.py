@@ -1,8 +1,11 @@
 r"""Recurrent dropout and zoneout for the built-in ``LSTM`` and ``GRU``, beyond torch.nn.
 
-Both change the step, so a module that uses them runs the reference path (``stack`` and ``scan``
-with the cell below) whatever its ``backend``; with both at 0 nothing here runs and the modules
-stay exactly torch's.
+Both change the step. The module draws a call's masks once, up front (:func:`draw_masks`), and
+hands them to whichever loop runs: the fast backend's loops (native and Python; the BLAS loop,
+not the fused engine, and not with ``proj_size``), or the reference path (``stack`` and ``scan``
+with :class:`RegularizedCell` below) with ``backend="reference"``, with ``proj_size``, in other
+dtypes or under a graph capture. The same seed gives the same numbers on every path. With both
+at 0 nothing here runs and the modules stay exactly torch's.
 
 **Recurrent dropout** (variational, Gal & Ghahramani 2016, "A Theoretically Grounded Application
 of Dropout in Recurrent Neural Networks"): in training mode one Bernoulli mask ``m`` per sequence
@@ -50,7 +53,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import cells
+from . import cells, random_masks
 from .builtin import BuiltinCell
 from .scan import State
 from .weights import LayerWeights
@@ -88,8 +91,9 @@ def sample_recurrent_mask(batch: int, size: int, p: float, like: Tensor) -> Tens
 
 def sample_zoneout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
     """``shape`` of ``like``'s dtype: ``1`` (keep the previous value) with probability ``p``,
-    else ``0``."""
-    return torch.bernoulli(like.new_full(shape, p))
+    else ``0`` (:func:`unrolled.random_masks.keep_mask`: a counter-based hash, seeded from
+    torch's generator)."""
+    return random_masks.keep_mask(shape, p, like)
 
 
 class LayerMasks(NamedTuple):

@@ -42,7 +42,15 @@ except ImportError:  # not POSIX: torch's own lock file only
 NAME = "unrolled_native"
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("lstm.cpp", "gru.cpp", "rnn.cpp", "activations.cpp", "graph.cpp", "engine.cpp")
+    for name in (
+        "lstm.cpp",
+        "gru.cpp",
+        "rnn.cpp",
+        "activations.cpp",
+        "graph.cpp",
+        "engine.cpp",
+        "masks.cpp",
+    )
 ]
 HEADERS = [Path(__file__).with_name(name) for name in ("common.h", "engine.h")]
 DEFAULT_WAIT_SECONDS = 600.0
