@@ -46,7 +46,7 @@ REFERENCE, PYTHON_LOOPS, NATIVE_LOOPS = "reference", "python loops", "native loo
 OPERATOR = "graph operator"
 FAST_DTYPES = (torch.float32, torch.float64)
 #: The modes whose fast loops run recurrent dropout and zoneout (without projection).
-REGULARIZED_LOOPS = ("LSTM",)
+REGULARIZED_LOOPS = ("LSTM", "GRU")
 #: Variants of the native loops, by the number of elements of W_hh (measured: common.h, and
 #: benchmarks/README.md): MKL's packed GEMM from 2^20 on (LSTM, float32, full batch); a
 #: row-major copy of W_hh^T up to 2^17 for sequences longer than one step.

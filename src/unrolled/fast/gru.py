@@ -16,6 +16,19 @@ x_s`, :math:`d\_W_{hh} = \sum_s [d\_pre_r, d\_pre_z, d\_a]^T h_{s-1}`, :math:`d\
 [d\_pre_r, d\_pre_z, d\_pre_n]`, :math:`d\_b_{hh} = \sum_s [d\_pre_r, d\_pre_z, d\_a]` (in the
 buffers below, ``d_pre_n`` is ``n_x`` and ``d_a`` is ``n_h``).
 
+Recurrent dropout and zoneout (:mod:`unrolled.regularizers`; the BLAS loop and the Python loops,
+not the fused engine): with the dropout mask ``m`` the three gates read ``W_hh (h_{s-1} m) +
+b_hh`` while the carry ``z h_{s-1}`` reads the undropped state, and zoneout's weights ``d``
+make ``h_s = d h_{s-1} + (1 - d) h~_s`` of the ordinary update ``h~_s``. The backward then
+splits each step's complete ``d_h_s`` first, and the recurrent product's share of ``d_h_{s-1}``
+passes through the mask:
+
+.. math::
+    d\_h_s &\leftarrow (1 - d) \, d\_h_s \ \text{(what the lines above read)}, \quad
+        d\_h_{s-1} \mathrel{+}= d \, d\_h_s \\
+    d\_h_{s-1} &\mathrel{+}= d\_h_s \, z + ([d\_pre_r, d\_pre_z] W_{h\{r,z\}} + d\_a \,
+        W_{hn}) \cdot m, \qquad d\_W_{hh} = \sum_s [d\_pre_r, d\_pre_z, d\_a]^T (h_{s-1} m)
+
 The time loop is ``plan.loops.gru_forward`` / ``gru_backward``: the native C++ loop
 (``native/gru.cpp``) or the same loop in torch ops (``loops/gru.py``), whichever the layer's
 plan chose in the forward; the backward runs the plan's loop, never another one.
@@ -44,9 +57,19 @@ grads           D x (N, H)           backward in: the gradient reaching each ``h
 factors         D x (N, 3H)          backward out: ``[n_x, r, z]``, the pre-activation
                                      gradients ``W_ih`` saw, in the order (n, r, z): torch's
                                      rows rolled by one block; may be ``hh[d]`` itself
-d_h0            (D, B, H)            backward out: the gradient of ``h_0``
+d_h0            (D, B, H)            backward out: the gradient of ``h_0`` (through the
+                                     dropout mask, plus zoneout's ``d d_h_0`` at step 0)
 batch_sizes     T ints               rows per step, non-increasing (``[B] * T``: a full batch)
+drop            (D, B, H) or empty   recurrent dropout: each sequence's mask ``m`` (0 or
+                                     ``1/(1-p)``) on ``h_{s-1}`` before ``W_hh``; ``hh`` then
+                                     holds ``(h_{s-1} m) W_hh^T``
+zone_h          (D, N, H) or empty   zoneout: each step row's weight ``d`` of the previous
+                                     state, ``h_s = d h_{s-1} + (1 - d) h~_s``; ``hs`` holds
+                                     the zoned-out states
 ==============  ===================  =======================================================
+
+``drop`` and ``zone_h`` are optional trailing arguments of both loops (empty or None: none),
+the same in a forward and its backward; never with ``fused`` (the engine has neither).
 
 One buffer per direction and kind in the backward, so that each is freed as soon as it is
 spent (``d_a`` after ``d_W_hh``, the factors after the input side), and neither is allocated
@@ -71,15 +94,25 @@ from .layer import (
     remember,
     unbatched_flat_weights,
 )
+from .masks import StepMasks, per_state_row
 
 if TYPE_CHECKING:
     from ..backends import Plan
 
 
 def gru_layer_forward(
-    plan: Plan, num_directions: int, steps: Steps, x, h0, c0, flat, keep: bool = False
+    plan: Plan,
+    num_directions: int,
+    steps: Steps,
+    x,
+    h0,
+    c0,
+    flat,
+    keep: bool = False,
+    masks: StepMasks | None = None,
 ):
-    """One layer, ``D`` directions, on the packed layer input ``x (N, I)``.
+    """One layer, ``D`` directions, on the packed layer input ``x (N, I)``; ``masks``: its
+    recurrent dropout and zoneout (not ``plan.fused``).
 
     Returns ``(output (N, D*H), h_n (D, B, H), (ns, hh, hs))``, the buffers as the contract
     above leaves them. Without ``keep`` (nothing will be differentiated) ``hh`` and ``ns`` are
@@ -96,8 +129,17 @@ def gru_layer_forward(
     xw = project(inputs, [w.w_ih for w in weights], [None] * num_directions)  # (D, N, 3H)
     biases = [b.contiguous() for w in weights for b in (w.b_ih, w.b_hh) if b is not None]  # (3H,)
     w_rec = [plan.arrange(w.w_hh.t()) for w in weights]  # D x (H, 3H)
-    plan.loops.gru_forward(xw, hh, ns, hs, w_rec, biases, steps.sizes, plan.fused)
+    drop, zone_h = loop_masks(masks, x.new_empty(0))  # (D, B, H), (D, N, H) or empty
+    plan.loops.gru_forward(xw, hh, ns, hs, w_rec, biases, steps.sizes, plan.fused, drop, zone_h)
     return steps.output(hs), steps.final(hs), (ns, hh, hs)
+
+
+def loop_masks(masks: StepMasks | None, none: Tensor) -> tuple[Tensor, Tensor]:
+    """The loops' ``drop, zone_h`` arguments (an empty tensor for each unused one; the GRU has
+    no ``zone_c``)."""
+    if masks is None:
+        return none, none
+    return tuple(none if t is None else t for t in (masks.recurrent, masks.zone_h))
 
 
 def hidden_side_grads(
@@ -122,9 +164,9 @@ class GRULayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan, num_directions, steps, masks, x, h0, c0, *flat):
         output, h_n, buffers = gru_layer_forward(
-            plan, num_directions, steps, x, h0, c0, flat, keep=True
+            plan, num_directions, steps, x, h0, c0, flat, keep=True, masks=masks
         )
-        remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat))
+        remember(ctx, plan, num_directions, steps, (x, h0, c0, *flat), masks)
         ctx.save_for_backward(x, h0, c0, *flat, *buffers)
         return output, h_n
 
@@ -135,10 +177,11 @@ class GRULayer(torch.autograd.Function):
 
 def gru_layer_backward(
     plan: Plan, num_directions: int, steps: Steps, inputs, buffers, grads, wanted: Wanted,
-    reuse: bool = False,
+    reuse: bool = False, masks: StepMasks | None = None,
 ) -> tuple:  # fmt: skip
     """BPTT of one layer: the gradients of ``inputs (x, h0, None, *flat)`` from ``grads
-    (d_output, d_h_n)``, with the ``buffers (ns, hh, hs)`` its forward kept.
+    (d_output, d_h_n)``, with the ``buffers (ns, hh, hs)`` its forward kept and its ``masks``
+    (the loop adds their terms to ``d_h0`` itself).
 
     ``reuse``: nobody reads the buffers after this backward (the graph is released), so the
     factors may overwrite ``hh``. Returns ``(d_x, d_h0, None, weight_grads)``, None where
@@ -161,9 +204,14 @@ def gru_layer_backward(
         x_side = [torch.empty_like(hh[0]) for _ in range(num_directions)]
     d_h0 = hh.new_empty(num_directions, steps.batch, hidden)  # (D, B, H)
     w_hh = [w.w_hh for w in weights]  # D x (3H, H)
-    plan.loops.gru_backward(hh, n, hs, n_h, w_hh, x_side, d_h0, steps.sizes, plan.fused)
+    drop, zone_h = loop_masks(masks, hh.new_empty(0))  # (D, B, H), (D, N, H) or empty
+    plan.loops.gru_backward(
+        hh, n, hs, n_h, w_hh, x_side, d_h0, steps.sizes, plan.fused, drop, zone_h
+    )
 
     if wanted.weights:  # W_hh and biases first: the factors are handed over to the input side
+        if masks is not None and masks.recurrent is not None:  # W_hh multiplied h * drop
+            hs = hs * per_state_row(masks.recurrent, steps)  # (D, B + N, H)
         d_w_hh, d_sums = zip(
             *(hidden_side_grads(steps, x_side[d], n_h[d], hs[d]) for d in range(num_directions))
         )

@@ -9,6 +9,11 @@ the directions together and folds the biases into the hoisted input part (``b_ih
 multiplies); the backward computes the step-independent factors of ``backward_rows`` for all
 steps first (:func:`backward_factors`) and the C++ loop's own directions one after the other
 (their gradient buffers are separate).
+
+Recurrent dropout and zoneout (:mod:`unrolled.regularizers`), as in ``loops/lstm.py``: ``drop
+(D, B, H)`` multiplies the state on its way into ``W_hh`` (the carry ``z h_{s-1}`` reads the
+undropped state); ``zone_h (D, N, H)`` weighs the previous state, ``h_s = d h_{s-1} + (1 - d)
+h~_s``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .rows import directions_batched, previous_states, state_views, step_views
+from .rows import directions_batched, given, previous_states, state_views, step_views
 
 
 class StepBlocks(NamedTuple):
@@ -73,10 +78,17 @@ def gru_forward(
     biases: Sequence[Tensor],
     batch_sizes: Sequence[int],
     fused: bool = False,
+    drop: Tensor | None = None,
+    zone_h: Tensor | None = None,
 ) -> None:
     """Forward (``forward_loop`` in C++): ``w_rec`` D x ``W_hh^T (H, 3H)``; ``biases`` D x
     ``(b_ih, b_hh)``, each ``(3H,)``, or empty (bias=False). ``fused`` (the C++ loop's engine
-    switch) changes nothing here."""
+    switch) changes nothing here.
+
+    ``drop (D, B, H)``: recurrent dropout, the recurrent product reads ``h_{s-1} * drop`` (so
+    ``hh`` holds ``(h_{s-1} * drop) W_hh^T``), the carry ``z h_{s-1}`` the undropped state;
+    ``zone_h (D, N, H)``: zoneout, ``h_s = d h_{s-1} + (1 - d) h~_s`` with ``h~_s`` the
+    ordinary update. Neither with ``fused``."""
     directions, _, gate_rows = xw.shape
     hidden = gate_rows // 3
     h_bias = None
@@ -96,15 +108,29 @@ def gru_forward(
         n_steps = step_views(ns, batch_sizes, one)
     else:
         n_steps = [(ns[0] if one else ns).narrow(-2, 0, rows) for rows in batch_sizes]
-    for s in range(len(batch_sizes)):
+    dropping, zoned = given(drop), given(zone_h)
+    if dropping:  # h_{s-1} * drop, what W_hh multiplies
+        drop_rows = drop[0] if one else drop  # ([D,] B, H)
+        dropped = torch.empty_like(drop_rows)
+    if zoned:  # each step's weights of the previous and of the new state
+        keep_h = step_views(zone_h, batch_sizes, one)  # T x ([D,] rows, H)
+        new_h = step_views(1 - zone_h, batch_sizes, one)
+    for s, rows in enumerate(batch_sizes):
         step, h_prev = blocks[s], h_prev_steps[s]  # ([D,] rows, *)
+        h_rec = h_prev  # what W_hh multiplies
+        if dropping:
+            h_rec = torch.mul(
+                h_prev, drop_rows.narrow(-2, 0, rows), out=dropped.narrow(-2, 0, rows)
+            )
         if h_bias is None:
-            (torch.mm if one else torch.bmm)(h_prev, w, out=step.all)  # ([D,] rows, H) @ (H, 3H)
+            (torch.mm if one else torch.bmm)(h_rec, w, out=step.all)  # ([D,] rows, H) @ (H, 3H)
         elif one:
-            torch.addmm(h_bias, h_prev, w, out=step.all)  # (rows, H) @ (H, 3H) + b_hn
+            torch.addmm(h_bias, h_rec, w, out=step.all)  # (rows, H) @ (H, 3H) + b_hn
         else:
-            torch.baddbmm(h_bias, h_prev, w, out=step.all)  # (D, rows, H) @ (D, H, 3H) + b_hn
-        forward_rows(step, n_steps[s], h_prev, h_steps[s])
+            torch.baddbmm(h_bias, h_rec, w, out=step.all)  # (D, rows, H) @ (D, H, 3H) + b_hn
+        forward_rows(step, n_steps[s], h_prev, h_steps[s])  # the carry reads the undropped h
+        if zoned:  # h~ -> d * previous + (1 - d) * new
+            h_steps[s].mul_(new_h[s]).addcmul_(keep_h[s], h_prev)
 
 
 def backward_factors(
@@ -151,6 +177,15 @@ def backward_rows(
     torch.mul(n_x, r, out=d_h)  # d_a, over d_h (read above)
 
 
+def zone_split_rows(keep: Tensor, new: Tensor, d_h: Tensor, d_h_prev: Tensor) -> None:
+    """Zoneout, one step backward before :func:`backward_rows`: the gradient ``d_h`` of ``h_s =
+    d h_{s-1} + (1 - d) h~_s`` splits between the previous state, ``d_h_prev += d d_h``, and the
+    update, ``d_h <- (1 - d) d_h`` (in place: what :func:`backward_rows` reads); all ``(rows,
+    H)``, ``keep`` the step's weights ``d`` and ``new`` their ``1 - d``."""
+    d_h_prev.addcmul_(keep, d_h)
+    d_h.mul_(new)
+
+
 def gru_backward(
     hh: Tensor,
     ns: Tensor,
@@ -161,11 +196,27 @@ def gru_backward(
     d_h0: Tensor,
     batch_sizes: Sequence[int],
     fused: bool = False,
+    drop: Tensor | None = None,
+    zone_h: Tensor | None = None,
 ) -> None:
-    """Backward (``backward_loop`` in C++). ``grads`` D x ``(N, H)``: d_h_s on entry, d_a on
+    r"""Backward (``backward_loop`` in C++). ``grads`` D x ``(N, H)``: d_h_s on entry, d_a on
     exit; ``factors`` D x ``(N, 3H)``: ``[n_x, r, z]`` per step (may be ``hh[d]``);
-    ``d_h0 (D, B, H)``: the gradient of h_0; ``w_hh`` D x ``(3H, H)``, torch's rows (r, z, n)."""
+    ``d_h0 (D, B, H)``: the gradient of h_0; ``w_hh`` D x ``(3H, H)``, torch's rows (r, z, n).
+
+    ``drop``, ``zone_h``: the forward's (see :func:`gru_forward`). With zoneout, at each step
+    before :func:`backward_rows` (:func:`zone_split_rows`), the update gets ``(1 - d) d_h_s``
+    and ``h_{s-1}`` the rest directly; with recurrent dropout the product's gradient reaches
+    ``h_{s-1}`` through the mask (the carry's ``d_h z`` does not):
+
+    .. math::
+        d\_h_s \leftarrow (1 - d) \, d\_h_s, \quad d\_h_{s-1} \mathrel{+}= d \, d\_h_s,
+        \qquad d\_h_{s-1} \mathrel{+}= ([d\_pre_r, d\_pre_z, d\_a] W_{hh}) \cdot drop
+
+    all of it into ``d_h0`` at the first step."""
     hidden = hs.shape[-1]
+    dropping, zoned = given(drop), given(zone_h)
+    if dropping:  # [d_pre_r, d_pre_z, d_a] @ W_hh, before the mask
+        product = torch.empty_like(drop[0])  # (B, H)
     for d in range(hh.shape[0]):
         w_rz, w_n = w_hh[d][: 2 * hidden], w_hh[d][2 * hidden :]  # (2H, H), (H, H)
         h_prev = previous_states(hs[d], batch_sizes)  # (N, H)
@@ -181,14 +232,23 @@ def gru_backward(
         n_steps, r_block_steps = (views(factors[d][..., k * hidden : (k + 1) * hidden])
                                   for k in (0, 1))  # fmt: skip
         grad_steps, r_steps, z_steps = views(grads[d]), views(r), views(z)
+        if zoned:  # each step's weights of the previous and of the new state
+            keep_steps, new_steps = views(zone_h[d]), views(1 - zone_h[d])  # T x (rows, H)
         for s in range(len(batch_sizes) - 1, -1, -1):
             rows = batch_sizes[s]
             grad_s = grad_steps[s]  # (rows, H): d_h_s in, d_a out
             d_h_prev = (grad_steps[s - 1] if s > 0 else d_h0[d]).narrow(0, 0, rows)
+            if zoned:
+                zone_split_rows(keep_steps[s], new_steps[s], grad_s, d_h_prev)
             backward_rows(
                 n_z_steps[s], n_steps[s], r_block_steps[s], r_steps[s], z_steps[s], grad_s,
                 d_h_prev,
             )  # fmt: skip
-            # d_h_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) @ (2H, H) and
-            # (rows, H) @ (H, H)
-            d_h_prev.addmm_(factor_steps[s][:, hidden:], w_rz).addmm_(grad_s, w_n)
+            # [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) @ (2H, H) and (rows, H) @
+            # (H, H)
+            if dropping:  # d_h_{s-1} += that * drop
+                into = torch.mm(factor_steps[s][:, hidden:], w_rz, out=product.narrow(0, 0, rows))
+                into.addmm_(grad_s, w_n)
+                d_h_prev.addcmul_(into, drop[d].narrow(0, 0, rows))
+            else:  # d_h_{s-1} += that
+                d_h_prev.addmm_(factor_steps[s][:, hidden:], w_rz).addmm_(grad_s, w_n)

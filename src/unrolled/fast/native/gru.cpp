@@ -11,6 +11,9 @@
 // `fused` (the caller's plan decides): the fused engine (engine.h: W_hh packed once per call,
 // the project's own kernel, the gate math on each tile, one team of threads per call), else
 // one BLAS call per step and one elementwise pass.
+//
+// Recurrent dropout and zoneout (unrolled.regularizers): the optional `drop` (D, B, H) and
+// `zone_h` (D, N, H) of both loops, in the BLAS loop only (the engine has neither).
 #include <torch/library.h>
 
 #include <tuple>
@@ -108,6 +111,56 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* d_h, T*
   }
 }
 
+// Recurrent dropout and zoneout (unrolled.regularizers; the Python loop in loops/gru.py does
+// the same in torch ops). `drop` (B, H) is the per-sequence mask, 0 or 1/(1-p), on the state on
+// its way into W_hh (the carry z * h_prev reads the undropped state); a zoneout weight d (one
+// per row and unit, rows of this step) weighs the previous state:
+// h = d * h_prev + (1 - d) * h~.
+
+// dropped[b, j] = h[b, j] * drop[b, j], rows [0, rows): what W_hh multiplies.
+template <typename T>
+void drop_rows(const T* h, const T* drop, T* dropped, int64_t rows, int64_t size) {
+  for_rows(rows, size, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * size; k < last * size; ++k) dropped[k] = h[k] * drop[k];
+  });
+}
+
+// Forward: h~ (in h) -> the zoned-out state, in place, rows [0, rows).
+template <typename T>
+void zone_rows(const T* keep_h, const T* h_prev, T* h, int64_t rows, int64_t hidden) {
+  for_rows(rows, hidden, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * hidden; k < last * hidden; ++k) {
+      h[k] = keep_h[k] * h_prev[k] + (T(1) - keep_h[k]) * h[k];
+    }
+  });
+}
+
+// Backward, before the step's backward_rows: the gradient of h_s (complete: the later steps
+// have added theirs) splits between the previous state, which gets d^h d_h_s directly (into
+// d_h_prev: d_h_{s-1}, or d_h0 at the first step), and the update, whose backward_rows reads
+// (1 - d^h) d_h_s from d_h, scaled in place.
+template <typename T>
+void zone_split_rows(const T* keep_h, T* d_h, T* d_h_prev, int64_t rows, int64_t hidden) {
+  for_rows(rows, 2 * hidden, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * hidden; k < last * hidden; ++k) {
+      d_h_prev[k] += keep_h[k] * d_h[k];
+      d_h[k] *= T(1) - keep_h[k];
+    }
+  });
+}
+
+// d_h_prev += product * drop, rows [0, rows): the recurrent product's gradient through the mask.
+template <typename T>
+void add_dropped_rows(const T* product, const T* drop, T* d_h_prev, int64_t rows, int64_t size) {
+  for_rows(rows, size, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * size; k < last * size; ++k) d_h_prev[k] += product[k] * drop[k];
+  });
+}
+
 // Direction d's pointers into the forward's buffers (the GRU buffer contract): xw (N, 3H),
 // hh (N or B, 3H), ns (N or B, H), hs (B + N, H), b_ih and b_hh (3H,) each (zeros
 // without bias).
@@ -122,10 +175,12 @@ std::tuple<const T*, T*, T*, T*, const T*, const T*> forward_views(
 }
 
 // Forward, w_rec = D x W_hh^T (H, 3H), row-major or a transposed view; biases: D x (b_ih, b_hh),
-// each (3H,), or empty (bias=False).
+// each (3H,), or empty (bias=False). drop (D, B, H) and zone_h (D, N, H): recurrent dropout and
+// zoneout, each empty when unused.
 template <typename T>
 void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, at::TensorList w_rec,
-                  at::TensorList biases, const Steps& steps) {
+                  at::TensorList biases, const Steps& steps, const Tensor& drop,
+                  const Tensor& zone_h) {
   const int64_t directions = xw.size(0), batch = steps.batch();
   const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
   // Kept for the backward, or one reused slot.
@@ -136,6 +191,10 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, at::Tens
     const Tensor& w = w_rec[d];  // (H, 3H)
     const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
         forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
+    const bool dropping = given(drop), zoned = given(zone_h);
+    const T* drop_ptr = dropping ? drop.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+    Tensor dropped = dropping ? at::empty({batch, hidden}, options) : Tensor();  // h * drop
+    const T* keep_h = zoned ? zone_h.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
     for (int64_t s = 0; s < steps.count(); ++s) {
       const int64_t rows = steps.rows(s);
       const int64_t slot = every_step ? steps.at(s) : 0;
@@ -143,12 +202,16 @@ void forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs, at::Tens
       T* n_s = n_base + slot * hidden;
       T* h_prev = h_base + steps.previous(s) * hidden;
       T* h = h_base + steps.next(s) * hidden;
+      if (dropping) drop_rows(h_prev, drop_ptr, dropped.data_ptr<T>(), rows, hidden);
+      const Tensor h_rec = matrix(dropping ? dropped.data_ptr<T>() : h_prev, rows, hidden,
+                                  options);  // (rows, H): h_{s-1}, or h_{s-1} * drop
       Tensor hh_live = matrix(hh_s, rows, gate_rows, options);
-      matmul_into(hh_live, matrix(h_prev, rows, hidden, options), w);  // (rows,H) @ (H,3H)
-      for_rows(rows, gate_rows, [&](int64_t first, int64_t last) {
+      matmul_into(hh_live, h_rec, w);  // (rows, H) @ (H, 3H)
+      for_rows(rows, gate_rows, [&](int64_t first, int64_t last) {  // the carry: undropped
         forward_rows<T, false>(x_base + steps.at(s) * gate_rows, hh_s, nullptr, 0, 0, b_ih,
                                b_hh, n_s, h_prev, h, first, last, 0, hidden, hidden);
       });
+      if (zoned) zone_rows(keep_h + steps.at(s) * hidden, h_prev, h, rows, hidden);
     }
   });
 }
@@ -172,11 +235,12 @@ std::tuple<const T*, const T*, const T*, T*, T*, T*> backward_views(
 // buffer per direction and kind, so that each can be freed as soon as it is spent: d_a after
 // d_W_hh, the factors after the input side. d_h0 (D, B, H) gets the gradient of h_0. w_hh:
 // D x (3H, H), torch's rows (r, z, n) (a list: stacking would copy the weights of two
-// directions for the whole loop).
+// directions for the whole loop). drop (D, B, H) and zone_h (D, N, H): the forward's, each
+// empty when unused; their terms reach d_h0 here too.
 template <typename T>
 void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
                    at::TensorList w_hh, at::TensorList factors, Tensor& d_h0,
-                   const Steps& steps) {
+                   const Steps& steps, const Tensor& drop, const Tensor& zone_h) {
   const int64_t directions = hh.size(0), batch = steps.batch();
   const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
   const auto options = hh.options();
@@ -186,22 +250,36 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
     const auto [hh_base, n_base, h_base, grad_base, f_base, d_h0_base] =
         backward_views<T>(hh, ns, hs, grads, factors, d_h0, d);
     std::memset(d_h0_base, 0, batch * hidden * sizeof(T));
+    const bool dropping = given(drop), zoned = given(zone_h);
+    const T* drop_ptr = dropping ? drop.select(0, d).data_ptr<T>() : nullptr;  // (B, H)
+    // [d_pre_r, d_pre_z, d_a] @ W_hh, before the mask
+    Tensor product = dropping ? at::empty({batch, hidden}, options) : Tensor();
+    const T* keep_h = zoned ? zone_h.select(0, d).data_ptr<T>() : nullptr;  // (N, H)
     for (int64_t s = steps.count() - 1; s >= 0; --s) {
       const int64_t rows = steps.rows(s);
       T* f_s = f_base + steps.at(s) * gate_rows;
       T* grad_s = grad_base + steps.at(s) * hidden;
       T* d_h_prev = s > 0 ? grad_base + steps.at(s - 1) * hidden : d_h0_base;
+      if (zoned) zone_split_rows(keep_h + steps.at(s) * hidden, grad_s, d_h_prev, rows, hidden);
       for_rows(rows, 4 * hidden, [&](int64_t first, int64_t last) {
         backward_rows<T>(hh_base + steps.at(s) * gate_rows, n_base + steps.at(s) * hidden,
                          h_base + steps.previous(s) * hidden, grad_s, f_s, grad_s, d_h_prev,
                          first, last, 0, hidden, hidden);
       });
-      // d_h_{s-1} += [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) (row stride 3H) @
-      // (2H, H) and (rows, H) @ (H, H)
-      Tensor target = matrix(d_h_prev, rows, hidden, options);
+      // [d_pre_r, d_pre_z] @ W_hr,hz + d_a @ W_hn: (rows, 2H) (row stride 3H) @ (2H, H) and
+      // (rows, H) @ (H, H)
       Tensor grad_rz = at::from_blob(f_s + hidden, {rows, 2 * hidden}, {gate_rows, 1}, options);
-      add_matmul_(target, grad_rz, w_rz);
-      add_matmul_(target, matrix(grad_s, rows, hidden, options), w_n);
+      const Tensor d_a = matrix(grad_s, rows, hidden, options);
+      if (dropping) {  // d_h_{s-1} += that * drop
+        Tensor into = product.narrow(0, 0, rows);
+        matmul_into(into, grad_rz, w_rz);
+        add_matmul_(into, d_a, w_n);
+        add_dropped_rows(into.data_ptr<T>(), drop_ptr, d_h_prev, rows, hidden);
+      } else {  // d_h_{s-1} += that
+        Tensor target = matrix(d_h_prev, rows, hidden, options);
+        add_matmul_(target, grad_rz, w_rz);
+        add_matmul_(target, d_a, w_n);
+      }
     }
   });
 }
@@ -305,8 +383,32 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
       });
 }
 
+// Recurrent dropout and zoneout, checked: the BLAS loop only (not the fused engine), each
+// buffer (D, B, H) or (D, N, H), of the states' dtype, and contiguous.
+void check_regularizers(const Tensor& drop, const Tensor& zone_h, const Tensor& hs,
+                        const Steps& steps, bool fused) {
+  if (!given(drop) && !given(zone_h)) return;
+  TORCH_CHECK(!fused, "unrolled native GRU: recurrent dropout and zoneout run in the BLAS loop, "
+              "not the fused engine (fused=False)");
+  const int64_t directions = hs.size(0), hidden = hs.size(2);
+  TORCH_CHECK(!given(drop) || (drop.is_contiguous() && drop.scalar_type() == hs.scalar_type() &&
+                               drop.sizes() == at::IntArrayRef{directions, steps.batch(), hidden}),
+              "unrolled native GRU: drop must be contiguous (D, B, H) of the states' dtype, got ",
+              drop.sizes());
+  TORCH_CHECK(!given(zone_h) ||
+                  (zone_h.is_contiguous() && zone_h.scalar_type() == hs.scalar_type() &&
+                   zone_h.sizes() == at::IntArrayRef{directions, steps.total(), hidden}),
+              "unrolled native GRU: zone_h must be contiguous (D, N, H) of the states' dtype, "
+              "got ", zone_h.sizes());
+}
+
+Tensor or_empty(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
 void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, at::TensorList w_rec,
-                 at::TensorList biases, at::IntArrayRef batch_sizes, bool fused) {
+                 at::TensorList biases, at::IntArrayRef batch_sizes, bool fused,
+                 const std::optional<Tensor>& drop_opt,
+                 const std::optional<Tensor>& zone_h_opt) {
+  const Tensor drop = or_empty(drop_opt), zone_h = or_empty(zone_h_opt);
   TORCH_CHECK(xw.is_contiguous() && hh.is_contiguous() && ns.is_contiguous() &&
                   hs.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -323,19 +425,22 @@ void gru_forward(const Tensor& xw, Tensor hh, Tensor ns, Tensor hs, at::TensorLi
               "unrolled native GRU: xw must be (D, N, 3H) and hs (D, B + N, H) for batch_sizes "
               "summing to N, got ", xw.sizes(), " and ", hs.sizes(), " for B=", steps.batch(),
               ", N=", steps.total());
+  check_regularizers(drop, zone_h, hs, steps, fused);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
     if (fused) {
       const Tensor zeros = at::zeros({3 * hs.size(2)}, xw.options());
       fused_forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, zeros, biases, steps);
     } else {
-      forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, steps);
+      forward_loop<scalar_t>(xw, hh, ns, hs, w_rec, biases, steps, drop, zone_h);
     }
   });
 }
 
 void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::TensorList grads,
                   at::TensorList w_hh, at::TensorList factors, Tensor d_h0,
-                  at::IntArrayRef batch_sizes, bool fused) {
+                  at::IntArrayRef batch_sizes, bool fused, const std::optional<Tensor>& drop_opt,
+                  const std::optional<Tensor>& zone_h_opt) {
+  const Tensor drop = or_empty(drop_opt), zone_h = or_empty(zone_h_opt);
   TORCH_CHECK(hh.is_contiguous() && ns.is_contiguous() && hs.is_contiguous() &&
                   d_h0.is_contiguous(),
               "unrolled native GRU: buffers must be contiguous");
@@ -351,11 +456,12 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
               "unrolled native GRU: hh must be (D, N, 3H) and hs (D, B + N, H) for the backward, "
               "got ", hh.sizes(), " and ", hs.sizes(), " for B=", steps.batch(), ", N=",
               steps.total());
+  check_regularizers(drop, zone_h, hs, steps, fused);
   AT_DISPATCH_FLOATING_TYPES(hh.scalar_type(), "gru_backward", [&] {
     if (fused) {
       fused_backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, steps);
     } else {
-      backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, steps);
+      backward_loop<scalar_t>(hh, ns, hs, grads, w_hh, factors, d_h0, steps, drop, zone_h);
     }
   });
 }
@@ -365,9 +471,11 @@ void gru_backward(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Tens
 
 TORCH_LIBRARY_FRAGMENT(unrolled, m) {
   m.def("gru_forward(Tensor xw, Tensor(a!) hh, Tensor(b!) ns, Tensor(c!) hs, Tensor[] w_rec, "
-        "Tensor[] biases, int[] batch_sizes, bool fused) -> ()",
+        "Tensor[] biases, int[] batch_sizes, bool fused, Tensor? drop=None, "
+        "Tensor? zone_h=None) -> ()",
         &unrolled::gru_forward);
   m.def("gru_backward(Tensor hh, Tensor ns, Tensor hs, Tensor(a!)[] grads, Tensor[] w_hh, "
-        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] batch_sizes, bool fused) -> ()",
+        "Tensor(b!)[] factors, Tensor(c!) d_h0, int[] batch_sizes, bool fused, Tensor? drop=None, "
+        "Tensor? zone_h=None) -> ()",
         &unrolled::gru_backward);
 }
