@@ -409,6 +409,8 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
         reason = (f"a training step over T > 1 steps: the parallel scan over time "
                   f"({module.scan_method}), differentiated by autograd")  # fmt: skip
         return backends.Plan("MinGRU", "parallel scan", reason)
+    if isinstance(module, Recurrent) and all(hasattr(c, "scan") for c in module.cells):
+        return own_loop_plan(module, input)
     if isinstance(module, Recurrent):
         cells = ", ".join(dict.fromkeys(type(cell).__name__ for cell in module.cells))
         reason = (f"{cells} cells run the reference loop (stack and scan): project() hoisted, one "
@@ -423,3 +425,15 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
         f"unrolled.plan: module must be one of unrolled's recurrent modules, got "
         f"{type(module).__name__}"
     )
+
+
+def own_loop_plan(module, input) -> backends.Plan:
+    """The plan of a ``Recurrent`` whose cells all have a whole-sequence ``scan``: they run their
+    own time loop. The runner is what the cells' ``scan_runner(input)`` says (e.g. "native
+    loops" or "python loops" for the dtype and device of ``input``), else "own scan"."""
+    data = input.data if hasattr(input, "batch_sizes") else input
+    cells = ", ".join(dict.fromkeys(type(cell).__name__ for cell in module.cells))
+    scan_runner = getattr(module.cells[0], "scan_runner", None)
+    runner = scan_runner(data) if scan_runner is not None else "own scan"
+    reason = f"{cells} cells run their own time loop (hand-written BPTT)"
+    return backends.Plan(type(module).__name__, runner, reason)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .. import checks
 from ..cell import Cell
 from ..init import uniform_by_hidden_size_
+from . import layernorm_scan
 
 
 class _LayerNormCell(Cell):
@@ -51,6 +52,11 @@ class _LayerNormCell(Cell):
 
     def project(self, x: Tensor) -> Tensor:
         return self.norm_ih(x @ self.weight_ih.T)  # (T, B, I) @ (I, G*H) -> (T, B, G*H)
+
+    def scan_runner(self, inputs: Tensor) -> str:
+        """Which loops :meth:`scan` runs on ``inputs``' dtype and device ("native loops" or
+        "python loops"): what :func:`unrolled.plan` reports."""
+        return layernorm_scan.runner_name(layernorm_scan.loops_for(inputs))
 
 
 class LayerNormLSTM(_LayerNormCell):
@@ -92,6 +98,12 @@ class LayerNormLSTM(_LayerNormCell):
         h_next = torch.sigmoid(o) * torch.tanh(self.norm_c(c_next))  # (B, H)
         return h_next, (h_next, c_next)
 
+    def scan(self, input_part: Tensor, state: tuple[Tensor, Tensor], *, reverse: bool,
+             lengths: Tensor | None):  # fmt: skip
+        """All steps of one direction (the contract of :func:`unrolled.scan.scan` minus
+        ``step``): the hand-written loop and BPTT of :mod:`.layernorm_scan`."""
+        return layernorm_scan.run_lstm(self, input_part, state, reverse=reverse, lengths=lengths)
+
 
 class LayerNormGRU(_LayerNormCell):
     r"""GRU cell in torch's formulation with layer normalisation on the input and recurrent
@@ -127,3 +139,8 @@ class LayerNormGRU(_LayerNormCell):
         n = torch.tanh(a_n + r * b_n)
         h_next = (1 - z) * n + z * h
         return h_next, h_next
+
+    def scan(self, input_part: Tensor, state: Tensor, *, reverse: bool,
+             lengths: Tensor | None):  # fmt: skip
+        """All steps of one direction, as :meth:`LayerNormLSTM.scan`."""
+        return layernorm_scan.run_gru(self, input_part, state, reverse=reverse, lengths=lengths)

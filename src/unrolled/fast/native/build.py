@@ -50,6 +50,7 @@ SOURCES = [
         "graph.cpp",
         "engine.cpp",
         "masks.cpp",
+        "layernorm.cpp",
     )
 ]
 HEADERS = [Path(__file__).with_name(name) for name in ("common.h", "engine.h")]
