@@ -412,10 +412,7 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
     if isinstance(module, Recurrent) and all(hasattr(c, "scan") for c in module.cells):
         return own_loop_plan(module, input)
     if isinstance(module, Recurrent):
-        cells = ", ".join(dict.fromkeys(type(cell).__name__ for cell in module.cells))
-        reason = (f"{cells} cells run the reference loop (stack and scan): project() hoisted, one "
-                  "step() call per time step in torch ops, differentiated by autograd")  # fmt: skip
-        return backends.Plan(type(module).__name__, backends.REFERENCE, reason)
+        return recurrent_plan(module, input, lengths)
     if isinstance(module, Cell):
         reason = (f"a custom cell ({type(module).__name__}) is one step() in torch ops, "
                   "differentiated by autograd; in unrolled.Recurrent it runs the reference "
@@ -425,6 +422,32 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
         f"unrolled.plan: module must be one of unrolled's recurrent modules, got "
         f"{type(module).__name__}"
     )
+
+
+def recurrent_plan(module, input, lengths) -> backends.Plan:
+    """The plan of a ``Recurrent`` of step cells: their step captured and run by the C++ loop
+    (:mod:`unrolled.captured`) where it can be, else the reference loop, and why (what the
+    first cell, layer 0 forward, gets on this input)."""
+    from . import captured
+
+    sequences, _ = to_time_major(
+        input, batch_first=module.batch_first, lengths=lengths, module_name=module._name
+    )
+    inputs = sequences.padded()  # (T, B, I)
+    cell = module.cells[0]
+    with torch.no_grad():
+        input_part = cell.project(inputs)  # (T, B, *)
+    state = cell.init_state(inputs.size(1), dtype=inputs.dtype, device=inputs.device)
+    runner, why = captured.runner_name(cell, input_part, state, sequences.lengths)
+    cells = ", ".join(dict.fromkeys(type(cell).__name__ for cell in module.cells))
+    if runner:
+        reason = (f"{cells} cells: step() captured once as ATen graphs (forward and backward of "
+                  "a step), project() hoisted, the time loop and BPTT run the graphs")  # fmt: skip
+        return backends.Plan(type(module).__name__, runner, reason)
+    reason = (f"{cells} cells run the reference loop (stack and scan): project() hoisted, one "
+              f"step() call per time step in torch ops, differentiated by autograd; not "
+              f"captured: {why}")  # fmt: skip
+    return backends.Plan(type(module).__name__, backends.REFERENCE, reason)
 
 
 def own_loop_plan(module, input) -> backends.Plan:

@@ -212,6 +212,7 @@ class Recurrent(RecurrentBase):
             training=self.training,
             lengths=lengths,
             check=True,
+            capture=True,
         )  # output (T, B, D*H)
         return sequences.like(output), stack_states(finals)
 

@@ -30,14 +30,25 @@ class CellLike(Protocol):
 
 
 def run_direction(
-    cell: CellLike, input_part: Tensor, state: State, *, reverse: bool, lengths: Tensor | None
+    cell: CellLike,
+    input_part: Tensor,
+    state: State,
+    *,
+    reverse: bool,
+    lengths: Tensor | None,
+    capture: bool = False,
 ) -> tuple[Tensor, State]:
     """One layer-direction over time: the cell's own whole-sequence ``scan`` if it has one
     (e.g. MinGRU's parallel scan, same contract as :func:`unrolled.scan.scan` minus ``step``),
-    else the step-by-step loop."""
+    else, with ``capture``, its step captured and run by a C++ loop (:mod:`unrolled.captured`,
+    which falls back to the next), else the step-by-step loop."""
     whole_sequence = getattr(cell, "scan", None)
     if whole_sequence is not None:
         return whole_sequence(input_part, state, reverse=reverse, lengths=lengths)
+    if capture:
+        from . import captured
+
+        return captured.run(cell, input_part, state, reverse=reverse, lengths=lengths)
     return scan(cell.step, input_part, state, reverse=reverse, lengths=lengths)
 
 
@@ -52,6 +63,7 @@ def stack(
     training: bool = False,
     lengths: Tensor | None = None,
     check: bool = False,
+    capture: bool = False,
 ) -> tuple[Tensor, list[State]]:
     """Run a stack of recurrent layers.
 
@@ -64,6 +76,7 @@ def stack(
         lengths: ``(B,)`` valid steps per sequence, or None.
         check: check each cell's ``project`` and output against the :class:`~unrolled.Cell`
             protocol (``Recurrent``'s user cells): a few shape comparisons per layer-direction.
+        capture: run each cell's step captured (:mod:`unrolled.captured`) where it can be.
 
     Returns:
         ``(output (T, B, D * O), final_states)`` with ``final_states[l * D + d]``.
@@ -83,6 +96,7 @@ def stack(
                 initial_states[index],
                 reverse=direction == 1,
                 lengths=lengths,
+                capture=capture,
             )
             if check:
                 check_output_width(

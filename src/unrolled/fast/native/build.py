@@ -51,6 +51,7 @@ SOURCES = [
         "engine.cpp",
         "masks.cpp",
         "layernorm.cpp",
+        "captured.cpp",
     )
 ]
 HEADERS = [Path(__file__).with_name(name) for name in ("common.h", "engine.h")]
