@@ -310,3 +310,31 @@ def test_torch_func_and_autocast_run_the_plain_loop():
     assert reasons == ["a torch.func transform is running"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert captured.why_not(model.cells[0], x) == "autocast is on"
+
+
+class NormedElman(unrolled.Cell):
+    """Layer norm in the step: its backward passes a bool[] constant (output_mask)."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.ih = nn.Linear(input_size, hidden_size)
+        self.hh = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def project(self, x):
+        return self.ih(x)
+
+    def step(self, xp_t, h):
+        h = torch.tanh(self.norm(xp_t + self.hh(h)) + 0.5)  # a Python number added to a tensor
+        return h, h
+
+
+def test_layer_norm_and_python_numbers_in_the_step(monkeypatch):
+    fast = make(NormedElman, 3, 5, bidirectional=True).double()
+    plain = make(NormedElman, 3, 5, capture=False, bidirectional=True).double()
+    calls = count_captured_calls(monkeypatch)
+    x = torch.randn(6, 3, 3).double()
+    assert_same(run(fast, x, torch.tensor([6, 2, 5])), run(plain, x, torch.tensor([6, 2, 5])),
+                torch.float64)  # fmt: skip
+    assert len(calls) == 2

@@ -185,3 +185,29 @@ def test_explain_grad_flow_prints_the_table_and_plots(tmp_path, capsys):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="--T must be >= 2"):
         cli.main(["explain", "--grad-flow", "--T", "1"])
+
+
+def test_a_custom_cell_is_explained_with_its_captured_graphs(capsys):
+    assert cli.main(["explain", "--cell", "test_captured:MyGRU", "--bidirectional"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: Recurrent: captured step" in out
+    assert "MyGRU.step() captured: the forward graph has" in out
+    assert "sigmoid.default(" in out and "tanh_backward.default(" in out  # forward, backward
+    assert out.rstrip().endswith("PASS") and "equal bit for bit: yes" in out
+
+
+def test_explain_cell_marks_parameter_only_ops_and_says_what_is_not_captured(capsys):
+    assert cli.main(["explain", "--cell", "test_captured:PeepholeLSTM"]) == 0
+    out = capsys.readouterr().out
+    assert "# once per call: reads parameters only" in out  # the weight norm
+    assert cli.main(["explain", "--cell", "test_captured:RandomStep"]) == 0
+    assert "is not captured: the captured step does not reproduce" in capsys.readouterr().out
+    assert cli.main(["explain", "--cell", "LayerNormLSTM"]) == 0
+    assert "runs its own whole-sequence loop" in capsys.readouterr().out
+
+
+def test_explain_cell_rejects_what_is_not_a_cell():
+    with pytest.raises(SystemExit, match="cannot load 'nowhere:Nothing'"):
+        cli.main(["explain", "--cell", "nowhere:Nothing"])
+    with pytest.raises(SystemExit, match="torch.nn:GRU is not an unrolled.Cell subclass"):
+        cli.main(["explain", "--cell", "torch.nn:GRU"])

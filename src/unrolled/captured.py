@@ -447,6 +447,8 @@ def write_argument(step, which: int, argument, value, slots) -> None:
         step.constant_device(which, value)
     elif isinstance(value, torch.memory_format):
         step.constant_memory_format(which, value)
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
+        step.constant_bools(which, [int(v) for v in value])
     elif isinstance(value, (list, tuple)) and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
@@ -513,6 +515,8 @@ def captured_for(cell: nn.Module, input_part: Tensor, state: State, lengths) -> 
                 known[key] = capture(cell, input_part[0], state, running)
             except CaptureFailed as failed:
                 known[key] = str(failed)
+            except Exception as error:  # noqa: BLE001 - never worse than the plain loop
+                known[key] = f"capturing step() failed: {type(error).__name__}: {error}"
         return known[key]
 
 

@@ -34,6 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="instead: how far back the gradient reaches, ||dL/dh_t|| for a loss "
                              "on the last state, at several sizes of W_hh (T=60 unless --T; "
                              "--plot draws it)")  # fmt: skip
+    parser.add_argument("--cell", metavar="MODULE:CLASS",
+                        help="instead: a custom unrolled.Cell in unrolled.Recurrent, built as "
+                             "CLASS(input_size, hidden_size): its plan, its step captured as "
+                             "ATen graphs, and the captured loop checked against the plain "
+                             "one (e.g. --cell IndRNN, --cell mypackage.cells:MyGRU)")  # fmt: skip
     parser.add_argument("--forget-bias", type=float, default=0.0,
                         help="with --grad-flow: added to the LSTM's forget-gate bias")  # fmt: skip
     parser.add_argument("--layers", type=int, default=1)
@@ -54,6 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.grad_flow:
         return grad_flow(args)
+    if args.cell:
+        return explain_cell(args)
     args.T = 3 if args.T is None else args.T
     args.mode = args.mode or "rnn"
     mode = modes.CLI_NAMES["rnn_tanh" if args.mode == "rnn" else args.mode]
@@ -118,6 +125,21 @@ def grad_flow(args: argparse.Namespace) -> int:
             return 2
         print(f"wrote {args.plot}")
     return 0
+
+
+def explain_cell(args: argparse.Namespace) -> int:
+    """``--cell``: :mod:`unrolled.tools.explain_cell`'s text; exit 1 when the check fails."""
+    from unrolled.tools import explain_cell as cells
+
+    config = cells.CellConfig(
+        layers=args.layers, bidirectional=args.bidirectional, steps=5 if args.T is None else args.T,
+        batch=args.batch if args.batch > 1 else 2, input_size=args.input_size,
+        hidden_size=args.hidden_size + 1 if args.hidden_size == 3 else args.hidden_size,
+        seed=args.seed,
+    )  # fmt: skip
+    text, passed = cells.render(cells.load_cell_class(args.cell), config)
+    print(wrap(text, output_width()))
+    return 0 if passed else 1
 
 
 def output_width() -> int | None:

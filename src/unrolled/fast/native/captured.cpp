@@ -156,6 +156,11 @@ struct CapturedStep : torch::CustomClassHolder {
     constant(which, IValue(number));
   }
   void constant_ints(int64_t which, std::vector<int64_t> v) { constant(which, IValue(v)); }
+  void constant_bools(int64_t which, std::vector<int64_t> v) {  // bool[] (e.g. output_mask)
+    c10::List<bool> bools;
+    for (int64_t b : v) bools.push_back(b != 0);
+    constant(which, IValue(bools));
+  }
   void constant_dtype(int64_t which, at::ScalarType v) { constant(which, IValue(v)); }
   void constant_layout(int64_t which, at::Layout v) { constant(which, IValue(v)); }
   void constant_device(int64_t which, at::Device v) { constant(which, IValue(v)); }
@@ -280,6 +285,7 @@ TORCH_LIBRARY_FRAGMENT(unrolled, m) {
       .def("constant_none", &CapturedStep::constant_none)
       .def("constant_number", &CapturedStep::constant_number)
       .def("constant_ints", &CapturedStep::constant_ints)
+      .def("constant_bools", &CapturedStep::constant_bools)
       .def("constant_dtype", &CapturedStep::constant_dtype)
       .def("constant_layout", &CapturedStep::constant_layout)
       .def("constant_device", &CapturedStep::constant_device)
