@@ -66,10 +66,21 @@ def rows(I: int, H: int) -> list[tuple[str, str, nn.Module, torch.dtype]]:
             lambda size: unrolled.LayerNormGRU(size, H), I), torch.float32),
         ("custom GRU cell (Recurrent)", "GRU", unrolled.Recurrent(lambda size: MyGRU(size, H), I),
          torch.float32),
+        ("custom GRU cell, capture=False", "GRU", not_captured(
+            unrolled.Recurrent(lambda size: MyGRU(size, H), I)), torch.float32),
         ("MinGRU (parallel scan)", "GRU", unrolled.MinGRU(I, H), torch.float32),
         ("IndRNN (Recurrent)", "GRU", unrolled.Recurrent(
             lambda size: unrolled.IndRNN(size, H), I), torch.float32),
+        ("torch.nn.LSTM", "LSTM", nn.LSTM(I, H), torch.float32),
+        ("torch.nn.GRU", "GRU", nn.GRU(I, H), torch.float32),
     ]  # fmt: skip
+
+
+def not_captured(model: unrolled.Recurrent) -> unrolled.Recurrent:
+    """The model with its cells' step never captured: the plain loop, one step() per step."""
+    for cell in model.cells:
+        cell.capture = False
+    return model
 
 
 def train_step(module: nn.Module, x: torch.Tensor):
@@ -123,7 +134,7 @@ def main() -> None:
             module.train()
             x = torch.randn(T, B, I, dtype=dtype)
             calls[name] = train_step(module, x)
-            plans[name] = unrolled.plan(module, x).runner
+            plans[name] = unrolled.plan(module, x).runner if name[:6] != "torch." else "torch.nn"
         times = seconds(calls, args.repeats, args.min_sample_ms / 1e3)
         base = times[members[0][0]]
         for name, *_ in members:

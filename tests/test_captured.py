@@ -338,3 +338,18 @@ def test_layer_norm_and_python_numbers_in_the_step(monkeypatch):
     assert_same(run(fast, x, torch.tensor([6, 2, 5])), run(plain, x, torch.tensor([6, 2, 5])),
                 torch.float64)  # fmt: skip
     assert len(calls) == 2
+
+
+def test_frozen_parameters_and_a_loss_on_the_final_state_only():
+    fast, plain = make(PeepholeLSTM, 3, 4).double(), make(PeepholeLSTM, 3, 4, capture=False)
+    plain = plain.double()
+    for model in (fast, plain):
+        model.cells[0].w_hh.requires_grad_(False)
+    x = torch.randn(5, 2, 3).double()
+    grads = []
+    for model in (fast, plain):
+        _, (h_n, c_n) = model(x)
+        wanted = [p for p in model.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(c_n.sum(), wanted))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)

@@ -181,3 +181,83 @@ def test_torch_func_runs_the_step_loop():
     got = torch.func.grad(loss)({k: v.detach() for k, v in params.items()})
     for a, b in zip(got.values(), expected):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def run_loops(kind: str, loops, dtype, steps: int, batch: int, hidden: int, seed: int = 2):
+    """The forward and the backward of ``loops`` on one set of random inputs, buffers as
+    :mod:`unrolled.variants.layernorm_loops`'s contract: ``{name: buffer}`` after both."""
+    generator = torch.Generator().manual_seed(seed)
+    width = (4 if kind == "LSTM" else 3) * hidden
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=generator, dtype=dtype) * scale + shift
+
+    xp, w_hh = rand(steps, batch, width), rand(width, hidden, scale=0.5)
+    gamma, beta = rand(width, scale=0.3, shift=1.0), rand(width, scale=0.3)
+    gates, mhat = torch.empty_like(xp), torch.empty_like(xp)
+    rstd = xp.new_empty(steps, batch)
+    hs = xp.new_empty(steps + 1, batch, hidden)
+    hs[0] = rand(batch, hidden)
+    d_hs = rand(steps + 1, batch, hidden)  # what reaches each h_t from outside
+    d_xp, dm = torch.empty_like(xp), torch.empty_like(xp)
+    d_gamma, d_beta = xp.new_full((width,), float("nan")), xp.new_full((width,), float("nan"))
+    if kind == "GRU":
+        loops.layernorm_gru_forward(xp, w_hh, gamma, beta, 1e-5, gates, mhat, rstd, hs)
+        loops.layernorm_gru_backward(
+            gates, mhat, rstd, hs, w_hh, gamma, beta, d_hs, d_xp, dm, d_gamma, d_beta
+        )
+        return dict(gates=gates, mhat=mhat, rstd=rstd, hs=hs, d_hs=d_hs, d_xp=d_xp, dm=dm,
+                    d_gamma=d_gamma, d_beta=d_beta)  # fmt: skip
+    gamma_c, beta_c = rand(hidden, scale=0.3, shift=1.0), rand(hidden, scale=0.3)
+    cs, chat = xp.new_empty(steps + 1, batch, hidden), xp.new_empty(steps, batch, hidden)
+    cs[0] = rand(batch, hidden)
+    rstd_c = xp.new_empty(steps, batch)
+    d_cs = rand(steps + 1, batch, hidden)
+    d_gamma_c, d_beta_c = xp.new_full((hidden,), float("nan")), xp.new_full((hidden,), float("nan"))
+    loops.layernorm_lstm_forward(
+        xp, w_hh, gamma, beta, gamma_c, beta_c, 1e-5, 1e-5, gates, mhat, rstd, hs, cs, chat,
+        rstd_c,
+    )  # fmt: skip
+    loops.layernorm_lstm_backward(
+        gates, mhat, rstd, cs, chat, rstd_c, w_hh, gamma, gamma_c, beta_c, d_hs, d_cs, d_xp, dm,
+        d_gamma, d_beta, d_gamma_c, d_beta_c,
+    )  # fmt: skip
+    return dict(gates=gates, mhat=mhat, rstd=rstd, hs=hs, cs=cs, chat=chat, rstd_c=rstd_c,
+                d_hs=d_hs, d_cs=d_cs, d_xp=d_xp, dm=dm, d_gamma=d_gamma, d_beta=d_beta,
+                d_gamma_c=d_gamma_c, d_beta_c=d_beta_c)  # fmt: skip
+
+
+def native_ops():
+    if native.ops() is None:
+        pytest.skip(f"native loops unavailable: {native.unavailable_reason()}")
+    return torch.ops.unrolled
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_native_and_python_loops_agree(kind, dtype):
+    """The two twins on the same buffers: every buffer of the contract, the LN parameters'
+    gradients (summed inside the backward) included. B = 64 rows of H = 24: the native row
+    passes split over threads where there are several."""
+    ops = native_ops()
+    for steps, batch, hidden in [(9, 64, 24), (1, 1, 1), (0, 3, 2)]:
+        got = run_loops(kind, ops, dtype, steps, batch, hidden)
+        expected = run_loops(kind, layernorm_loops, dtype, steps, batch, hidden)
+        for name, buffer in expected.items():
+            where = f"{kind} T={steps} B={batch} H={hidden} {name}"
+            if buffer.numel() == 0:  # T = 0: no steps, yet the LN sums are written (zeros)
+                assert got[name].shape == buffer.shape, where
+                continue
+            assert_close(got[name], buffer, dtype, where)
+        if steps == 0:
+            assert (got["d_gamma"] == 0).all() and (got["d_beta"] == 0).all()
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_native_sums_are_deterministic(kind):
+    """The native backward's per-row sums add up in one fixed order, whichever thread ran a
+    row: the same bits on every run (B = 64 rows, split over threads where there are several)."""
+    ops = native_ops()
+    first, second = (run_loops(kind, ops, torch.float32, 5, 64, 32) for _ in range(2))
+    for name in ["d_gamma", "d_beta"] + (["d_gamma_c", "d_beta_c"] if kind == "LSTM" else []):
+        assert torch.equal(first[name], second[name]), name

@@ -29,10 +29,14 @@ LSTM: ``d_n = dh o (1 - tanh^2 n)`` (``n = LN(c_t)``), ``dc = d_cs[t + 1] + LN-b
 ``d_pre = [dc g i(1-i), dc c_{t-1} f(1-f), dc i(1-g^2), dh tanh(n) o(1-o)]``,
 ``d_cs[t] += dc f``. GRU: ``d_an = dh (1 - z)(1 - n^2)``, ``d_xp = [d_an b_n r(1-r), dh
 (h_{t-1} - n) z(1-z), d_an]``, ``d_b = [d_xp_r, d_xp_z, d_an r]``, ``d_hs[t] += dh z``. Both:
-``dm_t = LN-backward(d_pre or d_b)`` and ``d_hs[t] += dm_t W_hh``. The weight and LN-parameter
-gradients are sums over all steps, taken after the loop from the buffers (:mod:`.layernorm_scan`):
-``d_W_hh = dm^T h_{prev}`` (one ``(G*H, T*B) @ (T*B, H)`` GEMM), ``d_gamma = sum(d_b mhat)``,
-``d_beta = sum(d_b)``, ``d_gamma_c = sum(d_n chat)``, ``d_beta_c = sum(d_n)``.
+``dm_t = LN-backward(d_pre or d_b)`` and ``d_hs[t] += dm_t W_hh``. The LN parameters' gradients
+are sums over all steps and rows, which the backward takes as it goes, while each step's rows
+are at hand: ``d_gamma = sum(d_pre mhat)``, ``d_beta = sum(d_pre)`` (the GRU's ``d_b`` for
+``d_pre``), ``d_gamma_c = sum(d_n chat)``, ``d_beta_c = sum(d_n)``. Each batch row ``b`` sums
+its own terms over the steps (:func:`row_sums`), and the rows are added after the loop: in C++
+one thread at a time runs a row, so the sums need no lock and come out the same on every run
+and for every thread count. ``d_W_hh = dm^T h_{prev}`` is left to the caller, after the loop
+(one ``(G*H, T*B) @ (T*B, H)`` GEMM, :mod:`.layernorm_scan`).
 
 **The buffer contract.** One direction, every sequence run for all ``T`` steps (lengths and
 reverse are the caller's: :mod:`.layernorm_scan`), time-major, every buffer contiguous,
@@ -62,7 +66,10 @@ d_cs        (T+1, B, H)   LSTM backward, likewise for the cells; row 0 out: ``d_
 d_xp        (T, B, G*H)   backward out: the gradient of ``xp`` (LSTM: ``d_pre``; GRU:
                           ``d_r, d_z, d_an``)
 dm          (T, B, G*H)   backward out: the gradient of ``m_t = h_{t-1} W_hh^T``
-d_ln_c      (T, B, H)     LSTM backward out: ``d_n``, the gradient of ``LN(c_t)``'s output
+d_gamma/    (G*H,)        backward out: ``norm_hh``'s weight and bias gradients (written, not
+d_beta                    added to)
+d_gamma_c/  (H,)          LSTM backward out: ``norm_c``'s weight and bias gradients
+d_beta_c
 ==========  ============  ===================================================================
 """
 
@@ -90,6 +97,19 @@ def layer_norm_backward(d_normalised: Tensor, normalised: Tensor, rstd: Tensor) 
     return centred * rstd.unsqueeze(-1)
 
 
+def row_sums(like: Tensor, *widths: int) -> list[Tensor]:
+    """Zeroed per-batch-row partial sums ``(B, width)`` for each width, ``B = like.shape[1]``:
+    ``like``'s dtype, at least float32 (a low-precision sum over many steps would lose the
+    gradient), on its device. Row ``b`` sums batch row ``b``'s terms over the steps."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return [like.new_zeros(like.shape[1], width, dtype=dtype) for width in widths]
+
+
+def total_into(out: Tensor, sums: Tensor) -> None:
+    """``out (X,) = sums (B, X)`` summed over the batch rows."""
+    out.copy_(sums.sum(0))
+
+
 def layernorm_lstm_forward(
     xp: Tensor, w_hh: Tensor, gamma: Tensor, beta: Tensor, gamma_c: Tensor, beta_c: Tensor,
     eps: float, eps_c: float, gates: Tensor, mhat: Tensor, rstd: Tensor, hs: Tensor,
@@ -115,10 +135,13 @@ def layernorm_lstm_forward(
 def layernorm_lstm_backward(
     gates: Tensor, mhat: Tensor, rstd: Tensor, cs: Tensor, chat: Tensor, rstd_c: Tensor,
     w_hh: Tensor, gamma: Tensor, gamma_c: Tensor, beta_c: Tensor, d_hs: Tensor, d_cs: Tensor,
-    d_xp: Tensor, dm: Tensor, d_ln_c: Tensor,
+    d_xp: Tensor, dm: Tensor, d_gamma: Tensor, d_beta: Tensor, d_gamma_c: Tensor,
+    d_beta_c: Tensor,
 ) -> None:  # fmt: skip
     """BPTT of the LN-LSTM (``layernorm_lstm_backward`` in C++), buffers as the contract."""
     hidden = cs.shape[-1]
+    sum_gamma, sum_beta = row_sums(gates, 4 * hidden, 4 * hidden)  # 2 x (B, 4H)
+    sum_gamma_c, sum_beta_c = row_sums(gates, hidden, hidden)  # 2 x (B, H)
     i, f, g, o = gates.split(hidden, dim=-1)  # 4 x (T, B, H)
     # The step-independent factors, every step at once.
     tanh_n = torch.addcmul(beta_c, gamma_c, chat).tanh_()  # (T, B, H)
@@ -129,16 +152,25 @@ def layernorm_lstm_backward(
     factor_g = i * (1 - g * g)
     for t in range(gates.shape[0] - 1, -1, -1):
         dh = d_hs[t + 1]  # (B, H)
-        torch.mul(dh, slope_n[t], out=d_ln_c[t])  # d_n
-        dc = d_cs[t + 1] + layer_norm_backward(d_ln_c[t] * gamma_c, chat[t], rstd_c[t])
+        d_n = dh * slope_n[t]  # (B, H): the gradient of LN(c_t)'s output
+        sum_gamma_c.addcmul_(d_n, chat[t])
+        sum_beta_c.add_(d_n)
+        dc = d_cs[t + 1] + layer_norm_backward(d_n * gamma_c, chat[t], rstd_c[t])
         d_i, d_f, d_g, d_o = d_xp[t].split(hidden, dim=-1)  # 4 x (B, H)
         torch.mul(dc, factor_i[t], out=d_i)
         torch.mul(dc, factor_f[t], out=d_f)
         torch.mul(dc, factor_g[t], out=d_g)
         torch.mul(dh, factor_o[t], out=d_o)
         d_cs[t].addcmul_(dc, f[t])
+        sum_gamma.addcmul_(d_xp[t], mhat[t])
+        sum_beta.add_(d_xp[t])
         dm[t] = layer_norm_backward(d_xp[t] * gamma, mhat[t], rstd[t])  # (B, 4H)
         d_hs[t].addmm_(dm[t], w_hh)  # += (B, 4H) @ (4H, H)
+    for out, sums in (
+        (d_gamma, sum_gamma), (d_beta, sum_beta), (d_gamma_c, sum_gamma_c),
+        (d_beta_c, sum_beta_c),
+    ):  # fmt: skip
+        total_into(out, sums)
 
 
 def layernorm_gru_forward(
@@ -161,10 +193,11 @@ def layernorm_gru_forward(
 
 def layernorm_gru_backward(
     gates: Tensor, mhat: Tensor, rstd: Tensor, hs: Tensor, w_hh: Tensor, gamma: Tensor,
-    beta: Tensor, d_hs: Tensor, d_xp: Tensor, dm: Tensor,
+    beta: Tensor, d_hs: Tensor, d_xp: Tensor, dm: Tensor, d_gamma: Tensor, d_beta: Tensor,
 ) -> None:  # fmt: skip
     """BPTT of the LN-GRU (``layernorm_gru_backward`` in C++), buffers as the contract."""
     hidden = hs.shape[-1]
+    sum_gamma, sum_beta = row_sums(gates, 3 * hidden, 3 * hidden)  # 2 x (B, 3H)
     r, z, n = gates.split(hidden, dim=-1)  # 3 x (T, B, H)
     gamma_n, beta_n = gamma[2 * hidden :], beta[2 * hidden :]
     # The step-independent factors, every step at once.
@@ -178,6 +211,10 @@ def layernorm_gru_backward(
         torch.mul(dh, factor_an[t], out=d_an)
         torch.mul(d_an, factor_r[t], out=d_r)
         torch.mul(dh, factor_z[t], out=d_z)
-        d_b = torch.cat([d_r, d_z, d_an * r[t]], dim=-1)  # (B, 3H)
+        d_b = torch.cat([d_r, d_z, d_an * r[t]], dim=-1)  # (B, 3H): the gradient of LN(m_t)
+        sum_gamma.addcmul_(d_b, mhat[t])
+        sum_beta.add_(d_b)
         dm[t] = layer_norm_backward(d_b * gamma, mhat[t], rstd[t])  # (B, 3H)
         d_hs[t].addcmul_(dh, z[t]).addmm_(dm[t], w_hh)  # += dh z + (B, 3H) @ (3H, H)
+    total_into(d_gamma, sum_gamma)
+    total_into(d_beta, sum_beta)

@@ -11,8 +11,9 @@ Around the loops (which run every sequence for all ``T`` steps, forward in time)
   ``lengths[b]`` of the state buffers (``(T+1, B, H)``, ``h_0`` first). Its backward puts the
   output gradient, zeroed there, and the final states' gradients at those rows of ``d_hs`` /
   ``d_cs``: past its end a sequence gets no gradient, so its steps there add exactly zero;
-* after the loop, one GEMM and a few reductions over all ``T*B`` rows: ``d_W_hh``, the LN
-  parameters' gradients.
+* after the loop, one GEMM over all ``T*B`` rows: ``d_W_hh``. The LN parameters' gradients,
+  also sums over every step, the loops take as they go (their buffer contract:
+  :mod:`.layernorm_loops`).
 
 Under ``create_graph=True`` or a torch.func transform the backward differentiates the step
 loop (:func:`reference_steps`) instead, which autograd can differentiate again.
@@ -88,11 +89,6 @@ def arriving_grads(
             batch = torch.arange(like.shape[1], device=like.device)  # (B,)
             grads.index_put_((lengths, batch), d_final, accumulate=True)
     return grads
-
-
-def sum_over_steps(per_step: Tensor) -> Tensor:
-    """``(T, B, X) -> (X,)``."""
-    return per_step.sum((0, 1))
 
 
 def recurrent_weight_grad(dm: Tensor, hs: Tensor) -> Tensor:
@@ -197,15 +193,14 @@ class LayerNormLSTMScan(torch.autograd.Function):
         d_hs = arriving_grads(d_output, d_h_n, hs, ctx.lengths, ctx.valid)  # (T+1, B, H)
         d_cs = arriving_grads(None, d_c_n, cs, ctx.lengths, ctx.valid)  # (T+1, B, H)
         d_xp, dm = torch.empty_like(gates), torch.empty_like(gates)  # (T, B, 4H)
-        d_ln_c = torch.empty_like(chat)  # (T, B, H)
+        four_hidden, hidden = gates.shape[-1], cs.shape[-1]
+        d_gamma, d_beta = gates.new_empty(four_hidden), gates.new_empty(four_hidden)  # (4H,)
+        d_gamma_c, d_beta_c = gates.new_empty(hidden), gates.new_empty(hidden)  # (H,)
         ctx.loops.layernorm_lstm_backward(
             gates, mhat, rstd, cs, chat, rstd_c, w_hh, gamma, gamma_c, beta_c, d_hs, d_cs, d_xp,
-            dm, d_ln_c,
+            dm, d_gamma, d_beta, d_gamma_c, d_beta_c,
         )  # fmt: skip
-        d_w_hh = recurrent_weight_grad(dm, hs)  # dm is spent: scratch below
-        d_beta, d_beta_c = sum_over_steps(d_xp), sum_over_steps(d_ln_c)
-        d_gamma = sum_over_steps(torch.mul(d_xp, mhat, out=dm))
-        d_gamma_c = sum_over_steps(d_ln_c.mul_(chat))
+        d_w_hh = recurrent_weight_grad(dm, hs)
         return (
             None, None, d_xp, d_hs[0], d_cs[0], d_w_hh, d_gamma, d_beta, d_gamma_c, d_beta_c,
             None, None,
@@ -237,15 +232,14 @@ class LayerNormGRUScan(torch.autograd.Function):
         if differentiate_the_reference((d_output, d_h_n)):
             return reference_steps(ctx, (d_output, d_h_n), gru_step, 1) + (None,)
         xp, h0, w_hh, gamma, beta, gates, mhat, rstd, hs = ctx.saved_tensors
-        hidden = hs.shape[-1]
         d_hs = arriving_grads(d_output, d_h_n, hs, ctx.lengths, ctx.valid)  # (T+1, B, H)
         d_xp, dm = torch.empty_like(gates), torch.empty_like(gates)  # (T, B, 3H)
-        ctx.loops.layernorm_gru_backward(gates, mhat, rstd, hs, w_hh, gamma, beta, d_hs, d_xp, dm)
-        d_w_hh = recurrent_weight_grad(dm, hs)  # dm is spent: d_b goes there
-        d_b = dm.copy_(d_xp)  # the gradient of LN(m_t): d_an * r in the n block
-        d_b[..., 2 * hidden :] *= gates[..., :hidden]
-        d_beta = sum_over_steps(d_b)
-        d_gamma = sum_over_steps(d_b.mul_(mhat))
+        three_hidden = gates.shape[-1]
+        d_gamma, d_beta = gates.new_empty(three_hidden), gates.new_empty(three_hidden)  # (3H,)
+        ctx.loops.layernorm_gru_backward(
+            gates, mhat, rstd, hs, w_hh, gamma, beta, d_hs, d_xp, dm, d_gamma, d_beta
+        )  # fmt: skip
+        d_w_hh = recurrent_weight_grad(dm, hs)
         return None, None, d_xp, d_hs[0], d_w_hh, d_gamma, d_beta, None
 
 

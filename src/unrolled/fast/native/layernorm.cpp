@@ -6,8 +6,9 @@
 // contract in that file's docstring; it is the same loop in torch ops, function for function:
 // layernorm_lstm_forward / _backward and layernorm_gru_forward / _backward. Per step: the
 // recurrent GEMM through ATen, then one pass per batch row: the LN's statistics, the
-// normalisation and the gate math (forward); the gate math's and the LNs' derivatives
-// (backward).
+// normalisation and the gate math (forward); the gate math's and the LNs' derivatives, and the
+// LN parameters' gradient terms added to that row's partial sums while the row is hot
+// (backward; RowSums).
 #include <torch/library.h>
 
 #include "common.h"
@@ -69,6 +70,41 @@ UNROLLED_INLINE T* row(const Tensor& buffer, int64_t step, int64_t b) {
   return buffer.data_ptr<T>() + (step * batch + b) * width;
 }
 
+// ---- the LN parameters' gradients: per-row partial sums -----------------------------------
+
+// The LN parameters' gradients are sums over every step and batch row (d_gamma = sum dy xhat,
+// d_beta = sum dy for each LN), taken in the backward row passes while each row is hot. Row b of
+// a (B, stride) buffer holds batch row b's partial sums over the steps so far: at any step one
+// thread runs row b and it alone writes there (no atomics, no locks), and after the loop
+// `total` adds the rows in order 0, 1, ..., B-1. The result is the same on every run, whatever
+// the threads and however for_rows splits the rows. Each row starts on a cache line of its own
+// (the stride is a whole number of lines): threads never share one.
+template <typename T>
+class RowSums {
+ public:
+  RowSums(int64_t rows, int64_t width, const at::TensorOptions& options)
+      : sums_(at::zeros({rows, padded(width)}, options)) {}
+
+  T* row(int64_t b) const { return sums_.data_ptr<T>() + b * sums_.size(1); }
+
+  // out[k] = sum over rows b of row(b)[offset + k], k < n, rows in order.
+  void total(T* out, int64_t offset, int64_t n) const {
+    std::fill(out, out + n, T(0));
+    for (int64_t b = 0; b < sums_.size(0); ++b) {
+      const T* sum = row(b) + offset;
+      UNROLLED_VECTOR_LOOP
+      for (int64_t k = 0; k < n; ++k) out[k] += sum[k];
+    }
+  }
+
+ private:
+  static int64_t padded(int64_t width) {
+    constexpr int64_t line = 64 / sizeof(T);  // elements per 64-byte cache line
+    return (width + line - 1) / line * line;
+  }
+  Tensor sums_;  // (B, stride), zeroed; ATen's CPU allocator aligns it to 64 bytes
+};
+
 // ---- LSTM ---------------------------------------------------------------------------------
 
 // Everything one LSTM row pass reads and writes, at step t (h_{t-1} = hs[t], h_t = hs[t + 1]).
@@ -121,13 +157,16 @@ void lstm_forward_loop(const Tensor& xp, const Tensor& w_hh, const LstmBuffers<T
   }
 }
 
-// Everything one LSTM backward row pass reads and writes, at step t.
+// Everything one LSTM backward row pass reads and writes, at step t. Each row of `sums`:
+// d_gamma (4H), d_beta (4H), d_gamma_c (H), d_beta_c (H), that batch row's partial sums.
 template <typename T>
 struct LstmGrads {
-  const Tensor &d_hs, &d_cs, &d_xp, &dm, &d_ln_c;
+  const Tensor &d_hs, &d_cs, &d_xp, &dm;
+  const RowSums<T>& sums;
 };
 
-// One row, backward: d_ln_c, dc (into d_cs[t]), d_xp = d_pre, dm (LN backward of d_pre).
+// One row, backward: dc (into d_cs[t]), d_xp = d_pre, dm (LN backward of d_pre), and the LN
+// parameters' terms d_n chat, d_n (LN(c)) and d_pre mhat, d_pre (LN(m)) into the row's sums.
 template <typename T>
 void lstm_backward_row(const LstmBuffers<T>& buf, const LstmGrads<T>& grad, int64_t t, int64_t b,
                        int64_t hidden) {
@@ -138,15 +177,19 @@ void lstm_backward_row(const LstmBuffers<T>& buf, const LstmGrads<T>& grad, int6
   const T* dh = row<T>(grad.d_hs, t + 1, b);
   const T* dc_in = row<T>(grad.d_cs, t + 1, b);
   T* dc_prev = row<T>(grad.d_cs, t, b);
-  T* d_n = row<T>(grad.d_ln_c, t, b);
   T* d_pre = row<T>(grad.d_xp, t, b);  // (4H); its i block first holds LN(c)'s dc
   T *d_i = d_pre, *d_f = d_pre + hidden, *d_g = d_pre + 2 * hidden, *d_o = d_pre + 3 * hidden;
+  T* sum = grad.sums.row(b);
+  T *sum_gamma = sum, *sum_beta = sum + 4 * hidden;
+  T *sum_gamma_c = sum + 8 * hidden, *sum_beta_c = sum + 9 * hidden;
   UNROLLED_VECTOR_LOOP
   for (int64_t j = 0; j < hidden; ++j) {  // h = o tanh(n), n = gamma_c chat + beta_c
     const T tanh_n = unrolled::tanh(buf.gamma_c[j] * chat[j] + buf.beta_c[j]);
-    d_n[j] = dh[j] * o[j] * (T(1) - tanh_n * tanh_n);
+    const T d_n = dh[j] * o[j] * (T(1) - tanh_n * tanh_n);
+    sum_gamma_c[j] += d_n * chat[j];
+    sum_beta_c[j] += d_n;
     d_o[j] = dh[j] * tanh_n * o[j] * (T(1) - o[j]);
-    d_i[j] = d_n[j] * buf.gamma_c[j];  // d_chat
+    d_i[j] = d_n * buf.gamma_c[j];  // d_chat
   }
   const T rstd_c = buf.rstd_c.template data_ptr<T>()[t * buf.rstd_c.size(1) + b];
   layer_norm_backward(d_i, chat, rstd_c, hidden);  // d_i: c_t's gradient through LN(c)
@@ -159,10 +202,15 @@ void lstm_backward_row(const LstmBuffers<T>& buf, const LstmGrads<T>& grad, int6
     dc_prev[j] += dc * f[j];
   }
   T* dm = row<T>(grad.dm, t, b);
+  const T* mhat = row<T>(buf.mhat, t, b);
   UNROLLED_VECTOR_LOOP
-  for (int64_t k = 0; k < 4 * hidden; ++k) dm[k] = d_pre[k] * buf.gamma[k];  // d_mhat
+  for (int64_t k = 0; k < 4 * hidden; ++k) {
+    sum_gamma[k] += d_pre[k] * mhat[k];
+    sum_beta[k] += d_pre[k];
+    dm[k] = d_pre[k] * buf.gamma[k];  // d_mhat
+  }
   const T rstd = buf.rstd.template data_ptr<T>()[t * buf.rstd.size(1) + b];
-  layer_norm_backward(dm, row<T>(buf.mhat, t, b), rstd, 4 * hidden);
+  layer_norm_backward(dm, mhat, rstd, 4 * hidden);
 }
 
 template <typename T>
@@ -221,13 +269,15 @@ void gru_forward_loop(const Tensor& xp, const Tensor& w_hh, const GruBuffers<T>&
   }
 }
 
+// Each row of `sums`: d_gamma (3H), d_beta (3H), that batch row's partial sums.
 template <typename T>
 struct GruGrads {
   const Tensor &d_hs, &d_xp, &dm;
+  const RowSums<T>& sums;
 };
 
 // One row, backward: d_xp = (d_r, d_z, d_an), d_hs[t] += dh z, dm = LN backward of
-// d_b = (d_r, d_z, d_an r).
+// d_b = (d_r, d_z, d_an r), and d_b mhat, d_b into the row's sums.
 template <typename T>
 void gru_backward_row(const GruBuffers<T>& buf, const GruGrads<T>& grad, int64_t t, int64_t b,
                       int64_t hidden) {
@@ -239,6 +289,8 @@ void gru_backward_row(const GruBuffers<T>& buf, const GruGrads<T>& grad, int64_t
   T* dh_prev = row<T>(grad.d_hs, t, b);
   T* d_xp = row<T>(grad.d_xp, t, b);
   T* dm = row<T>(grad.dm, t, b);  // (3H): d_b * gamma, then the LN backward in place
+  T* sum_gamma = grad.sums.row(b);
+  T* sum_beta = sum_gamma + 3 * hidden;
   const T *gamma = buf.gamma, *beta = buf.beta;
   UNROLLED_VECTOR_LOOP
   for (int64_t j = 0; j < hidden; ++j) {
@@ -247,8 +299,12 @@ void gru_backward_row(const GruBuffers<T>& buf, const GruGrads<T>& grad, int64_t
     const T d_an = dh[j] * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
     const T d_r = d_an * b_n * r[j] * (T(1) - r[j]);
     const T d_z = dh[j] * (h_prev[j] - n[j]) * z[j] * (T(1) - z[j]);
+    const T d_bn = d_an * r[j];  // d_b's n block
     d_xp[j] = d_r, d_xp[jz] = d_z, d_xp[jn] = d_an;
-    dm[j] = d_r * gamma[j], dm[jz] = d_z * gamma[jz], dm[jn] = d_an * r[j] * gamma[jn];
+    dm[j] = d_r * gamma[j], dm[jz] = d_z * gamma[jz], dm[jn] = d_bn * gamma[jn];
+    sum_gamma[j] += d_r * mhat[j], sum_gamma[jz] += d_z * mhat[jz];
+    sum_gamma[jn] += d_bn * mhat[jn];
+    sum_beta[j] += d_r, sum_beta[jz] += d_z, sum_beta[jn] += d_bn;
     dh_prev[j] += dh[j] * z[j];
   }
   const T rstd = buf.rstd.template data_ptr<T>()[t * buf.rstd.size(1) + b];
@@ -305,18 +361,30 @@ void layernorm_lstm_backward(const Tensor& gates, const Tensor& mhat, const Tens
                              const Tensor& cs, const Tensor& chat, const Tensor& rstd_c,
                              const Tensor& w_hh, const Tensor& gamma, const Tensor& gamma_c,
                              const Tensor& beta_c, Tensor d_hs, Tensor d_cs, Tensor d_xp,
-                             Tensor dm, Tensor d_ln_c) {
+                             Tensor dm, Tensor d_gamma, Tensor d_beta, Tensor d_gamma_c,
+                             Tensor d_beta_c) {
   const Tensor params[] = {gamma.contiguous(), gamma_c.contiguous(), beta_c.contiguous()};
   check_buffers({{&gates, "gates"}, {&mhat, "mhat"}, {&rstd, "rstd"}, {&cs, "cs"},
                  {&chat, "chat"}, {&rstd_c, "rstd_c"}, {&d_hs, "d_hs"}, {&d_cs, "d_cs"},
-                 {&d_xp, "d_xp"}, {&dm, "dm"}, {&d_ln_c, "d_ln_c"}},
+                 {&d_xp, "d_xp"}, {&dm, "dm"}, {&d_gamma, "d_gamma"}, {&d_beta, "d_beta"},
+                 {&d_gamma_c, "d_gamma_c"}, {&d_beta_c, "d_beta_c"}},
                 gates);
+  const int64_t batch = gates.size(1), hidden = cs.size(2);
+  TORCH_CHECK(d_gamma.numel() == 4 * hidden && d_beta.numel() == 4 * hidden &&
+                  d_gamma_c.numel() == hidden && d_beta_c.numel() == hidden,
+              "unrolled native LayerNorm loops: d_gamma, d_beta must have 4H elements, "
+              "d_gamma_c, d_beta_c H");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_lstm_backward", [&] {
     // The backward reads no xp, hs or beta: those fields hold stand-ins, never read.
     const LstmBuffers<scalar_t> buf{gates, gates, mhat, rstd, cs, cs, chat, rstd_c,
                                     params[0].data_ptr<scalar_t>(), nullptr,
                                     params[1].data_ptr<scalar_t>(), params[2].data_ptr<scalar_t>()};
-    lstm_backward_loop<scalar_t>(w_hh, buf, LstmGrads<scalar_t>{d_hs, d_cs, d_xp, dm, d_ln_c});
+    const RowSums<scalar_t> sums(batch, 10 * hidden, gates.options());
+    lstm_backward_loop<scalar_t>(w_hh, buf, LstmGrads<scalar_t>{d_hs, d_cs, d_xp, dm, sums});
+    sums.total(d_gamma.data_ptr<scalar_t>(), 0, 4 * hidden);
+    sums.total(d_beta.data_ptr<scalar_t>(), 4 * hidden, 4 * hidden);
+    sums.total(d_gamma_c.data_ptr<scalar_t>(), 8 * hidden, hidden);
+    sums.total(d_beta_c.data_ptr<scalar_t>(), 9 * hidden, hidden);
   });
 }
 
@@ -336,15 +404,23 @@ void layernorm_gru_forward(const Tensor& xp, const Tensor& w_hh, const Tensor& g
 
 void layernorm_gru_backward(const Tensor& gates, const Tensor& mhat, const Tensor& rstd,
                             const Tensor& hs, const Tensor& w_hh, const Tensor& gamma,
-                            const Tensor& beta, Tensor d_hs, Tensor d_xp, Tensor dm) {
+                            const Tensor& beta, Tensor d_hs, Tensor d_xp, Tensor dm,
+                            Tensor d_gamma, Tensor d_beta) {
   const Tensor params[] = {gamma.contiguous(), beta.contiguous()};
   check_buffers({{&gates, "gates"}, {&mhat, "mhat"}, {&rstd, "rstd"}, {&hs, "hs"},
-                 {&d_hs, "d_hs"}, {&d_xp, "d_xp"}, {&dm, "dm"}},
+                 {&d_hs, "d_hs"}, {&d_xp, "d_xp"}, {&dm, "dm"}, {&d_gamma, "d_gamma"},
+                 {&d_beta, "d_beta"}},
                 gates);
+  const int64_t batch = gates.size(1), hidden = hs.size(2);
+  TORCH_CHECK(d_gamma.numel() == 3 * hidden && d_beta.numel() == 3 * hidden,
+              "unrolled native LayerNorm loops: d_gamma, d_beta must have 3H elements");
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_gru_backward", [&] {
     const GruBuffers<scalar_t> buf{gates, gates, mhat, rstd, hs, params[0].data_ptr<scalar_t>(),
                                    params[1].data_ptr<scalar_t>()};
-    gru_backward_loop<scalar_t>(w_hh, buf, GruGrads<scalar_t>{d_hs, d_xp, dm});
+    const RowSums<scalar_t> sums(batch, 6 * hidden, gates.options());
+    gru_backward_loop<scalar_t>(w_hh, buf, GruGrads<scalar_t>{d_hs, d_xp, dm, sums});
+    sums.total(d_gamma.data_ptr<scalar_t>(), 0, 3 * hidden);
+    sums.total(d_beta.data_ptr<scalar_t>(), 3 * hidden, 3 * hidden);
   });
 }
 
@@ -359,14 +435,14 @@ TORCH_LIBRARY_FRAGMENT(unrolled, m) {
         &unrolled::layernorm_lstm_forward);
   m.def("layernorm_lstm_backward(Tensor gates, Tensor mhat, Tensor rstd, Tensor cs, "
         "Tensor chat, Tensor rstd_c, Tensor w_hh, Tensor gamma, Tensor gamma_c, Tensor beta_c, "
-        "Tensor(a!) d_hs, Tensor(b!) d_cs, Tensor(c!) d_xp, Tensor(d!) dm, Tensor(e!) d_ln_c) "
-        "-> ()",
+        "Tensor(a!) d_hs, Tensor(b!) d_cs, Tensor(c!) d_xp, Tensor(d!) dm, "
+        "Tensor(e!) d_gamma, Tensor(f!) d_beta, Tensor(g!) d_gamma_c, Tensor(h!) d_beta_c) -> ()",
         &unrolled::layernorm_lstm_backward);
   m.def("layernorm_gru_forward(Tensor xp, Tensor w_hh, Tensor gamma, Tensor beta, float eps, "
         "Tensor(a!) gates, Tensor(b!) mhat, Tensor(c!) rstd, Tensor(d!) hs) -> ()",
         &unrolled::layernorm_gru_forward);
   m.def("layernorm_gru_backward(Tensor gates, Tensor mhat, Tensor rstd, Tensor hs, "
         "Tensor w_hh, Tensor gamma, Tensor beta, Tensor(a!) d_hs, Tensor(b!) d_xp, "
-        "Tensor(c!) dm) -> ()",
+        "Tensor(c!) dm, Tensor(d!) d_gamma, Tensor(e!) d_beta) -> ()",
         &unrolled::layernorm_gru_backward);
 }
