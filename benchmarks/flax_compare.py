@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from paths import MyGRU  # docs/custom_cells.md's GRU, the cell benchmarks/paths.py times too
 from torch import nn
 
 import unrolled
@@ -38,26 +39,6 @@ try:
 except ImportError as error:  # the optional extra is absent
     jax = None
     MISSING = str(error)
-
-
-class MyGRU(unrolled.Cell):
-    """docs/custom_cells.md's GRU as an unrolled Cell."""
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.ih = nn.Linear(input_size, 3 * hidden_size)
-        self.hh = nn.Linear(hidden_size, 3 * hidden_size)
-
-    def project(self, x):
-        return self.ih(x)  # (T, B, I) -> (T, B, 3H)
-
-    def step(self, xp_t, h):
-        x_r, x_z, x_n = xp_t.chunk(3, dim=-1)  # 3 x (B, H)
-        h_r, h_z, h_n = self.hh(h).chunk(3, dim=-1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
-        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-        h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
-        return h, h
 
 
 def flax_cell_class():

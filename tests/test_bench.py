@@ -458,3 +458,17 @@ def test_plot_bars_start_at_one_and_carry_their_values(tmp_path, monkeypatch):
     assert any("CPU AMD EPYC" in text.get_text() for text in figure.findobj(matplotlib_text.Text))
     monkeypatch.undo()
     plt.close(figure)
+
+
+def test_flax_comparison_skips_with_a_reason_without_jax(monkeypatch, capsys):
+    """benchmarks/flax_compare.py without the optional extra: says why and exits 0."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setitem(sys.modules, "jax", None)  # import jax -> ImportError
+    monkeypatch.setattr(sys, "argv", ["flax_compare.py", "--shapes", "2x4x3x5"])
+    runpy.run_path(str(folder / "flax_compare.py"), run_name="__main__")
+    assert "skipped: Flax and JAX are not installed" in capsys.readouterr().out

@@ -194,6 +194,25 @@ inline void for_rows(int64_t rows, int64_t elements_per_row, const F& body) {
   }
 }
 
+// Recurrent dropout in the BLAS loops (LSTM and GRU): the mask's two passes of a step.
+// dropped[b, j] = h[b, j] * drop[b, j], rows [0, rows): what W_hh multiplies.
+template <typename T>
+void drop_rows(const T* h, const T* drop, T* dropped, int64_t rows, int64_t size) {
+  for_rows(rows, size, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * size; k < last * size; ++k) dropped[k] = h[k] * drop[k];
+  });
+}
+
+// d_h_prev += product * drop, rows [0, rows): the recurrent product's gradient through the mask.
+template <typename T>
+void add_dropped_rows(const T* product, const T* drop, T* d_h_prev, int64_t rows, int64_t size) {
+  for_rows(rows, size, [&](int64_t first, int64_t last) {
+    UNROLLED_VECTOR_LOOP
+    for (int64_t k = first * size; k < last * size; ++k) d_h_prev[k] += product[k] * drop[k];
+  });
+}
+
 // Where each step's rows lie in a layer's packed step-major buffers (the layout of
 // `unrolled/fast/layer.py`): step s advances the first batch_sizes[s] rows of the batch (sorted
 // longest first), found at row at(s) = batch_sizes[0] + ... + batch_sizes[s-1] of an (N, X)

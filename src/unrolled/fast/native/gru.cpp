@@ -117,15 +117,6 @@ void backward_rows(const T* hh, const T* n_in, const T* h_prev, const T* d_h, T*
 // per row and unit, rows of this step) weighs the previous state:
 // h = d * h_prev + (1 - d) * h~.
 
-// dropped[b, j] = h[b, j] * drop[b, j], rows [0, rows): what W_hh multiplies.
-template <typename T>
-void drop_rows(const T* h, const T* drop, T* dropped, int64_t rows, int64_t size) {
-  for_rows(rows, size, [&](int64_t first, int64_t last) {
-    UNROLLED_VECTOR_LOOP
-    for (int64_t k = first * size; k < last * size; ++k) dropped[k] = h[k] * drop[k];
-  });
-}
-
 // Forward: h~ (in h) -> the zoned-out state, in place, rows [0, rows).
 template <typename T>
 void zone_rows(const T* keep_h, const T* h_prev, T* h, int64_t rows, int64_t hidden) {
@@ -149,15 +140,6 @@ void zone_split_rows(const T* keep_h, T* d_h, T* d_h_prev, int64_t rows, int64_t
       d_h_prev[k] += keep_h[k] * d_h[k];
       d_h[k] *= T(1) - keep_h[k];
     }
-  });
-}
-
-// d_h_prev += product * drop, rows [0, rows): the recurrent product's gradient through the mask.
-template <typename T>
-void add_dropped_rows(const T* product, const T* drop, T* d_h_prev, int64_t rows, int64_t size) {
-  for_rows(rows, size, [&](int64_t first, int64_t last) {
-    UNROLLED_VECTOR_LOOP
-    for (int64_t k = first * size; k < last * size; ++k) d_h_prev[k] += product[k] * drop[k];
   });
 }
 

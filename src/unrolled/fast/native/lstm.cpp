@@ -139,15 +139,6 @@ void backward_rows(const T* gates, const T* c_prev, const T* c, const T* d_r, T*
 // weight d (one per row and unit, rows of this step) weighs the previous state:
 // state = d * previous + (1 - d) * update.
 
-// dropped[b, j] = h[b, j] * drop[b, j], rows [0, rows): what W_hh multiplies.
-template <typename T>
-void drop_rows(const T* h, const T* drop, T* dropped, int64_t rows, int64_t size) {
-  for_rows(rows, size, [&](int64_t first, int64_t last) {
-    UNROLLED_VECTOR_LOOP
-    for (int64_t k = first * size; k < last * size; ++k) dropped[k] = h[k] * drop[k];
-  });
-}
-
 // Forward: c~ and h~ (in c and out) -> the zoned-out states, in place.
 template <typename T>
 void zone_rows(const T* keep_h, const T* keep_c, const T* h_prev, const T* c_prev, T* h, T* c,
@@ -188,15 +179,6 @@ void zone_join_rows(const T* keep_h, const T* d_h, T* d_h_prev, T* dc, const T* 
       dc[k] += dc_keep[k];
       if (d_h_prev != nullptr) d_h_prev[k] += keep_h[k] * d_h[k];
     }
-  });
-}
-
-// d_h_prev += product * drop, rows [0, rows): the recurrent product's gradient through the mask.
-template <typename T>
-void add_dropped_rows(const T* product, const T* drop, T* d_h_prev, int64_t rows, int64_t size) {
-  for_rows(rows, size, [&](int64_t first, int64_t last) {
-    UNROLLED_VECTOR_LOOP
-    for (int64_t k = first * size; k < last * size; ++k) d_h_prev[k] += product[k] * drop[k];
   });
 }
 
