@@ -102,3 +102,41 @@ def test_measuring_works_under_inference_mode_and_saved_tensor_hooks(measuring):
         assert unrolled.plan(unrolled.GRU(3, 8), x).measured
     with torch.autograd.graph.save_on_cpu():
         assert unrolled.plan(unrolled.LSTM(3, 8), x).measured
+
+
+@pytest.mark.parametrize("winner", ["parallel scan", "captured steps"])
+def test_mingru_training_takes_the_measured_faster_of_scan_and_steps(measuring, monkeypatch,
+                                                                     winner):  # fmt: skip
+    from unrolled.variants import mingru, mingru_choice
+
+    model = unrolled.MinGRU(3, 4)
+    x = torch.randn(9, 2, 3)
+    times = {"parallel scan": 0.002, "captured steps": 0.001}
+    if winner == "parallel scan":
+        times = {"parallel scan": 0.001, "captured steps": 0.002}
+    monkeypatch.setattr(
+        mingru_choice, "trials", lambda *a: {name: (lambda: None) for name in times}
+    )
+    monkeypatch.setattr(tuning, "_measure", lambda trials: tuning.Verdict(winner, times))
+    found = unrolled.plan(model, x)
+    assert "MinGRU training float32" in found.measured and winner in found.measured
+    scans = []
+    real = mingru.ParallelMinGRU
+    monkeypatch.setattr(mingru, "ParallelMinGRU", lambda *a: scans.append(1) or real(*a))
+    model(x)[0].sum().backward()  # what the plan said
+    assert bool(scans) == (winner == "parallel scan")
+    assert (found.runner == "parallel scan") == (winner == "parallel scan")
+    with torch.no_grad():  # inference steps, measured or not
+        assert not model.parallel_for(x)
+
+
+def test_mingru_trials_run_both_ways_on_their_own_weights(measuring):
+    from unrolled.variants import mingru_choice
+
+    model = unrolled.MinGRU(3, 4)
+    state = torch.random.get_rng_state()
+    made = mingru_choice.trials(model, torch.zeros(1), 8, 2, 4, 4)
+    assert set(made) == {"parallel scan", "captured steps"}
+    for run in made.values():
+        run()
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's stream untouched

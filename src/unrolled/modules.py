@@ -8,6 +8,7 @@ optional lengths, call the backend, and turn the result back.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -405,10 +406,16 @@ def plan(module: nn.Module, input, *, lengths=None) -> backends.Plan:
     if isinstance(module, RNNCellBase):
         reason = "a cell is one step: the cell functions, differentiated by autograd"
         return backends.Plan(module.mode, backends.REFERENCE, reason)
-    if isinstance(module, MinGRU) and module.parallel_for(input):
-        reason = (f"a training step over T > 1 steps: the parallel scan over time "
-                  f"({module.scan_method}), differentiated by autograd")  # fmt: skip
-        return backends.Plan("MinGRU", "parallel scan", reason)
+    if isinstance(module, MinGRU):
+        parallel, measured = module.parallel_choice(input)
+        if parallel:
+            reason = (f"a training step over T > 1 steps: the parallel scan over time "
+                      f"({module.scan_method}), differentiated by autograd")  # fmt: skip
+            return backends.Plan("MinGRU", "parallel scan", reason, measured=measured)
+        if measured:  # a training step where the captured steps were measured faster
+            stepping = recurrent_plan(module, input, lengths)
+            reason = f"{stepping.reason}; measured faster than the parallel scan here"
+            return dataclasses.replace(stepping, reason=reason, measured=measured)
     if isinstance(module, Recurrent) and all(hasattr(c, "scan") for c in module.cells):
         return own_loop_plan(module, input)
     if isinstance(module, Recurrent):

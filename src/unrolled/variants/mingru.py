@@ -44,6 +44,7 @@ from .. import checks
 from ..cell import Cell
 from ..init import uniform_by_hidden_size_
 from ..recurrent import Recurrent
+from . import mingru_choice
 
 
 def g(x: Tensor) -> Tensor:
@@ -216,12 +217,25 @@ class MinGRU(Recurrent):
     def parallel_for(self, input) -> bool:
         """Whether ``self(input)`` (``parallel=None``) runs the parallel scan: what
         :func:`unrolled.plan` reports. ``input`` as :meth:`forward` takes it."""
+        return self.parallel_choice(input)[0]
+
+    def parallel_choice(self, input) -> tuple[bool, str]:
+        """``(parallel_for(input), the measurement behind it or "")``."""
         data = input.data if hasattr(input, "batch_sizes") else input
         if hasattr(input, "batch_sizes"):
-            steps = len(input.batch_sizes)
+            steps, batch = len(input.batch_sizes), int(input.batch_sizes[0])
+        elif data.dim() == 2:  # unbatched (T, I)
+            steps, batch = data.shape[0], 1
         else:
-            steps = data.shape[1 if self.batch_first and data.dim() == 3 else 0]
-        return self._records(data) and steps > 1
+            steps, batch = (data.shape[1], data.shape[0]) if self.batch_first else data.shape[:2]
+        return self._parallel(data, steps, batch)
+
+    def _parallel(self, like: Tensor, steps: int, batch: int) -> tuple[bool, str]:
+        """A training step over more than one step: the parallel scan or the captured steps,
+        whichever :mod:`.mingru_choice` measured faster here; stepping otherwise."""
+        if not (self._records(like) and steps > 1):
+            return False, ""
+        return mingru_choice.parallel_wins(self, like, steps, batch)
 
     def forward(self, input, hx=None, *, parallel: bool | None = None, lengths=None):
         """Run the layers.
@@ -229,10 +243,11 @@ class MinGRU(Recurrent):
         Args:
             input, hx, lengths: as :meth:`unrolled.Recurrent.forward`.
             parallel: True: the parallel scan over time (``self.scan_method``). False: one step
-                at a time, as online inference does. None: parallel when autograd records (a
-                training step: measured 2-8x faster than stepping on CPU for T >= 256) and the
-                sequence has more than one step; sequential otherwise (under ``no_grad`` on CPU
-                stepping is the faster one for wide layers: ``benchmarks/custom_cells_speed.py``).
+                at a time, as online inference does. None: in a training step (autograd
+                records, more than one step) whichever of the two was measured faster for the
+                shape class on this machine (:mod:`.mingru_choice`; the parallel scan without
+                measuring), one step at a time otherwise (under ``no_grad`` on CPU stepping is
+                the faster one for wide layers: ``benchmarks/custom_cells_speed.py``).
 
         Returns:
             ``(output, h_n)`` as ``torch.nn.GRU``'s.
@@ -243,7 +258,7 @@ class MinGRU(Recurrent):
         def choose_cells(inputs: Tensor):
             use_parallel = parallel
             if parallel is None:
-                use_parallel = self._records(inputs) and inputs.size(0) > 1
+                use_parallel = self._parallel(inputs, inputs.size(0), inputs.size(1))[0]
             if not use_parallel:
                 return self.cells
             return [ParallelMinGRU(c, self.scan_method) for c in self.cells]
