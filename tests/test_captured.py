@@ -353,3 +353,15 @@ def test_frozen_parameters_and_a_loss_on_the_final_state_only():
         grads.append(torch.autograd.grad(c_n.sum(), wanted))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_captured_too(dtype):
+    fast = make(PeepholeLSTM, 3, 5, bidirectional=True).to(dtype)
+    plain = make(PeepholeLSTM, 3, 5, capture=False, bidirectional=True).to(dtype)
+    x = torch.randn(6, 2, 3).to(dtype)
+    assert unrolled.plan(fast, x).runner in (captured.NATIVE_LOOP, captured.PYTHON_LOOP)
+    (outs_a, grads_a), (outs_b, grads_b) = run(fast, x), run(plain, x)
+    assert all(torch.equal(a, b) for a, b in zip(outs_a, outs_b))
+    for a, b in zip(grads_a, grads_b, strict=True):  # the steps' sums, rounded in another order
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
