@@ -460,7 +460,7 @@ def write_argument(step, which: int, argument, value, slots) -> None:
 # ---- per cell: the cache, the decision, the autograd Function ----------------------------------
 
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a step may itself run a Recurrent
 
 
 def _signature(tensors, x_t: Tensor, leaves, masked: bool, training: bool) -> tuple:
