@@ -211,3 +211,23 @@ def test_explain_cell_rejects_what_is_not_a_cell():
         cli.main(["explain", "--cell", "nowhere:Nothing"])
     with pytest.raises(SystemExit, match="torch.nn:GRU is not an unrolled.Cell subclass"):
         cli.main(["explain", "--cell", "torch.nn:GRU"])
+
+
+def test_explain_cell_finds_a_module_of_the_current_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_cells.py").write_text(
+        "import torch, unrolled\n"
+        "class Elman(unrolled.Cell):\n"
+        "    def __init__(self, i, h):\n"
+        "        super().__init__()\n"
+        "        self.hidden_size = h\n"
+        "        self.w = torch.nn.Linear(i + h, h)\n"
+        "    def project(self, x):\n"
+        "        return x\n"
+        "    def step(self, x_t, h):\n"
+        "        h = torch.tanh(self.w(torch.cat([x_t, h], -1)))\n"
+        "        return h, h\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    assert cli.main(["explain", "--cell", "my_cells:Elman"]) == 0
+    assert "Elman.step() captured" in capsys.readouterr().out

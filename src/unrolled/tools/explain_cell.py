@@ -10,6 +10,8 @@ plain one: outputs bit for bit, every gradient to rounding (PASS/FAIL).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +36,8 @@ def load_cell_class(spec: str) -> type:
     """``"package.module:Class"`` (or ``"Class"`` for one of unrolled's own cells) -> the class;
     a ``SystemExit`` with the reason when it cannot be found or is not a Cell."""
     module_name, _, name = spec.rpartition(":")
+    if os.getcwd() not in sys.path:  # a module of the current folder, as `python -m` finds it
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name or "unrolled")
         cell_class = getattr(module, name)
