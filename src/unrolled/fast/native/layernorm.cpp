@@ -213,19 +213,29 @@ void lstm_backward_row(const LstmBuffers<T>& buf, const LstmGrads<T>& grad, int6
   layer_norm_backward(dm, mhat, rstd, 4 * hidden);
 }
 
+// The backward time loop of both cells, t = T-1 .. 0: each row's elementwise backward
+// (backward_row(t, b), which writes dm_t), then d_h_{t-1} += dm_t @ W_hh: (B, G*H) @ (G*H, H).
+template <typename T, typename Row>
+void backward_steps(const Tensor& w_hh, const Tensor& gates, const Tensor& d_hs, const Tensor& dm,
+                    int64_t hidden, const Row& backward_row) {
+  const int64_t steps = gates.size(0), batch = gates.size(1), width = gates.size(2);  // G*H
+  const auto options = gates.options();
+  const Tensor w = w_hh.contiguous();  // (G*H, H)
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    for_rows(batch, row_cost * width, [&](int64_t first, int64_t last) {
+      for (int64_t b = first; b < last; ++b) backward_row(t, b);
+    });
+    Tensor d_h_prev = matrix(row<T>(d_hs, t, 0), batch, hidden, options);
+    add_matmul_(d_h_prev, matrix(row<T>(dm, t, 0), batch, width, options), w);
+  }
+}
+
 template <typename T>
 void lstm_backward_loop(const Tensor& w_hh, const LstmBuffers<T>& buf, const LstmGrads<T>& grad) {
-  const int64_t steps = buf.gates.size(0), batch = buf.gates.size(1), hidden = buf.cs.size(2);
-  const auto options = buf.gates.options();
-  const Tensor w = w_hh.contiguous();  // (4H, H)
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    for_rows(batch, row_cost * 4 * hidden, [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) lstm_backward_row(buf, grad, t, b, hidden);
-    });
-    Tensor d_h_prev = matrix(row<T>(grad.d_hs, t, 0), batch, hidden, options);
-    // d_h_{t-1} += dm_t @ W_hh: (B, 4H) @ (4H, H)
-    add_matmul_(d_h_prev, matrix(row<T>(grad.dm, t, 0), batch, 4 * hidden, options), w);
-  }
+  const int64_t hidden = buf.cs.size(2);
+  backward_steps<T>(w_hh, buf.gates, grad.d_hs, grad.dm, hidden, [&](int64_t t, int64_t b) {
+    lstm_backward_row(buf, grad, t, b, hidden);
+  });
 }
 
 // ---- GRU ----------------------------------------------------------------------------------
@@ -313,17 +323,10 @@ void gru_backward_row(const GruBuffers<T>& buf, const GruGrads<T>& grad, int64_t
 
 template <typename T>
 void gru_backward_loop(const Tensor& w_hh, const GruBuffers<T>& buf, const GruGrads<T>& grad) {
-  const int64_t steps = buf.gates.size(0), batch = buf.gates.size(1), hidden = buf.hs.size(2);
-  const auto options = buf.gates.options();
-  const Tensor w = w_hh.contiguous();  // (3H, H)
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    for_rows(batch, row_cost * 3 * hidden, [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) gru_backward_row(buf, grad, t, b, hidden);
-    });
-    Tensor d_h_prev = matrix(row<T>(grad.d_hs, t, 0), batch, hidden, options);
-    // d_h_{t-1} += dm_t @ W_hh: (B, 3H) @ (3H, H)
-    add_matmul_(d_h_prev, matrix(row<T>(grad.dm, t, 0), batch, 3 * hidden, options), w);
-  }
+  const int64_t hidden = buf.hs.size(2);
+  backward_steps<T>(w_hh, buf.gates, grad.d_hs, grad.dm, hidden, [&](int64_t t, int64_t b) {
+    gru_backward_row(buf, grad, t, b, hidden);
+  });
 }
 
 // ---- the ops ------------------------------------------------------------------------------
