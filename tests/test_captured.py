@@ -8,32 +8,12 @@ import itertools
 
 import pytest
 import torch
+from example_cells import MyGRU, copy_gru_weights, gru_parameter_pairs
 from torch import nn
 
 import unrolled
 from unrolled import backends, captured
 from unrolled.fast import native
-
-
-class MyGRU(unrolled.Cell):
-    """The GRU of docs/custom_cells.md, in torch's formulation."""
-
-    def __init__(self, input_size, hidden_size):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.ih = nn.Linear(input_size, 3 * hidden_size)
-        self.hh = nn.Linear(hidden_size, 3 * hidden_size)
-
-    def project(self, x):
-        return self.ih(x)  # (T, B, 3H)
-
-    def step(self, xp_t, h):
-        x_r, x_z, x_n = xp_t.chunk(3, dim=-1)  # 3 x (B, H)
-        h_r, h_z, h_n = self.hh(h).chunk(3, dim=-1)  # 3 x (B, H)
-        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * h_n)
-        h = (1 - z) * n + z * h
-        return h, h
 
 
 class PeepholeLSTM(unrolled.Cell):
@@ -163,32 +143,16 @@ def test_a_gru_cell_equals_torch_nn_gru():
     torch.manual_seed(1)
     reference = nn.GRU(4, 6, num_layers=2, bidirectional=True).double()
     model = make(MyGRU, 4, 6, num_layers=2, bidirectional=True).double()
-    with torch.no_grad():
-        for index, cell in enumerate(model.cells):
-            suffix = f"_l{index // 2}" + ("_reverse" if index % 2 else "")
-            cell.ih.weight.copy_(getattr(reference, "weight_ih" + suffix))
-            cell.ih.bias.copy_(getattr(reference, "bias_ih" + suffix))
-            cell.hh.weight.copy_(getattr(reference, "weight_hh" + suffix))
-            cell.hh.bias.copy_(getattr(reference, "bias_hh" + suffix))
+    copy_gru_weights(model, reference)
     x = torch.randn(9, 3, 4).double()
+    assert "captured step" in unrolled.plan(model, x).runner
     ours, our_grads = run(model, x)
     theirs, their_grads = run(reference, x)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    assert "captured step" in unrolled.plan(model, x).runner
-    order = {  # our parameters in torch's order: per cell ih.weight, ih.bias, hh.weight, hh.bias
-        name: i for i, (name, _) in enumerate(model.named_parameters())
-    }
-    theirs_named = dict(zip([n for n, _ in reference.named_parameters()], their_grads[1:]))
-    torch.testing.assert_close(our_grads[0], their_grads[0], rtol=1e-9, atol=1e-9)
-    for index in range(4):
-        suffix = f"_l{index // 2}" + ("_reverse" if index % 2 else "")
-        for ours_name, torch_name in (("ih.weight", "weight_ih"), ("ih.bias", "bias_ih"),
-                                      ("hh.weight", "weight_hh"), ("hh.bias", "bias_hh")):  # fmt: skip
-            mine = our_grads[1 + order[f"cells.{index}.{ours_name}"]]
-            torch.testing.assert_close(
-                mine, theirs_named[torch_name + suffix], rtol=1e-9, atol=1e-9
-            )
+    torch.testing.assert_close(our_grads[0], their_grads[0], rtol=1e-9, atol=1e-9)  # d_x
+    for mine, torchs in gru_parameter_pairs(model, reference):
+        torch.testing.assert_close(mine.grad, torchs.grad, rtol=1e-9, atol=1e-9)
 
 
 def test_gradcheck_and_double_backward():

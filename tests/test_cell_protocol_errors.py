@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from example_cells import MyGRU, copy_gru_weights
 from torch import nn
 
 import unrolled
@@ -175,36 +176,10 @@ def test_a_correct_cell_passes_and_runs():
 def test_the_documented_gru_cell_still_matches_torch():
     """The cell of docs/custom_cells.md, against ``nn.GRU``, through the checked loop."""
 
-    class MyGRU(unrolled.Cell):
-        def __init__(self, input_size, hidden_size):
-            super().__init__()
-            self.hidden_size = hidden_size
-            self.ih = nn.Linear(input_size, 3 * hidden_size)
-            self.hh = nn.Linear(hidden_size, 3 * hidden_size)
-
-        def project(self, x):
-            return self.ih(x)
-
-        def step(self, xp_t, h):
-            x_r, x_z, x_n = xp_t.chunk(3, dim=-1)
-            h_r, h_z, h_n = self.hh(h).chunk(3, dim=-1)
-            r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-            n = torch.tanh(x_n + r * h_n)
-            h = (1 - z) * n + z * h
-            return h, h
-
     torch.manual_seed(0)
     model = unrolled.Recurrent(lambda size: MyGRU(size, HIDDEN), INPUT, 2, bidirectional=True)
     reference = nn.GRU(INPUT, HIDDEN, num_layers=2, bidirectional=True)
-    with torch.no_grad():
-        for layer in range(2):
-            for direction in range(2):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                cell = model.cells[layer * 2 + direction]
-                cell.ih.weight.copy_(getattr(reference, "weight_ih" + suffix))
-                cell.ih.bias.copy_(getattr(reference, "bias_ih" + suffix))
-                cell.hh.weight.copy_(getattr(reference, "weight_hh" + suffix))
-                cell.hh.bias.copy_(getattr(reference, "bias_hh" + suffix))
+    copy_gru_weights(model, reference)
     x = x_seq()
     model.check_cells(x)
     output, h_n = model(x)

@@ -188,7 +188,7 @@ def test_explain_grad_flow_prints_the_table_and_plots(tmp_path, capsys):
 
 
 def test_a_custom_cell_is_explained_with_its_captured_graphs(capsys):
-    assert cli.main(["explain", "--cell", "test_captured:MyGRU", "--bidirectional"]) == 0
+    assert cli.main(["explain", "--cell", "example_cells:MyGRU", "--bidirectional"]) == 0
     out = capsys.readouterr().out
     assert "plan: Recurrent: captured step" in out
     assert "MyGRU.step() captured: the forward graph has" in out

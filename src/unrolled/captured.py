@@ -173,34 +173,34 @@ def trace(cell: nn.Module, spec, example, x_example, leaf_examples, running) -> 
         raise
     except Exception as error:  # noqa: BLE001 - any tracing failure means: run the plain loop
         raise CaptureFailed(f"tracing step() failed: {type(error).__name__}: {error}") from None
-    made = Capture(
-        graphs["forward"], graphs["backward"], len(example), len(leaf_examples), 0,
-        running is not None,
-    )  # fmt: skip
-    made.num_saved = check_layout(made)
+    forward, backward = graphs["forward"], graphs["backward"]
+    num_saved = check_layout(forward, backward, len(example), len(leaf_examples), running)
+    made = Capture(forward, backward, len(example), len(leaf_examples), num_saved,
+                   running is not None)  # fmt: skip
     check_against_the_step(made, step, example, x_example, leaf_examples, running)
     return made
 
 
-def check_layout(made: Capture) -> int:
-    """The number of saved tensors, after checking that the graphs have the layout the loops
-    read (AOTAutograd may lay out aliased or mutated outputs otherwise)."""
-    forward_inputs = placeholders(made.forward)
-    expected = made.num_params + 1 + made.num_state + 1  # running: a tensor, or None
-    if not made.masked and len(forward_inputs) == expected - 1:  # a torch that drops the None
+def check_layout(forward: torch.fx.GraphModule, backward: torch.fx.GraphModule,
+                 num_params: int, num_state: int, running: Tensor | None) -> int:  # fmt: skip
+    """The number of tensors the forward graph saves for the backward graph, after checking
+    that the graphs have the layout the loops read (AOTAutograd may lay out aliased or mutated
+    outputs otherwise)."""
+    forward_inputs = placeholders(forward)
+    expected = num_params + 1 + num_state + 1  # running: a tensor, or None
+    if running is None and len(forward_inputs) == expected - 1:  # a torch that drops the None
         expected -= 1
-    backward_inputs = placeholders(made.backward)
+    backward_inputs = placeholders(backward)
     tangents = [n for n in backward_inputs if n.name.startswith("tangents")]
     num_saved = len(backward_inputs) - len(tangents)
-    forward_outputs = outputs_of(made.forward)
-    if (len(forward_inputs) != expected or len(tangents) != 1 + made.num_state
-            or len(forward_outputs) != 1 + made.num_state + num_saved
-            or len(outputs_of(made.backward)) < made.num_params + 1 + made.num_state):  # fmt: skip
+    if (len(forward_inputs) != expected or len(tangents) != 1 + num_state
+            or len(outputs_of(forward)) != 1 + num_state + num_saved
+            or len(outputs_of(backward)) < num_params + 1 + num_state):  # fmt: skip
         raise CaptureFailed(
             "the traced graphs alias or mutate the step's inputs or outputs (e.g. a state "
             "returned unchanged, or an in-place update)"
         )
-    for graph in (made.forward, made.backward):
+    for graph in (forward, backward):
         for node in graph.graph.nodes:
             if node.op in ("placeholder", "output"):
                 continue
@@ -240,7 +240,7 @@ def check_against_the_step(made: Capture, step, tensors, x_t, leaves, running) -
         wanted = [t for t in (*tensors, x_t, *leaves) if t.requires_grad]
         ones = [torch.ones_like(o) for o in eager]
         eager_grads = torch.autograd.grad(eager, wanted, ones, allow_unused=True)
-    loop = runner_for(made, x_t)
+    loop = runner_for(made)
     with torch.no_grad():
         xp = x_t.detach()[None]  # (1, B, *)
         valid = None if running is None else running[None]  # (1, B, 1)
@@ -334,7 +334,7 @@ class NativeLoop:
         return list(self.step.backward(tape, d_output, list(d_leaves), xp, release))
 
 
-def runner_for(made: Capture, like: Tensor):
+def runner_for(made: Capture):
     """The native loop where the native ops are built and not disabled, else the Python one."""
     if not native.is_disabled() and native.ops() is not None:
         return NativeLoop(made)
@@ -485,8 +485,6 @@ def why_not(cell: nn.Module, inputs: Tensor) -> str:
         return f"{captured_by}: it traces the plain loop"
     if type(inputs) not in (Tensor, nn.Parameter):  # FakeTensor, functional tensors, ...
         return f"the input is a {type(inputs).__name__}, not a plain Tensor"
-    if inputs.size(0) == 0:
-        return "no time steps"
     return ""
 
 
@@ -525,7 +523,7 @@ def runner_name(cell: nn.Module, input_part: Tensor, state: State, lengths) -> t
     made = captured_for(cell, input_part, state, lengths)
     if isinstance(made, str):
         return PLAIN_LOOP, made
-    loop = runner_for(made, input_part)
+    loop = runner_for(made)
     return (NATIVE_LOOP if isinstance(loop, NativeLoop) else PYTHON_LOOP), ""
 
 
@@ -537,8 +535,7 @@ def run(cell: nn.Module, input_part: Tensor, state: State, *, reverse: bool, len
         return scan(cell.step, input_part, state, reverse=reverse, lengths=lengths)
     leaves, spec = pytree.tree_flatten(state)
     _, tensors = cell_tensors(cell)
-    valid = None if lengths is None else valid_steps(lengths, input_part.size(0))  # (T, B, 1)
-    settings = Settings(cell, spec, made, runner_for(made, input_part), reverse, valid)
+    settings = Settings(cell, spec, made, runner_for(made), reverse, lengths)
     output, *final = CapturedScan.apply(settings, len(leaves), input_part, *leaves, *tensors)
     return output, pytree.tree_unflatten(final, spec)
 
@@ -546,15 +543,15 @@ def run(cell: nn.Module, input_part: Tensor, state: State, *, reverse: bool, len
 @dataclass
 class Settings:
     """What one call of :class:`CapturedScan` runs: the cell and its state's structure (for the
-    plain loop of a second-order backward), its capture, the loop, the direction, and the
-    ``(T, B, 1)`` mask of running sequences (None: all run to ``T``)."""
+    plain loop of a second-order backward), its capture, the loop, the direction, and each
+    sequence's valid steps ``lengths (B,)`` (None: all run to ``T``)."""
 
     cell: nn.Module
     spec: pytree.TreeSpec
     made: Capture
     loop: Any
     reverse: bool
-    valid: Tensor | None
+    lengths: Tensor | None
 
 
 class CapturedScan(torch.autograd.Function):
@@ -566,11 +563,13 @@ class CapturedScan(torch.autograd.Function):
     def forward(ctx, settings: Settings, num_state, xp, *rest):
         leaves, tensors = rest[:num_state], rest[num_state:]
         keep = any(ctx.needs_input_grad)
+        lengths = settings.lengths
+        valid = None if lengths is None else valid_steps(lengths, xp.size(0))  # (T, B, 1)
         tape, (output, *final) = settings.loop.forward(
-            xp, leaves, tensors, settings.valid, settings.reverse, keep
+            xp, leaves, tensors, valid, settings.reverse, keep
         )
         ctx.cell, ctx.spec, ctx.loop, ctx.tape = settings.cell, settings.spec, settings.loop, tape
-        ctx.reverse, ctx.valid = settings.reverse, settings.valid
+        ctx.reverse, ctx.lengths = settings.reverse, lengths
         ctx.num_state, ctx.output_shape = num_state, output.shape
         ctx.save_for_backward(xp, *rest)
         # The user may edit the final state in place; the tape may hold the same tensors.
@@ -601,8 +600,7 @@ def plain_loop_gradients(ctx, xp, rest, d_output, d_final) -> tuple:
             output, *new = one_step(tensors, x_t, state, None)
             return output, new
 
-        lengths = None if ctx.valid is None else _lengths(ctx.valid)  # (B,)
-        output, final = scan(step, xp, state, reverse=ctx.reverse, lengths=lengths)
+        output, final = scan(step, xp, state, reverse=ctx.reverse, lengths=ctx.lengths)
         outs = [output, *final]
         grads = [d_output, *d_final]
         pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
@@ -615,7 +613,3 @@ def plain_loop_gradients(ctx, xp, rest, d_output, d_final) -> tuple:
     for i, g in zip(wanted, result):
         full[i] = g
     return tuple(full)
-
-
-def _lengths(valid: Tensor) -> Tensor:
-    return valid.squeeze(-1).sum(0)  # (T, B, 1) -> (B,)

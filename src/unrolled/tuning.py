@@ -60,18 +60,21 @@ def enabled() -> bool:
 
 
 def shape_class(mode: str, dtype: torch.dtype, directions: int, num_steps: int, batch: int,
-                input_size: int, hidden: int) -> str:  # fmt: skip
-    """The key of a shape class, e.g. ``LSTM float32 D1 threads2 T64 B32 I256 H512``."""
+                input_size: int, hidden: int, max_steps: int = MAX_TRIAL_STEPS) -> str:  # fmt: skip
+    """The key of a shape class, e.g. ``LSTM float32 D1 threads2 T64 B32 I256 H512``
+    (``max_steps``: the longest trial, see :func:`trial_steps`)."""
     dtype_name = str(dtype).removeprefix("torch.")
     threads = torch.get_num_threads()
-    sizes = (f"T{_ceil_pow2(trial_steps(num_steps))} B{_ceil_pow2(batch)} "
+    sizes = (f"T{_ceil_pow2(trial_steps(num_steps, max_steps))} B{_ceil_pow2(batch)} "
              f"I{_ceil_pow2(input_size)} H{_ceil_pow2(hidden)}")  # fmt: skip
     return f"{mode} {dtype_name} D{directions} threads{threads} {sizes}"
 
 
-def trial_steps(num_steps: int) -> int:
-    """How many steps a trial of a call with ``num_steps`` steps runs."""
-    return max(1, min(MAX_TRIAL_STEPS, num_steps))
+def trial_steps(num_steps: int, max_steps: int = MAX_TRIAL_STEPS) -> int:
+    """How many steps a trial of a call with ``num_steps`` steps runs: all of them, up to
+    ``max_steps`` (:data:`MAX_TRIAL_STEPS` for the built-in layers' loops, whose cost per step
+    does not depend on T; longer where it does, as for MinGRU's parallel scan)."""
+    return max(1, min(max_steps, num_steps))
 
 
 def fastest(key: str, make_trials: Callable[[], dict[str, Callable[[], None]]]) -> Verdict:

@@ -227,6 +227,8 @@ struct CapturedStep : torch::CustomClassHolder {
     TORCH_CHECK(static_cast<int64_t>(tape->saved.size()) == num_steps,
                 "unrolled captured step: this call kept nothing for a backward (or its backward "
                 "already ran and freed it; use retain_graph=True to differentiate twice)");
+    // Every input of the backward graph changes from step to step: it has no prologue.
+    TORCH_CHECK(g.prologue.empty(), "unrolled captured step: the backward graph has a prologue");
     std::vector<IValue> slots(g.num_slots);
     std::vector<at::Tensor> d_xp(num_steps), d_params(num_params);
     for (int64_t s = num_steps - 1; s >= 0; --s) {
@@ -235,7 +237,6 @@ struct CapturedStep : torch::CustomClassHolder {
       for (int64_t k = 0; k < num_saved; ++k) slots[k] = saved[k];
       slots[num_saved] = d_output.select(0, t);  // (B, O)
       for (int64_t k = 0; k < num_state; ++k) slots[num_saved + 1 + k] = d_state[k];
-      g.run(slots, g.prologue);
       g.run(slots, g.body);
       auto grad = [&](int64_t input) -> at::Tensor {
         const int64_t slot = g.outputs[input];
