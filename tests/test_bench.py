@@ -71,15 +71,52 @@ def test_the_machine_is_named_and_each_forward_is_a_share_of_its_peak(grid_repor
     env = report["environment"]
     assert env["cpu"] and env["vendor"] and env["isa"]
     assert env["engine_isa"] in ("AVX-512", "AVX2", "NEON", "scalar", "")
-    assert env["peak_gflops"] > 0
+    peak = env["peak_gflops"]
+    assert 0 < peak["min"] <= peak["max"] and peak["size"] == benchmark.PEAK_PROBE_SIZE
     for record in report["results"]:
         assert record["forward_flops"] == benchmark.forward_flops(
             benchmark.Point.from_dict({k: record[k] for k in POINT_FIELDS})
         )
+        assert peak["min"] <= record["peak_gflops"] <= peak["max"]
         for name in ("torch", "unrolled"):
             timing = record["forward"][name]
             rate = record["forward_flops"] / timing["median_s"]
-            assert timing["peak_fraction"] == pytest.approx(rate / (env["peak_gflops"] * 1e9))
+            assert timing["peak_fraction"] == pytest.approx(rate / (record["peak_gflops"] * 1e9))
+
+
+def test_the_peak_is_timed_in_the_forwards_rounds(monkeypatch):
+    """The peak probe runs in the same interleaved rounds as the point's forwards (not once up
+    front, not with the training steps), and each forward's fraction is taken of that."""
+    rounds = []
+
+    def fake_interleaved(calls, settings):
+        rounds.append(sorted(calls))
+        seconds = {"torch": 0.004, "unrolled": 0.002, benchmark.PEAK_PROBE: 0.5}
+        return {name: {"median_s": seconds[name], "noise": 0.0} for name in calls}
+
+    monkeypatch.setattr(benchmark, "time_interleaved", fake_interleaved)
+    point = benchmark.Point("gru", benchmark.Shape("x", 2, 3, 4, 5), 1, False)
+    settings = benchmark.Settings(repeats=5, warmup=1, min_sample_s=0.001)
+    record = benchmark.run_point(point, settings, peak=True)
+    assert rounds == [sorted(["torch", "unrolled", benchmark.PEAK_PROBE]), ["torch", "unrolled"]]
+    probe_flops = 2 * benchmark.PEAK_PROBE_SIZE**3
+    assert record["peak_gflops"] == pytest.approx(probe_flops / 0.5 / 1e9)
+    unrolled_rate = record["forward_flops"] / 0.002
+    assert record["forward"]["unrolled"]["peak_fraction"] == pytest.approx(
+        unrolled_rate / (probe_flops / 0.5)
+    )
+    assert benchmark.PEAK_PROBE not in record["forward"]
+    without = benchmark.run_point(point, settings)
+    assert "peak_gflops" not in without and "peak_fraction" not in without["forward"]["torch"]
+
+
+def test_the_header_names_the_peak_range_or_the_old_single_number():
+    line = benchmark_report.peak_line({"min": 186.2, "max": 297.4, "size": 2048})
+    assert line.startswith("peak: 186-297 GFLOP/s (square torch.mm of 2048, timed with each")
+    assert benchmark_report.peak_line({"min": 199.6, "max": 200.2, "size": 2048}).startswith(
+        "peak: 200 GFLOP/s"
+    )
+    assert benchmark_report.peak_line(199.3).startswith("peak: 199 GFLOP/s (best square torch.mm")
 
 
 def test_forward_flops_count_every_layer_and_direction():

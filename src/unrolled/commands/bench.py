@@ -171,13 +171,12 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
     settings = _settings(args)
     points = _points(args)
     load_before = benchmark.load_average()
-    peak_flops = benchmark.peak_gemm_flops(getattr(torch, args.dtype))
     records = []
     with _Progress(console, len(points)) as progress:
         for point in points:
             label = f"{point.mode} {point.shape.name} {point.config}"
             progress.now(f"{label}: timing")
-            record = benchmark.run_point(point, settings, peak_flops)
+            record = benchmark.run_point(point, settings, peak=True)
             if args.memory:
                 progress.now(f"{label}: memory")
                 record["memory"] = _memory(point, settings, args.threads)
@@ -185,7 +184,12 @@ def measure(args: argparse.Namespace, console: Console) -> dict:
             progress.finished(label)
     environment = benchmark.environment(torch.get_num_threads())
     environment["load_average"] = {"before": load_before, "after": benchmark.load_average()}
-    environment["peak_gflops"] = peak_flops / 1e9
+    peaks = [record["peak_gflops"] for record in records]
+    environment["peak_gflops"] = {
+        "min": min(peaks),
+        "max": max(peaks),
+        "size": benchmark.PEAK_PROBE_SIZE,
+    }
     return {
         "environment": environment,
         "settings": {

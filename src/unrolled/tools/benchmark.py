@@ -278,9 +278,10 @@ def check_parity(layers: dict[str, nn.Module], inputs, dtype: torch.dtype) -> di
     return {"max_abs_diff": found.error, "ok": found.passed}
 
 
-def run_point(point: Point, settings: Settings, peak_flops: float | None = None) -> dict:
-    """Time forward and training step of torch and unrolled for one point; with the machine's
-    ``peak_flops`` (:func:`peak_gemm_flops`), each forward's fraction of it too."""
+def run_point(point: Point, settings: Settings, peak: bool = False) -> dict:
+    """Time forward and training step of torch and unrolled for one point; with ``peak``, also
+    the machine's matrix-multiply rate (:func:`peak_probe`) in the same interleaved rounds as the
+    forwards, and each forward's fraction of it."""
     layers = {name: build(point, name, settings.backend, settings.seed) for name in IMPLEMENTATIONS}
     inputs = make_input(point, settings.seed + 1)
     for layer in layers.values():
@@ -292,7 +293,12 @@ def run_point(point: Point, settings: Settings, peak_flops: float | None = None)
         twins = {"torch": layers["torch"], "unrolled": layers["compiled"]}
         parity["compiled"] = check_parity(twins, inputs, getattr(torch, point.dtype))
         parity["ok"] = parity["ok"] and parity["compiled"]["ok"]
-    forward = time_interleaved({n: forward_call(m, inputs) for n, m in layers.items()}, settings)
+    calls = {n: forward_call(m, inputs) for n, m in layers.items()}
+    if peak:
+        probe, probe_flops = peak_probe(getattr(torch, point.dtype))
+        calls[PEAK_PROBE] = probe
+    forward = time_interleaved(calls, settings)
+    probe_timing = forward.pop(PEAK_PROBE, None)
     for layer in layers.values():
         layer.train()
     train = time_interleaved({n: train_call(m, inputs) for n, m in layers.items()}, settings)
@@ -306,7 +312,9 @@ def run_point(point: Point, settings: Settings, peak_flops: float | None = None)
             record[phase]["compiled_ratio"] = ratio(timing, "compiled")
             record[phase]["compiled_vs_eager"] = ratio(timing, "compiled", "unrolled")
     record["forward_flops"] = forward_flops(point)
-    if peak_flops:
+    if probe_timing is not None:
+        peak_flops = probe_flops / probe_timing["median_s"]
+        record["peak_gflops"] = peak_flops / 1e9
         for name in IMPLEMENTATIONS:
             rate = record["forward_flops"] / forward[name]["median_s"]
             record["forward"][name]["peak_fraction"] = rate / peak_flops
@@ -373,17 +381,20 @@ def cpu_vendor() -> str:
     return cpuinfo_field("vendor_id") or platform.machine() or "unknown"
 
 
-def peak_gemm_flops(
-    dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5
-) -> float:
-    """The machine's measured peak matrix-multiply rate (FLOP/s) with the threads in use: the
-    best of ``repeats`` square ``torch.mm``s of ``size``. What "fraction of peak" is taken of."""
+PEAK_PROBE = "peak probe"
+PEAK_PROBE_SIZE = 2048
+
+
+def peak_probe(dtype: torch.dtype = torch.float32, size: int = PEAK_PROBE_SIZE):
+    """A square ``torch.mm`` of ``size`` and its FLOPs: the machine's matrix-multiply rate with
+    the threads in use, what "fraction of peak" is taken of. :func:`run_point` times it in the
+    same interleaved rounds as the forwards, so that a machine whose speed drifts (a shared
+    virtual machine: measured here, the same mm from 186 to 297 GFLOP/s within minutes) moves
+    both alike and the fraction stays the forward's own."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator, dtype=dtype)
     b = torch.randn(size, size, generator=generator, dtype=dtype)
-    torch.mm(a, b)  # warm up
-    best = min(_sample(lambda: torch.mm(a, b), 1) for _ in range(repeats))
-    return 2 * size**3 / best
+    return (lambda: torch.mm(a, b)), 2 * size**3
 
 
 def forward_flops(point: Point) -> int:

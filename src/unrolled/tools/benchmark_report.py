@@ -49,11 +49,7 @@ def header(console: Console, report: dict) -> None:
         f"{env.get('engine_isa') or '-'}) | torch threads {env['threads']}",
     )
     if env.get("peak_gflops"):
-        say(
-            console,
-            f'peak: {env["peak_gflops"]:.0f} GFLOP/s (best square torch.mm here); "fwd %peak" '
-            "is unrolled's forward multiply-adds over its time, as a share of it",
-        )
+        say(console, peak_line(env["peak_gflops"]))
     say(
         console,
         f"median of {settings['repeats']} interleaved samples (each >= "
@@ -72,6 +68,22 @@ def header(console: Console, report: dict) -> None:
     if settings["quick"]:
         say(console, "[yellow]--quick[/]: T is a quarter of the grid's, 5 repeats, shapes S, M, L "
                      "unless --shapes says otherwise")  # fmt: skip
+
+
+def peak_line(peak: float | dict) -> str:
+    """The peak's line of the header: a range where it was measured with each point (``{"min",
+    "max", "size"}``: GFLOP/s of a square mm of that size), one number from reports written
+    before that."""
+    if isinstance(peak, dict):
+        low, high = peak["min"], peak["max"]
+        rate = f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
+        where = f"square torch.mm of {peak['size']}, timed with each point's forwards"
+    else:
+        rate, where = f"{peak:.0f}", "best square torch.mm here"
+    return (
+        f'peak: {rate} GFLOP/s ({where}); "fwd %peak" is unrolled\'s forward multiply-adds over '
+        "its time, as a share of it"
+    )
 
 
 def plans(records: list[dict]) -> list[str]:
