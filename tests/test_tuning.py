@@ -55,6 +55,28 @@ def test_the_fastest_trial_wins_and_is_remembered_on_disk(measuring):
     assert "measured here: slow" in str(verdict)
 
 
+def test_two_slowed_samples_of_the_fastest_do_not_lose_it_the_verdict(measuring, monkeypatch):
+    """Trials interleaved, the order reversed every other round; the verdict is by median, so
+    a machine that slows down during two of the fastest candidate's rounds does not hand the
+    shape class to a slower candidate."""
+    order, clock = [], [0.0]
+    costs = {"engine": [1.0, 9.0, 1.0, 9.0, 1.0, 1.0], "blas": [2.0] * 6}  # warm-up first
+
+    def trial(name):
+        def run():
+            order.append(name)
+            clock[0] += costs[name].pop(0)
+
+        return run
+
+    monkeypatch.setattr(tuning.time, "perf_counter", lambda: clock[0])
+    verdict = tuning.fastest("class N", lambda: {"engine": trial("engine"), "blas": trial("blas")})
+    assert tuning.ROUNDS == 5
+    assert verdict.fastest == "engine" and verdict.seconds == {"engine": 1.0, "blas": 2.0}
+    rounds = order[2:]  # after each one's warm-up
+    assert rounds == ["engine", "blas", "blas", "engine"] * 2 + ["engine", "blas"]
+
+
 def test_an_unreadable_file_is_measured_again(measuring):
     measuring.write_text("not json")
     assert tuning.fastest("class B", lambda: {"only": lambda: None}).fastest == "only"

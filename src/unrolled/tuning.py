@@ -34,7 +34,12 @@ import torch
 #: charges to 2 steps instead of T (measured: on 2-step trials the engine lost shape classes it
 #: wins 2:1 at T = 32).
 MAX_TRIAL_STEPS = 64
-ROUNDS = 3
+#: Rounds of trials, each candidate once per round, the order reversed every other round. Five,
+#: not three: on a shared machine whose speed comes and goes (a virtual machine's neighbours),
+#: two slowed samples of the fastest candidate out of three made its median lose (seen on the
+#: Intel Xeon of 2026-12-06: a bidirectional RNN shape class given to the per-step BLAS loop,
+#: which then ran 1.4x torch.nn's time where the engine runs 0.8x); out of five it takes three.
+ROUNDS = 5
 FILE_NAME = "tuning.json"
 
 _lock = threading.Lock()
@@ -80,7 +85,8 @@ def trial_steps(num_steps: int, max_steps: int = MAX_TRIAL_STEPS) -> int:
 def fastest(key: str, make_trials: Callable[[], dict[str, Callable[[], None]]]) -> Verdict:
     """The verdict for shape class ``key``: remembered, or measured now by running each of
     ``make_trials()``'s candidates (name -> a call that runs one trial) ``ROUNDS`` times,
-    interleaved, and kept by median time."""
+    interleaved (the order reversed every other round, so that none always follows the same
+    one), and kept by median time."""
     with _lock:
         verdicts = _load()
         verdict = verdicts.get(key)
@@ -94,8 +100,10 @@ def _measure(trials: dict[str, Callable[[], None]]) -> Verdict:
     for trial in trials.values():  # warm up: first-touch allocations, caches, thread wake-up
         trial()  # (and the trial that could not be measured fairly without one)
     samples: dict[str, list[float]] = {name: [] for name in trials}
-    for _ in range(ROUNDS):
-        for name, trial in trials.items():
+    order = list(trials)
+    for round_ in range(ROUNDS):
+        for name in order if round_ % 2 == 0 else reversed(order):
+            trial = trials[name]
             start = time.perf_counter()
             trial()
             samples[name].append(time.perf_counter() - start)
