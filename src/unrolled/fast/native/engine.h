@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -364,15 +365,24 @@ void add_product(const T* a, int64_t lda, int64_t depth, const T* a2, int64_t ld
 // would be fresh pages from the operating system every time, and touching them for the first
 // time (page faults) cost more than packing into them (measured: 25 MB of LSTM weights at
 // B = 32, H = 1024, I = 512).
+//
+// Aligned to a cache line: a panel's rows and gates are whole vectors, so every vector the
+// kernel loads then lies within one cache line instead of straddling two. A std::vector's data
+// is only 16-byte aligned (glibc puts a large allocation 16 bytes into its pages), which cost
+// the kernel 8-15% (RNN, H = 1024, one Xeon Emerald Rapids core: 109-124 GFLOP/s against
+// 132-135 aligned).
 template <typename T>
 T* packing_room(int64_t directions, int64_t panels, int64_t depth, int64_t columns) {
+  constexpr size_t kAlign = 64, kSlack = kAlign / sizeof(T);
   thread_local std::vector<T> room;
-  const size_t needed = static_cast<size_t>(directions * panels * depth * columns);
+  const size_t needed = static_cast<size_t>(directions * panels * depth * columns) + kSlack;
   if (room.size() < needed) {
     room = std::vector<T>();  // release the old buffer before taking the new one
     room.resize(needed);
   }
-  return room.data();
+  void* start = room.data();
+  size_t space = room.size() * sizeof(T);
+  return static_cast<T*>(std::align(kAlign, (needed - kSlack) * sizeof(T), start, space));
 }
 
 // Barrier for a team of threads, reusable step after step. Spins (the wait is one step of
