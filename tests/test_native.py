@@ -336,7 +336,7 @@ def test_released_backward_under_saved_tensor_machinery(mode, how):
 
 @needs_native
 def test_directions_in_turn_beyond_the_cache_equal_torch(tmp_path):
-    """Weights beyond the last-level cache: each direction in turn on the whole team (the
+    """Weights beyond a core's own cache: each direction in turn on the whole team (the
     schedule of large bidirectional layers), in a process told that the cache is 1 byte."""
     script = tmp_path / "in_turn.py"
     script.write_text(

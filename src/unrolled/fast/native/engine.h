@@ -491,24 +491,25 @@ inline int64_t team_size(int64_t directions, int64_t panels, int64_t step_flops)
   return std::min<int64_t>(at::get_num_threads(), directions * per_direction);
 }
 
-// The last-level cache's size as Linux reports it (/sys), 32 MiB where it cannot be read;
-// $UNROLLED_ENGINE_CACHE_BYTES, where set, instead (how the tests take the other schedule).
-inline int64_t last_level_cache_bytes() {
+// One core's own cache (the level-2 cache) as Linux reports it (/sys), 1 MiB where it cannot
+// be read; $UNROLLED_ENGINE_CACHE_BYTES, where set, instead (how the tests take the other
+// schedule).
+inline int64_t private_cache_bytes() {
   static const int64_t bytes = [] {
     if (const char* given = std::getenv("UNROLLED_ENGINE_CACHE_BYTES")) {
       return static_cast<int64_t>(std::atoll(given));
     }
-    int64_t best_level = 0, size = int64_t(32) << 20;
+    int64_t size = int64_t(1) << 20;
     for (int index = 0; index < 8; ++index) {
       const std::string base = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
       std::ifstream level_file(base + "/level"), size_file(base + "/size");
       int64_t level = 0, amount = 0;
       char unit = 0;
-      if (!(level_file >> level) || !(size_file >> amount)) continue;
+      if (!(level_file >> level) || !(size_file >> amount) || level != 2) continue;
       size_file >> unit;
       const int64_t scale =
           unit == 'K' ? 1 << 10 : unit == 'M' ? 1 << 20 : unit == 'G' ? 1 << 30 : 1;
-      if (level > best_level) best_level = level, size = amount * scale;
+      size = amount * scale;
     }
     return size;
   }();
@@ -518,22 +519,31 @@ inline int64_t last_level_cache_bytes() {
 // The engine's one schedule: a team for the whole call (team_size), spread over the layer's
 // directions (Crew); body(d, first_panel, last_panel, barrier) runs direction d's share of
 // `panels` for one member, `barrier` being the one that direction's members meet at. A
-// `step_flops` is one direction's product per step. The directions run side by side, each on
-// its own members, while the packed weights of all of them (`packed_bytes`) fit in the
-// last-level cache; beyond it one after the other, each on the whole team, so that the
-// weights read at every step are one direction's only (measured, 2-layer bidirectional LSTM
-// forward, ratio to torch.nn: B = 24, I = 384, H = 768: 1.08 side by side, 1.02 in turn; but
-// B = 8, H = 96: 0.57 against 0.81).
+// `step_flops` is one direction's product per step; `packed_bytes` all directions' packed
+// weights. The directions run side by side, each on its own members (on 2 threads: one each,
+// never waiting for the other), while each member's share of them (packed_bytes / team) fits
+// in its core's own cache; beyond it one after the other, each on the whole team, so that
+// while a direction runs a member reads only its share of that direction's weights, which is
+// half as much (at 2 directions) and then stays in its cache from step to step. Measured on
+// the Intel Xeon Emerald Rapids (2 MB L2 per core), one bidirectional layer's forward with the
+// engine, ratio to torch.nn, mean of 4 runs (2 for the first), in turn / side by side: LSTM
+// B = 32, I = 192, H = 320 (2.6 MB per member side by side): 1.04 / 1.06; B = 24, I = 384,
+// H = 768: 1.28 / 1.32; B = 32, I = 512, H = 1024: 1.25 / 1.34; GRU at the last two: 0.86 /
+// 0.89 and 0.83 / 0.86; RNN: 0.84 / 0.85 and 0.81 / 0.82 (a few percent, near that machine's
+// noise, never worse). Where a member's share fits (LSTM B = 8, H = 96: 0.2 MB), side by side
+// is faster: 0.58-0.62 against 0.65-0.70 in turn (RNN: 0.20-0.22 against 0.31-0.32), the
+// meeting per step that sharing a direction needs costing more than the cache saves. On AMD
+// EPYC Zen 4 (1 MB L2), 2-layer LSTM, B = 24, I = 384, H = 768: 1.08 side by side, 1.02 in turn.
 template <typename F>
 void for_direction_shares(int64_t directions, int64_t panels, int64_t step_flops,
                           int64_t packed_bytes, const F& body) {
   Barrier barriers[2];
   Crew crew{directions, 1};
-  crew.in_turn = directions > 1 && packed_bytes > last_level_cache_bytes();
   run_team(
       team_size(directions, panels, step_flops),
       [&](int64_t size) {
         crew.size = size;
+        crew.in_turn = directions > 1 && packed_bytes / size > private_cache_bytes();
         for (int64_t d = 0; d < directions; ++d) barriers[d].resize(crew.on(d));
       },
       [&](int64_t member, int64_t) {
