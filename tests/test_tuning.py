@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from parity import compare
 
 import unrolled
 from unrolled import backends, tuning
+from unrolled.fast import loops as python_loops
 from unrolled.fast import native
 
 needs_native = pytest.mark.skipif(
@@ -100,6 +102,43 @@ def test_a_layer_plans_the_measured_runner_and_says_so(measuring, mode):
     ours = unrolled.from_torch(theirs)
     with torch.no_grad():  # whatever runs, it equals torch
         torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=3e-5, rtol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_the_layers_above_the_first_are_a_shape_class_of_their_own(measuring, monkeypatch, mode):
+    """Layers 2 and up read the D*H features below them, not the call's input: their runner is
+    measured for their own input size, and where it differs from the first layer's they run it
+    (forward and backward), the plan says so, and the numbers still equal torch's."""
+    sizes = []
+
+    def verdict(trials):  # the first layer's class: the engine; the layers above: Python loops
+        winner = "fused engine" if len(sizes) == 1 else "Python loops"
+        return tuning.Verdict(winner, {name: 0.001 for name in trials})
+
+    real_trials = backends.trials
+
+    def trials(candidates, inputs, layer, num_directions, input_size=None):
+        sizes.append(input_size)
+        return real_trials(candidates, inputs, layer, num_directions, input_size)
+
+    monkeypatch.setattr(backends, "trials", trials)
+    monkeypatch.setattr(tuning, "_measure", verdict)
+    theirs = getattr(torch.nn, mode)(5, 24, 3, bidirectional=True).double()
+    ours = unrolled.from_torch(theirs)
+    x = torch.randn(6, 3, 5, dtype=torch.float64, requires_grad=True)
+    plan = unrolled.plan(ours, x)
+    assert sizes == [5, 48]  # measured once per class: the first layer, then those above
+    assert plan.fused and plan.deeper is not None and plan.deeper.runner == backends.PYTHON_LOOPS
+    assert [plan.for_layer(k) for k in range(3)] == [plan, plan.deeper, plan.deeper]
+    assert "; layers 2 and up: python loops, row-major W_hh^T; reason:" in str(plan)
+    assert "D2 threads" in plan.deeper.measured and " I64 " in plan.deeper.measured
+    ran = []
+    real_forward = python_loops.lstm_forward if mode == "LSTM" else python_loops.gru_forward
+    name = "lstm_forward" if mode == "LSTM" else "gru_forward"
+    monkeypatch.setattr(python_loops, name, lambda *a, **k: ran.append(1) or real_forward(*a, **k))
+    compare(ours, theirs, (x,))  # outputs, states and every gradient, float64
+    assert ran and len(ran) % 2 == 0  # layers 2 and 3 (only), in every forward
 
 
 @needs_native

@@ -75,6 +75,9 @@ class Plan:
             computed, one team of threads for the whole sequence.
         measured: where the runner was chosen by measuring the candidates on this machine
             (:mod:`unrolled.tuning`), their times; else empty.
+        deeper: the plan of the layers after the first, where it differs: they read the
+            ``D*H`` outputs of the layer below, not the call's input, so they are a shape class
+            of their own and are measured as one (:func:`Plan.for_layer`); else None.
     """
 
     mode: str
@@ -86,6 +89,11 @@ class Plan:
     per_sample: bool = False
     fused: bool = False
     measured: str = ""
+    deeper: Plan | None = None
+
+    def for_layer(self, layer: int) -> Plan:
+        """The plan layer ``layer`` (0 = the first) of the call runs."""
+        return self if layer == 0 or self.deeper is None else self.deeper
 
     def arrange(self, transposed: Tensor) -> Tensor:
         """A transposed weight view as the plan's loops take it: a row-major copy or the view."""
@@ -105,7 +113,10 @@ class Plan:
             variants.append(f"fused engine ({native.engine_instruction_set()} kernel)")
         details = "".join(f", {variant}" for variant in variants)
         measured = f"; {self.measured}" if self.measured else ""
-        return f"{self.mode}: {how}{details}; reason: {self.reason}{measured}"
+        said = f"{self.mode}: {how}{details}; reason: {self.reason}{measured}"
+        if self.deeper is not None:  # "LSTM: ...; layers 2 and up: native loops (C++, ...)..."
+            said += "; layers 2 and up: " + str(self.deeper).removeprefix(f"{self.mode}: ")
+        return said
 
 
 def plan(
@@ -139,10 +150,11 @@ def plan(
     check_backend(backend)
 
     def chose(runner: str, reason: str, loops=None, packed_gemm=False, row_major=False,
-              per_sample=False, fused=False, measured="") -> Plan:  # fmt: skip
+              per_sample=False, fused=False, measured="", deeper=None) -> Plan:  # fmt: skip
         if custom_step and runner in (PYTHON_LOOPS, NATIVE_LOOPS):
             reason = f"{reason}; {custom_step} in the loop's step"
-        key = (mode, runner, reason, loops, packed_gemm, row_major, per_sample, fused, measured)
+        key = (mode, runner, reason, loops, packed_gemm, row_major, per_sample, fused, measured,
+               deeper)  # fmt: skip
         made = _PLANS.get(key)
         if made is None:
             made = _PLANS[key] = Plan(*key)
@@ -208,17 +220,35 @@ def plan(
         ),
         "Python loops": chose(PYTHON_LOOPS, reason, loops=python_loops, row_major=row_major),
     }
-    batch, input_size, hidden = inputs.shape[1], inputs.shape[2], w_hh.shape[1]
-    key = tuning.shape_class(
-        mode, inputs.dtype, num_directions, num_steps, batch, input_size, hidden
-    )
-    verdict = tuning.fastest(key, lambda: trials(candidates, inputs, weights[0], num_directions))
-    fastest = candidates[verdict.fastest]
-    return chose(
-        fastest.runner, "the fastest runner for this shape class here", loops=fastest.loops,
-        packed_gemm=fastest.packed_gemm, row_major=fastest.row_major, fused=fastest.fused,
-        measured=f"{key}: {verdict}",
-    )  # fmt: skip
+    batch, hidden = inputs.shape[1], w_hh.shape[1]
+
+    def fastest_for(layer: LayerWeights, input_size: int) -> tuple[str, tuning.Verdict]:
+        """The shape class of a layer shaped like ``layer`` reading ``input_size`` features,
+        and the verdict on it, measured once per class."""
+        key = tuning.shape_class(
+            mode, inputs.dtype, num_directions, num_steps, batch, input_size, hidden
+        )
+        verdict = tuning.fastest(
+            key, lambda: trials(candidates, inputs, layer, num_directions, input_size)
+        )
+        return key, verdict
+
+    def measured(key: str, verdict: tuning.Verdict, deeper: Plan | None = None) -> Plan:
+        fastest = candidates[verdict.fastest]
+        return chose(
+            fastest.runner, "the fastest runner for this shape class here", loops=fastest.loops,
+            packed_gemm=fastest.packed_gemm, row_major=fastest.row_major, fused=fastest.fused,
+            measured=f"{key}: {verdict}", deeper=deeper,
+        )  # fmt: skip
+
+    key, verdict = fastest_for(LayerWeights(*weights[0]), inputs.shape[2])
+    deeper = None
+    if len(weights) > num_directions:  # layers 2 and up read the D*H (or D*P) below them
+        second = LayerWeights(*weights[num_directions])
+        deeper_key, deeper_verdict = fastest_for(second, second.w_ih.shape[1])
+        if deeper_verdict.fastest != verdict.fastest:
+            deeper = measured(deeper_key, deeper_verdict)
+    return measured(key, verdict, deeper)
 
 
 def graph_capture() -> str:
@@ -263,16 +293,23 @@ OPERATOR_PLANS = {
 
 
 def trials(
-    candidates: dict[str, Plan], inputs: Tensor, first: LayerWeights, num_directions: int
+    candidates: dict[str, Plan],
+    inputs: Tensor,
+    first: LayerWeights,
+    num_directions: int,
+    input_size: int | None = None,
 ) -> dict:
     """One trial per candidate plan, for :mod:`unrolled.tuning`: a forward of one layer shaped
-    like the call's first layer, ``tuning.trial_steps`` steps, without autograd (so that a
+    like ``first`` (the call's first layer, or with ``input_size`` the layers above it: the
+    call's batch and steps, that layer's sizes), ``tuning.trial_steps`` steps, without
+    autograd (so that a
     trial runs the same under ``no_grad``, ``inference_mode`` or saved-tensor hooks of the
     caller's), on weights and an input of its own (drawn from a generator of its own: the
     caller's random stream is left alone)."""
     first = LayerWeights(*first)
     generator = torch.Generator(device=inputs.device).manual_seed(0)
-    batch, input_size = inputs.shape[1], inputs.shape[2]
+    batch = inputs.shape[1]
+    input_size = inputs.shape[2] if input_size is None else input_size
     gate_rows, hidden = first.w_hh.shape  # (G*H, H): no projection here
 
     def rand(*shape: int) -> Tensor:

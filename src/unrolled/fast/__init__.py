@@ -71,9 +71,11 @@ def run(
     """
     function, plain_forward = LAYERS[plan.mode]
     layers = iter(range(num_layers))
+    first_plan = plan
 
     def one_layer(layer_input: Tensor, h0: Tensor, c0: Tensor | None, flat: list) -> list:
         layer = next(layers)
+        plan = first_plan.for_layer(layer)  # the layers above the first: their own shape class
         layer_masks, extra = None, {}
         if masks is not None:
             drawn = masks[layer * num_directions : (layer + 1) * num_directions]
