@@ -358,6 +358,53 @@ def test_directions_in_turn_beyond_the_cache_equal_torch(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
 
 
+ROWS_SPLIT_SCRIPT = """
+import sys, torch, unrolled
+from torch.nn.utils.rnn import pack_padded_sequence
+from parity import compare
+torch.set_num_threads(2)
+outputs = []
+for mode in ('LSTM', 'GRU', 'RNN'):
+    for batch in (16, 41):  # 8 and 20 rows a member: at least a tile of rows each
+        torch.manual_seed(0)
+        layer = getattr(unrolled, mode)(24, 40)
+        x = torch.randn(9, batch, 24)
+        lengths = torch.randint(1, 10, (batch,))
+        lengths[0] = 9
+        with torch.no_grad():
+            outputs.append(layer(x)[0])
+            outputs.append(layer(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data)
+    theirs = getattr(torch.nn, mode)(24, 40, 2).double()
+    x = torch.randn(9, 16, 24, dtype=torch.float64, requires_grad=True)
+    compare(unrolled.from_torch(theirs), theirs, (x,))
+torch.save(outputs, sys.argv[1])
+print('ok')
+"""
+
+
+@needs_native
+def test_rows_split_and_units_split_give_the_same_bits(tmp_path):
+    """A forward whose direction's panels fit a core's own cache splits the batch rows between
+    the team (no meeting per step); told that the cache is 1 byte, it splits the hidden units
+    (a meeting per step). Each output element is summed in the same order either way: the
+    same bits, padded and packed, and equal to torch (float64, every gradient)."""
+    script = tmp_path / "rows_split.py"
+    script.write_text(ROWS_SPLIT_SCRIPT)
+    found = {}
+    for schedule, cache in (("rows", None), ("units", "1")):
+        env = dict(os.environ, UNROLLED_QUIET="1", UNROLLED_TUNING="off",
+                   PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+        env.pop("UNROLLED_ENGINE_CACHE_BYTES", None)
+        if cache is not None:
+            env["UNROLLED_ENGINE_CACHE_BYTES"] = cache
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / f"{schedule}.pt")],
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+        found[schedule] = torch.load(tmp_path / f"{schedule}.pt")
+    for rows, units in zip(found["rows"], found["units"]):
+        assert torch.equal(rows, units)
+
+
 @needs_native
 def test_the_engine_asks_for_the_inputs_exactly_when_fused():
     """The fused LSTM computes the input part itself; the BLAS loop reads it from the gates."""

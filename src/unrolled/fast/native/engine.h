@@ -283,6 +283,12 @@ UNROLLED_INLINE void for_tiles(int64_t rows, int64_t max_rows, const F& body) {
   }
 }
 
+// for_tiles over the rows [first, last): body(first_row, count).
+template <typename F>
+UNROLLED_INLINE void for_tiles(int64_t first, int64_t last, int64_t max_rows, const F& body) {
+  for_tiles(last - first, max_rows, [&](int64_t r0, int64_t count) { body(first + r0, count); });
+}
+
 // Panel p of a weight whose output unit j of gate g, input k, is weight(g * outputs + j, k)
 // for a strided 2-D view `weight` (rows: gates * outputs, columns: depth). Units past
 // `outputs` (the last panel's padding) are zero. A transposition, done in blocks of 16 inputs x
@@ -516,15 +522,52 @@ inline int64_t private_cache_bytes() {
   return bytes;
 }
 
+// What one member of a team does for direction d of a forward (for_direction_work): it
+// multiplies by panels [first_panel, last_panel), packs [pack_first, pack_last), and computes
+// the batch rows [first_row, last_row) of every step (of those the step has).
+//
+// Two ways to share a direction between members. Units split (the default): each member owns
+// a slice of hidden units, packs and reads only its panels, and computes its units for every
+// row; the next step reads all of h_s, so the members meet once per step. Rows split: each
+// member owns a slice of the batch and computes all units for its rows; a row's next step
+// reads only that row's h, so after packing (each member packs a share of the panels, all
+// read all of them) the members never meet again. Rows split needs a whole direction's panels
+// in each core's own cache with room to spare (at most half of it: LSTM at B = 64, I = H = 256,
+// 2 MB of panels in a 2 MB L2, ran 1.07-1.15x torch.nn's forward with rows split against
+// 1.01-1.06 with units split), and enough rows per member for the kernel's tiles. Where it has
+// them it saves the per-step meeting, and every wait at it for a core slowed down a moment.
+// Measured on the Intel Xeon Emerald Rapids, one layer's forward, ratio to torch.nn, two runs,
+// rows split / units split: RNN B = 16, T = 128, I = 64, H = 128: 0.33, 0.32 / 0.49, 0.47;
+// B = 64, I = H = 256: 0.69, 0.72 / 0.85, 0.87; B = 32, I = 192, H = 320: 0.61, 0.62 / 0.75,
+// 0.73; GRU B = 64, I = H = 256: 0.73-0.78 / 0.79-0.81; LSTM B = 16, H = 128: 0.80-0.85 /
+// 0.79-0.90 (the same within the noise).
+struct Work {
+  int64_t first_panel, last_panel, pack_first, pack_last, first_row, last_row;
+  bool rows_split;
+  // This member's rows [first, last) of a step with `rows` rows.
+  std::pair<int64_t, int64_t> rows_of(int64_t rows) const {
+    return {std::min(first_row, rows), std::min(last_row, rows)};
+  }
+  // After packing: with rows split every member reads every panel, so all must be packed.
+  void packed(Barrier& barrier) const {
+    if (rows_split) barrier.wait();
+  }
+  // After a step: with units split the next step reads every member's units of h_s.
+  void step_done(Barrier& barrier) const {
+    if (!rows_split) barrier.wait();
+  }
+};
+
 // The engine's one schedule: a team for the whole call (team_size), spread over the layer's
-// directions (Crew); body(d, first_panel, last_panel, barrier) runs direction d's share of
-// `panels` for one member, `barrier` being the one that direction's members meet at. A
-// `step_flops` is one direction's product per step; `packed_bytes` all directions' packed
-// weights. The directions run side by side, each on its own members (on 2 threads: one each,
-// never waiting for the other), while each member's share of them (packed_bytes / team) fits
-// in its core's own cache; beyond it one after the other, each on the whole team, so that
-// while a direction runs a member reads only its share of that direction's weights, which is
-// half as much (at 2 directions) and then stays in its cache from step to step. Measured on
+// directions (Crew); body(d, work, barrier) runs direction d's Work for one member, `barrier`
+// being the one that direction's members meet at. A `step_flops` is one direction's product
+// per step; `packed_bytes` all directions' packed weights; `batch` rows at the most per step,
+// `max_rows` the kernel's tile (batch 0: units split only). The directions run side by side,
+// each on its own members (on 2 threads: one each, never waiting for the other), while each
+// member's share of them (packed_bytes / team) fits in its core's own cache; beyond it one
+// after the other, each on the whole team, so that while a direction runs a member reads only
+// its share of that direction's weights, which is half as much (at 2 directions) and then
+// stays in its cache from step to step. Measured on
 // the Intel Xeon Emerald Rapids (2 MB L2 per core), one bidirectional layer's forward with the
 // engine, ratio to torch.nn, mean of 4 runs (2 for the first), in turn / side by side: LSTM
 // B = 32, I = 192, H = 320 (2.6 MB per member side by side): 1.04 / 1.06; B = 24, I = 384,
@@ -534,9 +577,11 @@ inline int64_t private_cache_bytes() {
 // is faster: 0.58-0.62 against 0.65-0.70 in turn (RNN: 0.20-0.22 against 0.31-0.32), the
 // meeting per step that sharing a direction needs costing more than the cache saves. On AMD
 // EPYC Zen 4 (1 MB L2), 2-layer LSTM, B = 24, I = 384, H = 768: 1.08 side by side, 1.02 in turn.
+// A direction with several members splits its rows instead of its units (Work) where its
+// panels fit one core's own cache and each member gets at least `max_rows` rows.
 template <typename F>
-void for_direction_shares(int64_t directions, int64_t panels, int64_t step_flops,
-                          int64_t packed_bytes, const F& body) {
+void for_direction_work(int64_t directions, int64_t panels, int64_t step_flops,
+                        int64_t packed_bytes, int64_t batch, int64_t max_rows, const F& body) {
   Barrier barriers[2];
   Crew crew{directions, 1};
   run_team(
@@ -549,10 +594,29 @@ void for_direction_shares(int64_t directions, int64_t panels, int64_t step_flops
       [&](int64_t member, int64_t) {
         const auto [first_direction, last_direction] = crew.directions_of(member);
         for (int64_t d = first_direction; d < last_direction; ++d) {
-          const auto [first, last] = share(panels, crew.index(member), crew.on(d));
-          body(d, first, last, barriers[d]);
+          const int64_t members = crew.on(d), index = crew.index(member);
+          const auto [first, last] = share(panels, index, members);
+          const bool rows_split = members > 1 && batch / members >= max_rows &&
+                                  packed_bytes / directions <= private_cache_bytes() / 2;
+          Work work{first, last, first, last, 0, batch, false};
+          if (rows_split) {
+            const auto [first_row, last_row] = share(batch, index, members);
+            work = Work{0, panels, first, last, first_row, last_row, true};
+          }
+          body(d, work, barriers[d]);
         }
       });
+}
+
+// for_direction_work with units split only: body(d, first_panel, last_panel, barrier) (the
+// backward loops, whose members exchange d_pre at every step anyway).
+template <typename F>
+void for_direction_shares(int64_t directions, int64_t panels, int64_t step_flops,
+                          int64_t packed_bytes, const F& body) {
+  for_direction_work(directions, panels, step_flops, packed_bytes, 0, 1,
+                     [&](int64_t d, const Work& work, Barrier& barrier) {
+                       body(d, work.first_panel, work.last_panel, barrier);
+                     });
 }
 
 }  // namespace engine

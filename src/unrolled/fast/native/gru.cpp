@@ -281,29 +281,31 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
   const int64_t hidden = hs.size(2), gate_rows = 3 * hidden, panels = L::panels(hidden);
   const bool every_step = hh.size(1) > batch;
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
-  engine::for_direction_shares(
+  engine::for_direction_work(
       directions, panels, 2 * batch * hidden * gate_rows,
-      directions * panels * hidden * L::columns * int64_t(sizeof(T)),
-      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+      directions * panels * hidden * L::columns * int64_t(sizeof(T)), batch, L::max_rows,
+      [&](int64_t d, const engine::Work& work, engine::Barrier& barrier) {
         const Tensor& w = w_rec[d];  // W_hh^T (H, 3H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 3>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
-                                  p0, p1, panel_base, hidden * L::columns);
+                                  work.pack_first, work.pack_last, panel_base,
+                                  hidden * L::columns);
+        work.packed(barrier);
         const auto [x_base, hh_base, n_base, h_base, b_ih, b_hh] =
             forward_views<T>(xw, hh, ns, hs, biases, zeros, d);
         alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps.count(); ++s) {
-          const int64_t rows = steps.rows(s);
+          const auto [first_row, last_row] = work.rows_of(steps.rows(s));
           const int64_t slot = every_step ? steps.at(s) : 0;
           const T* x_s = x_base + steps.at(s) * gate_rows;
           T* hh_s = hh_base + slot * gate_rows;
           T* n_s = n_base + slot * hidden;
           const T* h_prev = h_base + steps.previous(s) * hidden;
           T* h = h_base + steps.next(s) * hidden;
-          engine::for_chunks<T, 3>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
-                                                            int64_t unit_end) {
+          engine::for_chunks<T, 3>(work.first_panel, work.last_panel, hidden,
+                                   [&](int64_t c0, int64_t c1, int64_t unit, int64_t unit_end) {
             const int64_t units = unit_end - unit;
-            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+            engine::for_tiles(first_row, last_row, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
               // tile = h_prev[r0 : r0 + tile_rows] @ the chunk's panels: (rows, H) @ (H, 3 * units)
               engine::multiply_chunk<T, 3>(h_prev + r0 * hidden, hidden, hidden, nullptr, 0, 0,
                                            panel_base, hidden * L::columns, c0, c1, tile,
@@ -314,7 +316,7 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
                                     unit + units, hidden);
             });
           });
-          barrier.wait();  // h_s complete: the next step reads all of it
+          work.step_done(barrier);  // units split: h_s complete, the next step reads all of it
         }
       });
 }

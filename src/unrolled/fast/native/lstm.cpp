@@ -370,18 +370,21 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec,
   // [W_ih; W_hh]^T panels, (D, panels, I + H, 4 * units); w_rec is D x W_hh^T (H, 4H), w_in
   // D x W_ih (4H, I), any strides.
   T* packed = engine::packing_room<T>(directions, panels, depth, L::columns);
-  engine::for_direction_shares(
+  engine::for_direction_work(
       directions, panels, 2 * batch * depth * 4 * hidden,
-      directions * panels * depth * L::columns * int64_t(sizeof(T)),
-      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+      directions * panels * depth * L::columns * int64_t(sizeof(T)), batch, L::max_rows,
+      [&](int64_t d, const engine::Work& work, engine::Barrier& barrier) {
         const Tensor& w = w_rec[d];  // W_hh^T (H, 4H): element (g*H + j, k) below
         T* panel_base = packed + d * panels * depth * L::columns;
         const Tensor& wi = w_in[d];  // W_ih (4H, I): element (g*H + j, k) below
         // Each panel: rows [0, I) from W_ih, rows [I, I + H) from W_hh.
         engine::pack_panels<T, 4>(wi.data_ptr<T>(), wi.stride(0), wi.stride(1), hidden,
-                                  input_size, p0, p1, panel_base, depth * L::columns);
-        engine::pack_panels<T, 4>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden, p0,
-                                  p1, panel_base + input_size * L::columns, depth * L::columns);
+                                  input_size, work.pack_first, work.pack_last, panel_base,
+                                  depth * L::columns);
+        engine::pack_panels<T, 4>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
+                                  work.pack_first, work.pack_last,
+                                  panel_base + input_size * L::columns, depth * L::columns);
+        work.packed(barrier);
         T* gate_base = keep ? gates.select(0, d).data_ptr<T>() : nullptr;  // (N, 4H)
         const T* x_base = inputs[d].data_ptr<T>();  // (N, I)
         T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N or B, H)
@@ -389,17 +392,17 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec,
         const T* bias_ptr = bias.select(0, d).data_ptr<T>();  // (4H,)
         alignas(64) T tile[C::scratch];
         for (int64_t s = 0; s < steps.count(); ++s) {
-          const int64_t rows = steps.rows(s);
+          const auto [first_row, last_row] = work.rows_of(steps.rows(s));
           T* gate_s = keep ? gate_base + steps.at(s) * 4 * hidden : nullptr;
           const T* x_s = x_base + steps.at(s) * input_size;
           const T* h_prev = h_base + steps.previous(s) * hidden;
           T* h = h_base + steps.next(s) * hidden;
           T* c_prev = every_cell ? c_base + steps.previous(s) * hidden : c_base;
           T* c = every_cell ? c_base + steps.next(s) * hidden : c_base;
-          engine::for_chunks<T, 4>(p0, p1, hidden, [&](int64_t c0, int64_t c1, int64_t unit,
-                                                            int64_t unit_end) {
+          engine::for_chunks<T, 4>(work.first_panel, work.last_panel, hidden,
+                                   [&](int64_t c0, int64_t c1, int64_t unit, int64_t unit_end) {
             const int64_t units = unit_end - unit;
-            engine::for_tiles(rows, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
+            engine::for_tiles(first_row, last_row, L::max_rows, [&](int64_t r0, int64_t tile_rows) {
               // tile = [x_s, h_prev][r0 : r0 + tile_rows] @ the chunk's panels: (rows, I + H)
               // @ (I + H, 4 * units)
               engine::multiply_chunk<T, 4>(x_s + r0 * input_size, input_size, input_size,
@@ -413,7 +416,7 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec,
                   unit, unit + units, hidden);
             });
           });
-          barrier.wait();  // h_s complete: the next step reads all of it
+          work.step_done(barrier);  // units split: h_s complete, the next step reads all of it
         }
       });
 }

@@ -111,28 +111,32 @@ void fused_forward_loop(Tensor& hs, at::TensorList w_rec, bool relu, const Steps
   const int64_t directions = hs.size(0), batch = steps.batch();
   const int64_t hidden = hs.size(2), panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
-  engine::for_direction_shares(
+  engine::for_direction_work(
       directions, panels, 2 * batch * hidden * hidden,
-      directions * panels * hidden * L::columns * int64_t(sizeof(T)),
-      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+      directions * panels * hidden * L::columns * int64_t(sizeof(T)), batch, L::max_rows,
+      [&](int64_t d, const engine::Work& work, engine::Barrier& barrier) {
         const Tensor& w = w_rec[d];  // W_hh^T (H, H): element (j, k) = W_hh[j, k]
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
-                                  p0, p1, panel_base, hidden * L::columns);
+                                  work.pack_first, work.pack_last, panel_base,
+                                  hidden * L::columns);
+        work.packed(barrier);
         T* base = hs.select(0, d).data_ptr<T>();  // (B + N, H)
-        const int64_t first_unit = p0 * L::units;
-        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        const int64_t first_unit = work.first_panel * L::units;
+        const int64_t last_unit = std::min(work.last_panel * L::units, hidden);
         for (int64_t s = 0; s < steps.count(); ++s) {
-          const int64_t rows = steps.rows(s);
-          const T* h_prev = base + steps.previous(s) * hidden;
-          T* h = base + steps.next(s) * hidden;
-          // h_s[:, its units] = act(x_s W_ih^T (there already) + h_{s-1} @ W_hh^T[:, its units])
+          const auto [first_row, last_row] = work.rows_of(steps.rows(s));
+          const T* h_prev = base + (steps.previous(s) + first_row) * hidden;
+          T* h = base + (steps.next(s) + first_row) * hidden;
+          // h_s[its rows, its units] = act(x_s W_ih^T (there already) + h_{s-1} @ W_hh^T[:, its
+          // units])
           engine::add_product<T>(h_prev, hidden, hidden, nullptr, 0, 0, panel_base,
-                                 hidden * L::columns, p0, p1, hidden, rows, h, hidden);
-          for (int64_t b = 0; b < rows; ++b) {
+                                 hidden * L::columns, work.first_panel, work.last_panel, hidden,
+                                 last_row - first_row, h, hidden);
+          for (int64_t b = 0; b < last_row - first_row; ++b) {
             activate_rows<T>(h + b * hidden + first_unit, 0, 1, last_unit - first_unit, relu);
           }
-          barrier.wait();  // h_s complete: the next step reads all of it
+          work.step_done(barrier);  // units split: h_s complete, the next step reads all of it
         }
       });
 }
