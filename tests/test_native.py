@@ -374,6 +374,13 @@ for mode in ('LSTM', 'GRU', 'RNN'):
         with torch.no_grad():
             outputs.append(layer(x)[0])
             outputs.append(layer(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data)
+        x.requires_grad_(True)
+        for given in (x, pack_padded_sequence(x, lengths, enforce_sorted=False)):  # backward
+            output = layer(given)[0]
+            (output.data if hasattr(output, 'batch_sizes') else output).sum().backward()
+            outputs += [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+            x.grad = None
+            layer.zero_grad()
     theirs = getattr(torch.nn, mode)(24, 40, 2).double()
     x = torch.randn(9, 16, 24, dtype=torch.float64, requires_grad=True)
     compare(unrolled.from_torch(theirs), theirs, (x,))
@@ -384,10 +391,11 @@ print('ok')
 
 @needs_native
 def test_rows_split_and_units_split_give_the_same_bits(tmp_path):
-    """A forward whose direction's panels fit a core's own cache splits the batch rows between
-    the team (no meeting per step); told that the cache is 1 byte, it splits the hidden units
-    (a meeting per step). Each output element is summed in the same order either way: the
-    same bits, padded and packed, and equal to torch (float64, every gradient)."""
+    """A loop whose direction's panels fit a core's own cache splits the batch rows between the
+    team (no meeting per step); told that the cache is 1 byte, it splits the hidden units (a
+    meeting per step). Each output element is summed in the same order either way: the same
+    bits, forward and backward, padded and packed, and equal to torch (float64, every
+    gradient)."""
     script = tmp_path / "rows_split.py"
     script.write_text(ROWS_SPLIT_SCRIPT)
     found = {}

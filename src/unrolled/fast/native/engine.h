@@ -608,16 +608,5 @@ void for_direction_work(int64_t directions, int64_t panels, int64_t step_flops,
       });
 }
 
-// for_direction_work with units split only: body(d, first_panel, last_panel, barrier) (the
-// backward loops, whose members exchange d_pre at every step anyway).
-template <typename F>
-void for_direction_shares(int64_t directions, int64_t panels, int64_t step_flops,
-                          int64_t packed_bytes, const F& body) {
-  for_direction_work(directions, panels, step_flops, packed_bytes, 0, 1,
-                     [&](int64_t d, const Work& work, Barrier& barrier) {
-                       body(d, work.first_panel, work.last_panel, barrier);
-                     });
-}
-
 }  // namespace engine
 }  // namespace unrolled

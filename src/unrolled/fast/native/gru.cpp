@@ -270,7 +270,8 @@ void backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs, at::Ten
 
 // Forward, every direction: each member computes, at each step, h_{s-1} W_hh^T for its own
 // hidden units (its panels, [r, z, n] columns of those units) tile by tile of batch rows and
-// applies the cell to each tile at once; the team meets once per step, when h_s is complete.
+// applies the cell to each tile at once; the team meets once per step, when h_s is complete
+// (units split; with rows split, engine::Work, never).
 template <typename T>
 void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
                         at::TensorList w_rec, const Tensor& zeros, at::TensorList biases,
@@ -324,7 +325,9 @@ void fused_forward_loop(const Tensor& xw, Tensor& hh, Tensor& ns, Tensor& hs,
 // Backward, every direction: each member owns the same hidden units in both halves of a step:
 // the elementwise backward of its units, then, after the team has met, its columns of
 // d_h_{s-1} += [d_pre_r, d_pre_z, d_a]_s @ W_hh, (rows, 3H) @ (3H, its units), from its own
-// panels of W_hh: the columns its next step reads, so one meeting per step suffices.
+// panels of W_hh: the columns its next step reads, so one meeting per step suffices. With rows
+// split (engine::Work) a member does both halves for all units of its own rows, and the team
+// does not meet.
 template <typename T>
 void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
                          at::TensorList grads, at::TensorList w_hh, at::TensorList factors,
@@ -334,34 +337,39 @@ void fused_backward_loop(const Tensor& hh, const Tensor& ns, const Tensor& hs,
   const int64_t hidden = hs.size(2), gate_rows = 3 * hidden;
   const int64_t panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, gate_rows, L::columns);
-  engine::for_direction_shares(
+  engine::for_direction_work(
       directions, panels, 2 * batch * gate_rows * hidden,
-      directions * panels * gate_rows * L::columns * int64_t(sizeof(T)),
-      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+      directions * panels * gate_rows * L::columns * int64_t(sizeof(T)), batch, L::max_rows,
+      [&](int64_t d, const engine::Work& work, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (3H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * gate_rows * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, gate_rows,
-                                  p0, p1, panel_base, gate_rows * L::columns);
+                                  work.pack_first, work.pack_last, panel_base,
+                                  gate_rows * L::columns);
+        work.packed(barrier);
         const auto [hh_base, n_base, h_base, grad_base, f_base, d_h0_base] =
             backward_views<T>(hh, ns, hs, grads, factors, d_h0, d);
-        const int64_t first_unit = p0 * L::units;
-        const int64_t last_unit = std::min(p1 * L::units, hidden);
-        for (int64_t b = 0; b < batch; ++b) {
+        const int64_t first_unit = work.first_panel * L::units;
+        const int64_t last_unit = std::min(work.last_panel * L::units, hidden);
+        const auto [first_b, last_b] = work.rows_of(batch);
+        for (int64_t b = first_b; b < last_b; ++b) {
           std::fill(d_h0_base + b * hidden + first_unit, d_h0_base + b * hidden + last_unit, T(0));
         }
         for (int64_t s = steps.count() - 1; s >= 0; --s) {
-          const int64_t rows = steps.rows(s);
+          const auto [first_row, last_row] = work.rows_of(steps.rows(s));
           T* f_s = f_base + steps.at(s) * gate_rows;
           T* grad_s = grad_base + steps.at(s) * hidden;
           T* d_h_prev = s > 0 ? grad_base + steps.at(s - 1) * hidden : d_h0_base;
           backward_rows<T>(hh_base + steps.at(s) * gate_rows, n_base + steps.at(s) * hidden,
-                           h_base + steps.previous(s) * hidden, grad_s, f_s, grad_s, d_h_prev, 0,
-                           rows, first_unit, last_unit, hidden);
-          barrier.wait();  // [d_pre_r, d_pre_z] and d_a of step s complete
-          // d_h_{s-1}[:, its units] += [d_pre_r, d_pre_z, d_a]_s @ W_hh[:, its units]: (rows, 3H)
-          // @ (3H, units), the first two from the factors, d_a from the grads
-          engine::add_product<T>(f_s + hidden, gate_rows, 2 * hidden, grad_s, hidden, hidden,
-                                 panel_base, gate_rows * L::columns, p0, p1, hidden, rows, d_h_prev,
+                           h_base + steps.previous(s) * hidden, grad_s, f_s, grad_s, d_h_prev,
+                           first_row, last_row, first_unit, last_unit, hidden);
+          work.step_done(barrier);  // units split: [d_pre_r, d_pre_z] and d_a of step s complete
+          // d_h_{s-1}[its rows, its units] += [d_pre_r, d_pre_z, d_a]_s[its rows] @ W_hh[:, its
+          // units]: (rows, 3H) @ (3H, units), the first two from the factors, d_a from the grads
+          engine::add_product<T>(f_s + first_row * gate_rows + hidden, gate_rows, 2 * hidden,
+                                 grad_s + first_row * hidden, hidden, hidden, panel_base,
+                                 gate_rows * L::columns, work.first_panel, work.last_panel,
+                                 hidden, last_row - first_row, d_h_prev + first_row * hidden,
                                  hidden);
         }
       });

@@ -355,7 +355,8 @@ void backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& d
 // Forward, every direction: member `m` of the team computes, at each step, the gates of its
 // own hidden units from its panels of [W_ih; W_hh]^T (packed by itself), tile by tile of
 // batch rows, [x_s, h_{s-1}] @ panel, and applies the cell to each tile at once; the team
-// meets once per step, when h_s is complete.
+// meets once per step, when h_s is complete (units split; with rows split, engine::Work, each
+// member computes all units of its own rows from all panels, and the team never meets).
 template <typename T, bool keep>
 void fused_forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec, Tensor& cs,
                         Tensor& hs, const Steps& steps, at::TensorList inputs,
@@ -425,7 +426,8 @@ void fused_forward_loop(Tensor& gates, const Tensor& bias, at::TensorList w_rec,
 // the elementwise backward of its units (d_pre's columns of its units in all four gates), then,
 // after the team has met (d_pre_s complete), its columns of d_h_{s-1} += d_pre_s @ W_hh,
 // (rows, 4H) @ (4H, its units), from its own panels of W_hh. Those are the columns its next
-// step reads, so one meeting per step suffices.
+// step reads, so one meeting per step suffices. With rows split (engine::Work) a member does
+// both halves for all units of its own rows, and the team does not meet.
 template <typename T>
 void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Tensor& dc,
                          at::TensorList w_rec, Tensor& d_pre, const Steps& steps) {
@@ -434,35 +436,40 @@ void fused_backward_loop(const Tensor& gates, const Tensor& cs, Tensor& d_h, Ten
   const int64_t hidden = cs.size(2), panels = L::panels(hidden);
   // W_hh panels, (D, panels, 4H, units); w_rec is D x W_hh (4H, H), any strides.
   T* packed = engine::packing_room<T>(directions, panels, 4 * hidden, L::columns);
-  engine::for_direction_shares(
+  engine::for_direction_work(
       directions, panels, 2 * batch * hidden * 4 * hidden,
-      directions * panels * (4 * hidden) * L::columns * int64_t(sizeof(T)),
-      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+      directions * panels * (4 * hidden) * L::columns * int64_t(sizeof(T)), batch, L::max_rows,
+      [&](int64_t d, const engine::Work& work, engine::Barrier& barrier) {
         const Tensor& w = w_rec[d];  // W_hh (4H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * (4 * hidden) * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, 4 * hidden,
-                                  p0, p1, panel_base, 4 * hidden * L::columns);
+                                  work.pack_first, work.pack_last, panel_base,
+                                  4 * hidden * L::columns);
+        work.packed(barrier);
         const T* gate_base = gates.select(0, d).data_ptr<T>();  // (N, 4H)
         const T* c_base = cs.select(0, d).data_ptr<T>();  // (B + N, H)
         T* d_h_base = d_h.select(0, d).data_ptr<T>();  // (N, H)
         T* dc_ptr = dc.select(0, d).data_ptr<T>();  // (B, H)
         T* d_pre_base = d_pre.select(0, d).data_ptr<T>();  // (N, 4H)
-        const int64_t first_unit = p0 * L::units;
-        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        const int64_t first_unit = work.first_panel * L::units;
+        const int64_t last_unit = std::min(work.last_panel * L::units, hidden);
         for (int64_t s = steps.count() - 1; s >= 0; --s) {
-          const int64_t rows = steps.rows(s);
+          const auto [first_row, last_row] = work.rows_of(steps.rows(s));
           T* d_h_s = d_h_base + steps.at(s) * hidden;
           T* d_pre_s = d_pre_base + steps.at(s) * 4 * hidden;
           backward_rows<T>(gate_base + steps.at(s) * 4 * hidden,
                            c_base + steps.previous(s) * hidden, c_base + steps.next(s) * hidden,
-                           d_h_s, dc_ptr, d_pre_s, nullptr, 0, rows, first_unit, last_unit,
-                           hidden);
-          barrier.wait();  // d_pre_s complete: every member's product reads all of it
+                           d_h_s, dc_ptr, d_pre_s, nullptr, first_row, last_row, first_unit,
+                           last_unit, hidden);
+          work.step_done(barrier);  // units split: d_pre_s complete, every product reads it all
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
           T* d_h_prev = d_h_base + steps.at(s - 1) * hidden;
-          // d_h_{s-1}[:, its units] += d_pre_s @ W_hh[:, its units]: (rows, 4H) @ (4H, units)
-          engine::add_product<T>(d_pre_s, 4 * hidden, 4 * hidden, nullptr, 0, 0, panel_base,
-                                 4 * hidden * L::columns, p0, p1, hidden, rows, d_h_prev, hidden);
+          // d_h_{s-1}[its rows, its units] += d_pre_s[its rows] @ W_hh[:, its units]: (rows, 4H)
+          // @ (4H, units)
+          engine::add_product<T>(d_pre_s + first_row * 4 * hidden, 4 * hidden, 4 * hidden,
+                                 nullptr, 0, 0, panel_base, 4 * hidden * L::columns,
+                                 work.first_panel, work.last_panel, hidden, last_row - first_row,
+                                 d_h_prev + first_row * hidden, hidden);
         }
       });
 }

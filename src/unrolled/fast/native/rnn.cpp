@@ -104,7 +104,8 @@ void backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh, 
 
 // Forward, every direction: each member computes, at each step, h_{s-1} W_hh^T for its own
 // hidden units (its panels) tile by tile of batch rows, adds it to the tile's input part in hs
-// and activates it at once; the team meets once per step, when h_s is complete.
+// and activates it at once; the team meets once per step, when h_s is complete (units split;
+// with rows split, engine::Work, never).
 template <typename T>
 void fused_forward_loop(Tensor& hs, at::TensorList w_rec, bool relu, const Steps& steps) {
   using L = engine::Layout<T, 1>;
@@ -142,7 +143,8 @@ void fused_forward_loop(Tensor& hs, at::TensorList w_rec, bool relu, const Steps
 }
 
 // Backward, every direction: each member turns its units' d_h_s into d_pre_s, then, after the
-// team has met, adds d_pre_s @ W_hh, (rows, H) @ (H, its units), to its columns of d_h_{s-1},
+// team has met (with rows split: all units of its own rows, no meeting), adds d_pre_s @ W_hh,
+// (rows, H) @ (H, its units), to its columns of d_h_{s-1},
 // from its own panels of W_hh: the columns its next step reads.
 template <typename T>
 void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList w_hh,
@@ -151,33 +153,38 @@ void fused_backward_loop(const Tensor& hs, at::TensorList grads, at::TensorList 
   const int64_t directions = hs.size(0), batch = steps.batch();
   const int64_t hidden = hs.size(2), panels = L::panels(hidden);
   T* packed = engine::packing_room<T>(directions, panels, hidden, L::columns);
-  engine::for_direction_shares(
+  engine::for_direction_work(
       directions, panels, 2 * batch * hidden * hidden,
-      directions * panels * hidden * L::columns * int64_t(sizeof(T)),
-      [&](int64_t d, int64_t p0, int64_t p1, engine::Barrier& barrier) {
+      directions * panels * hidden * L::columns * int64_t(sizeof(T)), batch, L::max_rows,
+      [&](int64_t d, const engine::Work& work, engine::Barrier& barrier) {
         const Tensor& w = w_hh[d];  // W_hh (H, H): element (j, k) = W_hh[k, j]
         T* panel_base = packed + d * panels * hidden * L::columns;
         engine::pack_panels<T, 1>(w.data_ptr<T>(), w.stride(1), w.stride(0), hidden, hidden,
-                                  p0, p1, panel_base, hidden * L::columns);
+                                  work.pack_first, work.pack_last, panel_base,
+                                  hidden * L::columns);
+        work.packed(barrier);
         const T* h_base = hs.select(0, d).data_ptr<T>() + batch * hidden;  // the h_s: (N, H)
         T* grad_base = grads[d].data_ptr<T>();  // (N, H): d_h_s in, d_pre_s out
-        const int64_t first_unit = p0 * L::units;
-        const int64_t last_unit = std::min(p1 * L::units, hidden);
+        const int64_t first_unit = work.first_panel * L::units;
+        const int64_t last_unit = std::min(work.last_panel * L::units, hidden);
         for (int64_t s = steps.count() - 1; s >= 0; --s) {
-          const int64_t rows = steps.rows(s);
+          const auto [first_row, last_row] = work.rows_of(steps.rows(s));
           T* grad_s = grad_base + steps.at(s) * hidden;
           const T* h_s = h_base + steps.at(s) * hidden;
-          for (int64_t b = 0; b < rows; ++b) {
+          for (int64_t b = first_row; b < last_row; ++b) {
             const int64_t at = b * hidden + first_unit;
             backward_rows<T>(h_s + at, grad_s + at, grad_s + at, 0, 1, last_unit - first_unit,
                              relu);
           }
-          barrier.wait();  // d_pre_s complete: every member's product reads all of it
+          work.step_done(barrier);  // units split: d_pre_s complete, every product reads it all
           if (s == 0) continue;  // d_h_0 = d_pre_0 @ W_hh is the caller's
           T* d_h_prev = grad_base + steps.at(s - 1) * hidden;
-          // d_h_{s-1}[:, its units] += d_pre_s @ W_hh[:, its units]: (rows, H) @ (H, units)
-          engine::add_product<T>(grad_s, hidden, hidden, nullptr, 0, 0, panel_base,
-                                 hidden * L::columns, p0, p1, hidden, rows, d_h_prev, hidden);
+          // d_h_{s-1}[its rows, its units] += d_pre_s[its rows] @ W_hh[:, its units]: (rows, H)
+          // @ (H, units)
+          engine::add_product<T>(grad_s + first_row * hidden, hidden, hidden, nullptr, 0, 0,
+                                 panel_base, hidden * L::columns, work.first_panel,
+                                 work.last_panel, hidden, last_row - first_row,
+                                 d_h_prev + first_row * hidden, hidden);
         }
       });
 }
