@@ -522,19 +522,21 @@ inline int64_t private_cache_bytes() {
   return bytes;
 }
 
-// What one member of a team does for direction d of a forward (for_direction_work): it
-// multiplies by panels [first_panel, last_panel), packs [pack_first, pack_last), and computes
-// the batch rows [first_row, last_row) of every step (of those the step has).
+// What one member of a team does for direction d of a fused loop, forward or backward
+// (for_direction_work): it multiplies by panels [first_panel, last_panel), packs [pack_first,
+// pack_last), and computes the batch rows [first_row, last_row) of every step (of those the
+// step has).
 //
 // Two ways to share a direction between members. Units split (the default): each member owns
 // a slice of hidden units, packs and reads only its panels, and computes its units for every
 // row; the next step reads all of h_s, so the members meet once per step. Rows split: each
 // member owns a slice of the batch and computes all units for its rows; a row's next step
-// reads only that row's h, so after packing (each member packs a share of the panels, all
-// read all of them) the members never meet again. Rows split needs a whole direction's panels
-// in each core's own cache with room to spare (at most half of it: LSTM at B = 64, I = H = 256,
-// 2 MB of panels in a 2 MB L2, ran 1.07-1.15x torch.nn's forward with rows split against
-// 1.01-1.06 with units split), and enough rows per member for the kernel's tiles. Where it has
+// reads only that row's h (the backward's: that row's d_pre_s), so after packing (each member
+// packs a share of the panels, all read all of them) the members never meet again. Rows split
+// needs a whole direction's panels in each core's own cache with room to spare (at most half
+// of it: LSTM at B = 64, I = H = 256, 2 MB of panels in a 2 MB L2, ran 1.07-1.15x torch.nn's
+// forward with rows split against 1.01-1.06 with units split), and enough rows per member for
+// the kernel's tiles. Where it has
 // them it saves the per-step meeting, and every wait at it for a core slowed down a moment.
 // Measured on the Intel Xeon Emerald Rapids, one layer's forward, ratio to torch.nn, two runs,
 // rows split / units split: RNN B = 16, T = 128, I = 64, H = 128: 0.33, 0.32 / 0.49, 0.47;
@@ -562,7 +564,7 @@ struct Work {
 // directions (Crew); body(d, work, barrier) runs direction d's Work for one member, `barrier`
 // being the one that direction's members meet at. A `step_flops` is one direction's product
 // per step; `packed_bytes` all directions' packed weights; `batch` rows at the most per step,
-// `max_rows` the kernel's tile (batch 0: units split only). The directions run side by side,
+// `max_rows` the kernel's tile. The directions run side by side,
 // each on its own members (on 2 threads: one each, never waiting for the other), while each
 // member's share of them (packed_bytes / team) fits in its core's own cache; beyond it one
 // after the other, each on the whole team, so that while a direction runs a member reads only
