@@ -206,6 +206,20 @@ def test_explain_cell_marks_parameter_only_ops_and_says_what_is_not_captured(cap
     assert "runs its own whole-sequence loop" in capsys.readouterr().out
 
 
+def test_explain_cell_runs_the_sizes_it_is_given(capsys):
+    """Its own sizes when none are given; the ones given as they are (--batch 1 and
+    --hidden-size 3 are not the cell's defaults, and are not replaced by them)."""
+    assert cli.main(["explain", "--cell", "IndRNN"]) == 0
+    out = capsys.readouterr().out
+    assert "hidden_size=4," in out and "(T, B, I) = (5, 2, 3)" in out
+    given = ["--T", "4", "--batch", "1", "--input-size", "2", "--hidden-size", "3"]
+    assert cli.main(["explain", "--cell", "IndRNN", *given]) == 0
+    out = capsys.readouterr().out
+    assert "hidden_size=3," in out and "(T, B, I) = (4, 1, 2)" in out
+    with pytest.raises(SystemExit, match="--batch must be >= 1"):
+        cli.main(["explain", "--cell", "IndRNN", "--batch", "0"])
+
+
 def test_explain_cell_rejects_what_is_not_a_cell():
     with pytest.raises(SystemExit, match="cannot load 'nowhere:Nothing'"):
         cli.main(["explain", "--cell", "nowhere:Nothing"])

@@ -50,6 +50,7 @@ from torch.utils import _pytree as pytree
 
 from .fast import native
 from .fast.layer import differentiate_the_reference, transforms_active
+from .precision import autocast_enabled
 from .scan import State, scan, step_result_error, valid_steps
 
 NATIVE_LOOP, PYTHON_LOOP, PLAIN_LOOP = "captured step (C++ loop)", "captured step (Python loop)", ""
@@ -356,16 +357,30 @@ def describe(made: Capture):
     return step
 
 
+def hoisted_nodes(graph: torch.fx.GraphModule, invariant_inputs: int) -> set[torch.fx.Node]:
+    """The ops of ``graph`` that read only its first ``invariant_inputs`` inputs (the
+    parameters), directly or through each other: the loop runs them once per call, in its
+    prologue, not once per step (what ``unrolled explain --cell`` marks, too)."""
+    inputs = placeholders(graph)
+    invariant = set(inputs[:invariant_inputs])
+    for node in graph.graph.nodes:
+        if (
+            node.op == "call_function"
+            and node.all_input_nodes
+            and all(source in invariant for source in node.all_input_nodes)
+        ):
+            invariant.add(node)
+    return invariant - set(inputs)
+
+
 def describe_graph(step, which: int, graph: torch.fx.GraphModule, invariant_inputs: int) -> None:
     """Write ``graph`` into ``step`` (``which``: 0 forward, 1 backward). Nodes that read only
     the first ``invariant_inputs`` inputs (the parameters) go to the prologue."""
     slots: dict[torch.fx.Node, Any] = {}  # node -> slot, or list of slots for a Tensor[] result
-    invariant: set[torch.fx.Node] = set()
+    hoisted = hoisted_nodes(graph, invariant_inputs)
     inputs = placeholders(graph)
     for index, node in enumerate(inputs):
         slots[node] = index
-        if index < invariant_inputs:
-            invariant.add(node)
     next_slot = len(inputs)
     for node in graph.graph.nodes:
         if node.op != "call_function":
@@ -375,14 +390,8 @@ def describe_graph(step, which: int, graph: torch.fx.GraphModule, invariant_inpu
             source = node.args[0]
             slots[node] = slots[source][node.args[1]] if node.target is operator.getitem else (
                 slots[source])  # fmt: skip
-            if source in invariant:
-                invariant.add(node)
             continue
-        in_prologue = bool(node.all_input_nodes) and all(
-            s in invariant for s in node.all_input_nodes
-        )
-        if in_prologue:
-            invariant.add(node)
+        in_prologue = node in hoisted
         schema = node.target._schema
         step.begin(which, schema.name, schema.overload_name, in_prologue)
         for argument, value in zip(schema.arguments, arguments_of(node, schema)):
@@ -478,7 +487,7 @@ def why_not(cell: nn.Module, inputs: Tensor) -> str:
         return f"{type(cell).__name__}.capture is False"
     if transforms_active():
         return "a torch.func transform is running"
-    if autocast_on():
+    if any(autocast_enabled(kind) for kind in ("cpu", "cuda")):
         return "autocast is on"
     captured_by = graph_capture()
     if captured_by:
@@ -486,14 +495,6 @@ def why_not(cell: nn.Module, inputs: Tensor) -> str:
     if type(inputs) not in (Tensor, nn.Parameter):  # FakeTensor, functional tensors, ...
         return f"the input is a {type(inputs).__name__}, not a plain Tensor"
     return ""
-
-
-def autocast_on() -> bool:
-    """Whether autocast is on for any device (the query changed across torch releases)."""
-    try:
-        return any(torch.is_autocast_enabled(kind) for kind in ("cpu", "cuda"))
-    except TypeError:  # torch < 2.4: no device argument
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 def captured_for(cell: nn.Module, input_part: Tensor, state: State, lengths) -> Capture | str:

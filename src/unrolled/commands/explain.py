@@ -45,9 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bidirectional", action="store_true")
     parser.add_argument("--T", type=int, default=None, help="time steps (default 3; 60 with "
                         "--grad-flow)")  # fmt: skip
-    parser.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
-    parser.add_argument("--input-size", type=int, default=2)
-    parser.add_argument("--hidden-size", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=None, help="sequences (default 1; 2 with "
+                        "--cell)")  # fmt: skip
+    parser.add_argument("--input-size", type=int, default=None, help="(default 2; 3 with --cell)")
+    parser.add_argument("--hidden-size", type=int, default=None, help="(default 3; 4 with --cell)")
     parser.add_argument("--proj-size", type=int, default=0, help="LSTM projection size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--values", action="store_true", help="print the numbers too")
@@ -61,12 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return grad_flow(args)
     if args.cell:
         return explain_cell(args)
-    args.T = 3 if args.T is None else args.T
+    sizes(args, {"T": 3, "batch": 1, "input_size": 2, "hidden_size": 3})
     args.mode = args.mode or "rnn"
     mode = modes.CLI_NAMES["rnn_tanh" if args.mode == "rnn" else args.mode]
-    for name in ("layers", "T", "batch", "input_size", "hidden_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"unrolled explain: --{name.replace('_', '-')} must be >= 1")
     if args.proj_size and (mode != "LSTM" or not 0 < args.proj_size < args.hidden_size):
         raise SystemExit("unrolled explain: --proj-size is for lstm, 0 < proj < hidden size")
     config = explain.Config(
@@ -127,15 +125,26 @@ def grad_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def sizes(args: argparse.Namespace, defaults: dict[str, int]) -> None:
+    """Fill the sizes not given on the command line with ``defaults`` (they differ between
+    ``explain`` and ``explain --cell``), and check that every size is at least 1."""
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    for name in ("layers", *defaults):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"unrolled explain: --{name.replace('_', '-')} must be >= 1")
+
+
 def explain_cell(args: argparse.Namespace) -> int:
     """``--cell``: :mod:`unrolled.tools.explain_cell`'s text; exit 1 when the check fails."""
     from unrolled.tools import explain_cell as cells
 
-    config = cells.CellConfig(
-        layers=args.layers, bidirectional=args.bidirectional, steps=5 if args.T is None else args.T,
-        batch=args.batch if args.batch > 1 else 2, input_size=args.input_size,
-        hidden_size=args.hidden_size + 1 if args.hidden_size == 3 else args.hidden_size,
-        seed=args.seed,
+    # two sequences, and sizes that differ from each other: the graphs' shapes say which is which
+    sizes(args, {"T": 5, "batch": 2, "input_size": 3, "hidden_size": 4})
+    config = explain.Config(
+        layers=args.layers, bidirectional=args.bidirectional, steps=args.T, batch=args.batch,
+        input_size=args.input_size, hidden_size=args.hidden_size, seed=args.seed,
     )  # fmt: skip
     text, passed = cells.render(cells.load_cell_class(args.cell), config)
     print(wrap(text, output_width()))

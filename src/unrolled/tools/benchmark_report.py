@@ -70,19 +70,15 @@ def header(console: Console, report: dict) -> None:
                      "unless --shapes says otherwise")  # fmt: skip
 
 
-def peak_line(peak: float | dict) -> str:
-    """The peak's line of the header: a range where it was measured with each point (``{"min",
-    "max", "size"}``: GFLOP/s of a square mm of that size), one number from reports written
-    before that."""
-    if isinstance(peak, dict):
-        low, high = peak["min"], peak["max"]
-        rate = f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
-        where = f"square torch.mm of {peak['size']}, timed with each point's forwards"
-    else:
-        rate, where = f"{peak:.0f}", "best square torch.mm here"
+def peak_line(peak: dict) -> str:
+    """The peak's line of the header: ``{"min", "max", "size"}``, the GFLOP/s range of a square
+    mm of that size timed with each point's forwards."""
+    low, high = peak["min"], peak["max"]
+    rate = f"{low:.0f}" if round(low) == round(high) else f"{low:.0f}-{high:.0f}"
     return (
-        f'peak: {rate} GFLOP/s ({where}); "fwd %peak" is unrolled\'s forward multiply-adds over '
-        "its time, as a share of it"
+        f"peak: {rate} GFLOP/s (square torch.mm of {peak['size']}, timed with each point's "
+        'forwards); "fwd %peak" is unrolled\'s forward multiply-adds over its time, as a share '
+        "of it"
     )
 
 

@@ -13,23 +13,12 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 import unrolled
 from unrolled import captured
-
-
-@dataclass(frozen=True)
-class CellConfig:
-    layers: int = 1
-    bidirectional: bool = False
-    steps: int = 5
-    batch: int = 2
-    input_size: int = 3
-    hidden_size: int = 4
-    seed: int = 0
+from unrolled.tools.explain import Config
 
 
 def load_cell_class(spec: str) -> type:
@@ -52,7 +41,7 @@ def load_cell_class(spec: str) -> type:
     return cell_class
 
 
-def build(cell_class: type, config: CellConfig, capture: bool) -> unrolled.Recurrent:
+def build(cell_class: type, config: Config, capture: bool) -> unrolled.Recurrent:
     torch.manual_seed(config.seed)
     model = unrolled.Recurrent(
         lambda size: cell_class(size, config.hidden_size), config.input_size,
@@ -88,21 +77,7 @@ def _argument(value) -> str:
     return repr(value)
 
 
-def hoisted_nodes(graph: torch.fx.GraphModule, num_params: int) -> set:
-    """The forward graph's nodes that read only the parameters (the loop's prologue)."""
-    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
-    invariant = set(inputs[:num_params])
-    for node in graph.graph.nodes:
-        if (
-            node.op == "call_function"
-            and node.all_input_nodes
-            and all(s in invariant for s in node.all_input_nodes)
-        ):
-            invariant.add(node)
-    return invariant - set(inputs)
-
-
-def compare(cell_class: type, config: CellConfig) -> tuple[bool, float, bool]:
+def compare(cell_class: type, config: Config) -> tuple[bool, float, bool]:
     """Run the captured and the plain loop on the same input: ``(outputs equal bit for bit,
     max |gradient difference| relative to the largest gradient, passed)``."""
     x = torch.randn(config.steps, config.batch, config.input_size, generator=_generator(config))
@@ -123,12 +98,13 @@ def compare(cell_class: type, config: CellConfig) -> tuple[bool, float, bool]:
     return equal, worst / scale, equal and worst / scale < 1e-5
 
 
-def _generator(config: CellConfig) -> torch.Generator:
+def _generator(config: Config) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed + 1)
 
 
-def render(cell_class: type, config: CellConfig) -> tuple[str, bool]:
-    """The text of ``unrolled explain --cell``, and whether the check passed."""
+def render(cell_class: type, config: Config) -> tuple[str, bool]:
+    """The text of ``unrolled explain --cell``, and whether the check passed. ``config``: the
+    network's sizes (its ``mode`` and ``proj_size`` are the built-in layers' and unused here)."""
     model = build(cell_class, config, capture=True)
     x = torch.randn(config.steps, config.batch, config.input_size, generator=_generator(config))
     plan = unrolled.plan(model, x)
@@ -151,7 +127,7 @@ def render(cell_class: type, config: CellConfig) -> tuple[str, bool]:
         lines.append(f"{name}.step() is not captured: {made}; each step runs from Python, "
                      "autograd records it")  # fmt: skip
         return "\n".join(lines), True
-    hoisted = hoisted_nodes(made.forward, made.num_params)
+    hoisted = captured.hoisted_nodes(made.forward, made.num_params)
     ops = [n for n in made.forward.graph.nodes if n.op == "call_function"]
     backward_ops = [n for n in made.backward.graph.nodes if n.op == "call_function"]
     lines += [
